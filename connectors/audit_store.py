@@ -1,0 +1,157 @@
+"""The audit store: the seed's tables in SQLite (embedded default) or MySQL/MariaDB, by URL.
+
+Tables come from the versioned migrations in ``schemas/migrations`` (Alembic); the writer reflects
+them, so column lists are never restated here. Writes are batched, one transaction per batch, and
+keyed by ``event_id`` so a replay inserts nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.dialects import mysql, sqlite
+
+import schemas
+
+log = logging.getLogger("aiep.audit")
+
+#: events column -> ai_audit_trail column, for every column the pipeline writes.
+AUDIT_COLUMNS = {
+    "event_id": "event_id",
+    "user_id": "user_id",
+    "operation_type": "operation_type",
+    "input_hash": "input_hash",
+    "output_hash": "output_hash",
+    "cost": "cost",
+    "event_time": "created_at",
+    "model": "model",
+    "ai_tier": "ai_tier",
+    "cost_status": "cost_status",
+    "rate_limited": "rate_limited",
+    "image_hash": "image_hash",
+    "hash_mode": "hash_mode",
+}
+
+sqlite3.register_adapter(Decimal, str)
+
+
+def default_url(out_dir: Path) -> str:
+    """``sqlite:///<out>/audit.sqlite``: the embedded store beside the Parquet outputs."""
+    return f"sqlite:///{out_dir.resolve() / 'audit.sqlite'}"
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for logs, errors and summaries.
+
+    >>> redact("mysql+pymysql://app:s3cr%40t@db:3306/prod")
+    'mysql+pymysql://app:***@db:3306/prod'
+    """
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable database URL>"
+
+
+def open_engine(url: str) -> sa.Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout so parallel workers can write."""
+    engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA busy_timeout=60000")
+            dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+    return engine
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(schemas.MIGRATIONS_DIR))
+    return config
+
+
+def upgrade(engine: sa.Engine) -> str:
+    """Apply every migration not yet applied; return the version now in force."""
+    config = _alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+    return current_version(engine) or ""
+
+
+def current_version(engine: sa.Engine) -> str | None:
+    """The applied migration version, or ``None`` for an empty database."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_version() -> str:
+    """The newest migration this code ships."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+class AuditWriter:
+    """Inserts audit rows from event tables in batches; an ``event_id`` already stored is kept."""
+
+    def __init__(self, engine: sa.Engine, batch_rows: int) -> None:
+        self._engine = engine
+        self._batch_rows = batch_rows
+        table = sa.Table("ai_audit_trail", sa.MetaData(), autoload_with=engine)
+        columns = list(AUDIT_COLUMNS.values())
+        dialect = engine.dialect.name
+        if dialect == "sqlite":
+            stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+        elif dialect in ("mysql", "mariadb"):
+            stmt = mysql.insert(table).prefix_with("IGNORE")
+        else:
+            raise ValueError(f"audit store: unsupported database {dialect!r}")
+        compiled = stmt.compile(dialect=engine.dialect, column_keys=columns)
+        self._sql = str(compiled)
+        # Positional drivers take tuples in the compiled order; pyformat ones take dicts.
+        self._positional = compiled.positiontup is not None
+        self._order = list(compiled.positiontup or columns)
+
+    def write(self, events: pa.Table) -> int:
+        """Insert one audit row per event; return how many rows were new."""
+        inserted = 0
+        for rows in self._batches(events):
+            raw = self._engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                cursor.executemany(self._sql, rows)
+                inserted += max(cursor.rowcount, 0)
+                raw.commit()
+            except BaseException:
+                raw.rollback()
+                raise
+            finally:
+                raw.close()
+        return inserted
+
+    def _batches(self, events: pa.Table) -> Iterator[list[tuple[object, ...]] | list[dict[str, object]]]:
+        columns = {
+            AUDIT_COLUMNS[name]: events.column(name) for name in AUDIT_COLUMNS
+        }
+        columns["created_at"] = pc.strftime(columns["created_at"], "%Y-%m-%d %H:%M:%S")
+        columns["rate_limited"] = pc.cast(columns["rate_limited"], pa.int8())
+        for start in range(0, events.num_rows, self._batch_rows):
+            values = [columns[name].slice(start, self._batch_rows).to_pylist() for name in self._order]
+            if self._positional:
+                yield list(zip(*values, strict=True))
+            else:
+                yield [dict(zip(self._order, row, strict=True)) for row in zip(*values, strict=True)]

@@ -1,0 +1,67 @@
+"""Parquet datasets under the output directory: Hive-partitioned by ``dt``, zstd, atomic files.
+
+Every file is ``<out>/<dataset>/dt=<YYYY-MM-DD>/part-<stem>.parquet``. The stem is deterministic
+(the inputs' fingerprint and a shard), so a re-run of the same inputs replaces its files instead
+of adding to them. A file appears atomically: it is written under a hidden temporary name, then
+renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+#: The partition value Hive, Spark and DuckDB read as NULL.
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+
+
+def partition_dates(times: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """``YYYY-MM-DD`` (UTC) of each timestamp; NULL_PARTITION where the time is unknown."""
+    dates = pc.strftime(times, format="%Y-%m-%d")
+    return pc.fill_null(dates, NULL_PARTITION)
+
+
+def write_partitioned(table: pa.Table, out_dir: Path, dataset: str, stem: str, time_column: str) -> list[Path]:
+    """Write ``table`` as one file per ``dt`` (from ``time_column``); return the paths written."""
+    if table.num_rows == 0:
+        return []
+    dates = partition_dates(table.column(time_column))
+    written = []
+    for dt in sorted(pc.unique(dates).to_pylist()):
+        part = table.filter(pc.equal(dates, dt))
+        folder = out_dir / dataset / f"dt={dt}"
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"part-{stem}.parquet"
+        temporary = folder / f".part-{stem}.parquet.{os.getpid()}.tmp"
+        pq.write_table(part, temporary, compression="zstd")
+        os.replace(temporary, final)
+        written.append(final)
+    return written
+
+
+def remove_stale_parts(out_dir: Path, datasets: list[str], fingerprint: str, older_than: float) -> list[Path]:
+    """Delete files an earlier run of the same inputs wrote and this run did not rewrite.
+
+    A run owns every ``part-<fingerprint>-*`` file; any such file last written before this run
+    began (``older_than``, epoch seconds) is from a run whose results this one replaces.
+    """
+    removed = []
+    for dataset in datasets:
+        for path in (out_dir / dataset).glob(f"dt=*/part-{fingerprint}-*.parquet"):
+            if path.stat().st_mtime < older_than:
+                path.unlink()
+                removed.append(path)
+        for folder in (out_dir / dataset).glob("dt=*"):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    return removed
+
+
+def now() -> float:
+    """Wall-clock seconds, as file modification times record them."""
+    return time.time()

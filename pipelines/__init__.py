@@ -1,0 +1,1 @@
+"""Engine wiring only: each file calls ``transforms`` on batches and ``connectors`` for IO."""

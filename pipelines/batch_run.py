@@ -1,0 +1,201 @@
+"""Launch one batch run: lock the output, fingerprint the inputs, run an engine, write the summary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from connectors import audit_store
+from connectors.config import load_config
+from connectors.parquet_sink import now, remove_stale_parts
+from connectors.sources import InputFile, discover_inputs, plan_splits
+from pipelines import progress
+from pipelines.stages import RunPlan
+
+ENGINES = ("beam",)
+DATASETS = ["events", "rate_limit_violations", "dead_letter"]
+
+
+class RunError(Exception):
+    """The run cannot do its job; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the operator asked for."""
+
+    inputs: list[str]
+    out_dir: Path
+    engine: str = "beam"
+    audit_url: str | None = None
+    config_path: Path | None = None
+    engine_args: tuple[str, ...] = ()
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"output directory {str(out_dir)!r} is not writable: {exc.strerror}") from None
+
+
+def inputs_fingerprint(files: list[InputFile]) -> str:
+    """A short, stable id of the inputs (names and contents); it names the run's output files."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}\t{file.sha256}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def run_batch(request: RunRequest, on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run the spine over files; return the run summary (also written to ``_runs/<run_id>.json``).
+
+    ``on_progress(bytes_read, bytes_total)`` is called from a helper thread while the run goes.
+    """
+    if request.engine not in ENGINES:
+        raise RunError(f"unknown engine {request.engine!r}; available: {', '.join(ENGINES)}")
+    config = load_config(request.config_path)
+    out_dir = request.out_dir.resolve()
+    _prepare_out_dir(out_dir)
+    lock = filelock.FileLock(str(out_dir / ".aiep.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise RunError(f"another run is writing to {str(out_dir)!r} (lock {out_dir / '.aiep.lock'})") from None
+    try:
+        return _run_locked(request, config, out_dir, on_progress)
+    finally:
+        lock.release()
+
+
+def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    started = datetime.now(UTC)
+    started_clock = now()
+    run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    staging = out_dir / "_staging" / run_id
+    audit_url = request.audit_url or audit_store.default_url(out_dir)
+    try:
+        files = discover_inputs(request.inputs, staging / "stdin.jsonl")
+        fingerprint = inputs_fingerprint(files)
+        try:
+            engine = audit_store.open_engine(audit_url)
+            schema_version = audit_store.upgrade(engine)
+            engine.dispose()
+        except Exception as exc:  # any driver error: the store is unusable for this run
+            raise RunError(f"audit store {audit_store.redact(audit_url)} is unusable: {type(exc).__name__}") from exc
+        plan = RunPlan(
+            run_id=run_id,
+            out_dir=str(out_dir),
+            audit_url=audit_url,
+            config=config,
+            fingerprint=fingerprint,
+            base_dirs=tuple(f.base_dir for f in files),
+        )
+        splits = plan_splits(files, config.split_mb << 20)
+        counts = _run_engine(request, splits, plan, sum(f.size for f in files), on_progress)
+        remove_stale_parts(out_dir, DATASETS, fingerprint, started_clock)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if staging.parent.exists() and not any(staging.parent.iterdir()):
+            staging.parent.rmdir()
+
+    summary = _summary(run_id, request, started, files, fingerprint, audit_url, schema_version, config, counts)
+    _write_summary(out_dir, run_id, summary)
+    return summary
+
+
+def _run_engine(request, splits, plan, total_bytes: int, on_progress) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    from pipelines import beam  # imported here: Beam takes a second to import
+
+    progress.reset()
+    done = threading.Event()
+
+    def report() -> None:
+        while not done.wait(0.2):
+            on_progress(progress.bytes_read(), total_bytes)
+
+    reporter = threading.Thread(target=report, daemon=True) if on_progress else None
+    if reporter:
+        reporter.start()
+    try:
+        return beam.run(splits, plan, list(request.engine_args))
+    finally:
+        done.set()
+        if reporter:
+            reporter.join()
+            on_progress(total_bytes, total_bytes)
+
+
+def _summary(run_id, request, started, files, fingerprint, audit_url, schema_version, config, counts) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    finished = datetime.now(UTC)
+    read = counts.get("events_read", 0)
+    processed = counts.get("events_processed", 0)
+    dead = counts.get("events_dead_lettered", 0)
+    collapsed = counts.get("duplicates_collapsed", 0)
+    if read != processed + dead + collapsed:
+        raise RunError(
+            f"invariant broken: events_read {read} != processed {processed} + dead-lettered {dead}"
+            f" + duplicates collapsed {collapsed}"
+        )
+    seconds = (finished - started).total_seconds()
+    return {
+        "run_id": run_id,
+        "engine": request.engine,
+        "engine_args": list(request.engine_args),
+        "started_at": started.isoformat(timespec="milliseconds"),
+        "finished_at": finished.isoformat(timespec="milliseconds"),
+        "seconds": round(seconds, 3),
+        "events_read": read,
+        "events_processed": processed,
+        "events_dead_lettered": dead,
+        "duplicates_collapsed": collapsed,
+        "rate_limited": counts.get("rate_limited", 0),
+        "late_events": 0,  # a bounded file run's watermark ends with its input: nothing is late
+        "unpriced_events": counts.get("unpriced_events", 0),
+        "cost_total": str(Decimal(counts.get("cost_total_micros", 0)).scaleb(-6)),
+        "rate_limit_violations": counts.get("rate_limit_violations", 0),
+        "audit_rows_inserted": counts.get("audit_rows_inserted", 0),
+        "blank_lines": counts.get("blank_lines", 0),
+        "dead_letters_by_reason": dict(
+            sorted((k.split(".", 1)[1], v) for k, v in counts.items() if k.startswith("dead_letter."))
+        ),
+        "events_per_second": round(read / seconds) if seconds > 0 else None,
+        "inputs": [{"path": f.name, "format": f.format, "gzip": f.gzip, "size": f.size, "sha256": f.sha256} for f in files],
+        "inputs_fingerprint": fingerprint,
+        "out_dir": str(request.out_dir.resolve()),
+        "audit_db": audit_store.redact(audit_url),
+        "audit_schema_version": schema_version,
+        "config": {
+            "quotas": config.quotas,
+            "window_seconds": config.window_seconds,
+            "pricing": str(config.pricing_path),
+            "hash_mode": config.hash_mode,
+            "shards": config.shards,
+            "batch_size": config.batch_size,
+        },
+    }
+
+
+def _write_summary(out_dir: Path, run_id: str, summary: dict[str, Any]) -> Path:
+    runs = out_dir / "_runs"
+    runs.mkdir(exist_ok=True)
+    final = runs / f"{run_id}.json"
+    temporary = runs / f".{run_id}.json.tmp"
+    temporary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, final)
+    return final

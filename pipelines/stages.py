@@ -1,0 +1,162 @@
+"""The spine's steps as engine-free functions on batches, shared by every engine adapter.
+
+Each step calls ``transforms`` for the logic and ``connectors`` for IO, and returns what it
+produced plus counts for the run summary. An engine adapter (``beam.py``) only moves batches
+between these steps and turns the counts into its own metrics.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import schemas
+from connectors.audit_store import AuditWriter, open_engine
+from connectors.config import PipelineConfig
+from connectors.images import FolderImageLoader
+from connectors.parquet_sink import write_partitioned
+from connectors.sources import InputSplit, read_split
+from transforms.cost import PriceBook
+from transforms.dead_letter import DeadLetter, dead_letter_table
+from transforms.dedup import collapse_duplicates
+from transforms.event_batch import (
+    FINGERPRINT,
+    ORDER,
+    RAW,
+    SHARD,
+    EnrichSettings,
+    InputRecords,
+    enrich_records,
+    in_flight_schema,
+)
+from transforms.hashing import ContentHasher
+from transforms.rate_limit import RateLimits, apply_rate_limits
+from transforms.sharding import split_by_shard, user_shard
+from transforms.validate import EventRules
+
+#: Dead letters of one source are written in files of at most this many lines of input.
+DEAD_LETTER_BUCKET_LINES = 1_000_000
+
+Counts = dict[str, int]
+Keyed = tuple[str, pa.Table]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What every worker needs to know about the run; small and picklable."""
+
+    run_id: str
+    out_dir: str
+    audit_url: str
+    config: PipelineConfig
+    fingerprint: str
+    base_dirs: tuple[str, ...]  # by input order: where each input's image paths resolve
+
+
+class SpineSteps:
+    """The spine's steps for one worker; heavy members are built once, on first use."""
+
+    def __init__(self, plan: RunPlan) -> None:
+        self.plan = plan
+        self.out_dir = Path(plan.out_dir)
+
+    @cached_property
+    def _settings(self) -> EnrichSettings:
+        config = self.plan.config
+        return EnrichSettings(
+            rules=EventRules.from_json_schema(schemas.event_json_schema()),
+            prices=PriceBook.from_rows(schemas.pricing_rows(config.pricing_path)),
+            hasher=ContentHasher(config.hmac_key()),
+            shards=config.shards,
+        )
+
+    @cached_property
+    def _in_flight(self) -> pa.Schema:
+        return in_flight_schema(schemas.arrow_schema("events"))
+
+    @cached_property
+    def _audit(self) -> AuditWriter:
+        return AuditWriter(open_engine(self.plan.audit_url), self.plan.config.audit_batch_rows)
+
+    def read(self, split: InputSplit) -> Iterable[InputRecords]:
+        """Batches of raw records from one input split."""
+        return read_split(split, self.plan.config.batch_size)
+
+    def enrich(self, records: InputRecords) -> tuple[list[tuple[int, pa.Table]], list[Keyed], Counts]:
+        """Validate, hash and price; split valid events by ``event_id`` shard."""
+        loader = FolderImageLoader(
+            self.plan.base_dirs[records.source_order], self._settings.rules.image_max_bytes
+        )
+        batch = enrich_records(records, self._settings, loader, self._in_flight)
+        counts = {"events_read": len(records.raws), "blank_lines": records.blank_lines}
+        shards = list(split_by_shard(batch.events, batch.events.column(SHARD)))
+        return shards, self._dead_letter_groups(batch.dead_letters), counts
+
+    def collapse(self, tables: Iterable[pa.Table]) -> tuple[list[tuple[int, pa.Table]], list[Keyed], Counts]:
+        """Apply the duplicate rule to every copy of a shard's event_ids; re-split by user."""
+        result = collapse_duplicates(pa.concat_tables(tables))
+        events = result.events.drop_columns([RAW, FINGERPRINT, SHARD, ORDER])
+        by_user = list(split_by_shard(events, user_shard(events, self.plan.config.shards)))
+        counts = {"duplicates_collapsed": result.collapsed}
+        return by_user, self._dead_letter_groups(result.conflicts), counts
+
+    def rate_limit(self, tables: Iterable[pa.Table]) -> tuple[pa.Table, pa.Table, Counts]:
+        """Flag events past quota for every user of one shard, in a deterministic row order."""
+        events = pa.concat_tables(tables)
+        limits = RateLimits(self.plan.config.quotas, self.plan.config.window_seconds)
+        result = apply_rate_limits(events, limits, schemas.arrow_schema("rate_limit_violations"))
+        flagged = result.events.sort_by(
+            [("user_id", "ascending"), ("event_time", "ascending"), ("event_id", "ascending")]
+        ).select(schemas.arrow_schema("events").names).cast(schemas.arrow_schema("events"))
+        cost = pc.sum(flagged.column("cost")).as_py()
+        counts = {
+            "events_processed": flagged.num_rows,
+            "rate_limited": pc.sum(flagged.column("rate_limited")).as_py() or 0,
+            "unpriced_events": flagged.column("cost").null_count,
+            "cost_total_micros": int(cost.scaleb(6)) if cost is not None else 0,
+        }
+        return flagged, result.violations, counts
+
+    def write_events(self, shard: int, events: pa.Table) -> Counts:
+        """Write one user shard's events to Parquet and to the audit store."""
+        write_partitioned(events, self.out_dir, "events", self._stem(f"{shard:04d}"), "event_time")
+        inserted = self._audit.write(events)
+        return {"audit_rows_inserted": inserted}
+
+    def write_violations(self, shard: int, violations: pa.Table) -> Counts:
+        """Write one user shard's rate-limit violations to Parquet."""
+        write_partitioned(
+            violations, self.out_dir, "rate_limit_violations", self._stem(f"{shard:04d}"), "window_start"
+        )
+        return {"rate_limit_violations": violations.num_rows}
+
+    def write_dead_letters(self, key: str, tables: Iterable[pa.Table]) -> Counts:
+        """Write one bucket of dead letters, sorted by source position; count them by reason."""
+        letters = pa.concat_tables(tables).sort_by([("source", "ascending"), ("line_no", "ascending")])
+        write_partitioned(letters, self.out_dir, "dead_letter", self._stem(key), "event_time")
+        reasons = Counter(letters.column("reason").to_pylist())
+        return {"events_dead_lettered": letters.num_rows} | {
+            f"dead_letter.{reason}": n for reason, n in reasons.items()
+        }
+
+    def _stem(self, suffix: str) -> str:
+        return f"{self.plan.fingerprint}-{suffix}"
+
+    def _dead_letter_groups(self, letters: list[DeadLetter]) -> list[Keyed]:
+        """Dead letters keyed by (source, bucket of lines), so each bucket becomes one file."""
+        if not letters:
+            return []
+        groups: dict[str, list[DeadLetter]] = {}
+        for letter in letters:
+            source_key = zlib.crc32(letter.source.encode("utf-8"))
+            key = f"{source_key:08x}-{letter.line_no // DEAD_LETTER_BUCKET_LINES:04d}"
+            groups.setdefault(key, []).append(letter)
+        schema = schemas.arrow_schema("dead_letter")
+        return [(key, dead_letter_table(group, schema)) for key, group in sorted(groups.items())]

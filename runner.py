@@ -1,0 +1,165 @@
+"""aiep: the command line of the AI content governance pipeline.
+
+    runner.py run --input PATH... --out DIR [--engine beam] [--audit-db URL] [--config FILE] [-- BEAM_OPTIONS...]
+    runner.py generate --events N --out FILE [--seed S] [--dup-rate R] [--bad-rate R] [--images]
+
+Thin over the library: parsing and printing here, everything else in ``pipelines``/``connectors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models never come from a hub at run time
+
+EXIT_FAILED = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runner.py",
+        description="Streaming dataflow pipeline for AI content governance.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="validate, deduplicate, hash, price and rate-limit events from files; write Parquet and the audit store",
+        description=(
+            "Run the pipeline over input files. Arguments after `--` are passed to the engine "
+            "as pipeline options, e.g. `-- --runner=FlinkRunner --flink_master=host:8081`."
+        ),
+        epilog="Exit status: 0 on success (dead letters are data, not failure); 1 when the run "
+        "cannot do its job (unreadable input, unwritable output, unusable audit store); 2 on bad flags.",
+    )
+    run.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                     help="JSONL/CSV (optionally .gz) or Parquet files or globs, in order; '-' reads JSONL from stdin")
+    run.add_argument("--out", required=True, type=Path, metavar="DIR",
+                     help="output directory: Parquet datasets, audit.sqlite and _runs/<run_id>.json")
+    run.add_argument("--engine", default="beam", choices=["beam"], help="dataflow engine (default: beam)")
+    run.add_argument("--audit-db", metavar="URL", default=None,
+                     help="audit store URL (default: sqlite:///<DIR>/audit.sqlite)")
+    run.add_argument("--config", type=Path, metavar="FILE", default=None,
+                     help="TOML file overriding quotas, window, pricing table, hashing mode and batch sizes")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    run.add_argument("engine_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    gen = commands.add_parser(
+        "generate",
+        help="write realistic synthetic events (JSONL), deterministic for a seed",
+        description="Write realistic multimodal AI-generation events with duplicates and bad lines "
+        "of every kind, plus <FILE>.manifest.json with the counts a run should report.",
+    )
+    gen.add_argument("--events", type=int, required=True, metavar="N", help="lines to write")
+    gen.add_argument("--out", type=Path, required=True, metavar="FILE", help="JSONL file to write (.gz compresses)")
+    gen.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    gen.add_argument("--dup-rate", type=float, default=0.02, metavar="R",
+                     help="fraction of lines that repeat an earlier event_id (default: 0.02)")
+    gen.add_argument("--bad-rate", type=float, default=0.01, metavar="R",
+                     help="fraction of lines that break the contract (default: 0.01)")
+    gen.add_argument("--images", action="store_true",
+                     help="give image events real PNG images (files under images/ beside FILE, and inline base64)")
+    return parser
+
+
+def _engine_args(raw: list[str]) -> list[str]:
+    return raw[1:] if raw[:1] == ["--"] else raw
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.batch_run import RunRequest, run_batch
+
+    extra = _engine_args(args.engine_args)
+    if extra and args.engine_args[:1] != ["--"]:
+        print(f"error: unexpected arguments {extra!r}; engine options go after `--`", file=sys.stderr)
+        return 2
+    request = RunRequest(
+        inputs=args.input,
+        out_dir=args.out,
+        engine=args.engine,
+        audit_url=args.audit_db,
+        config_path=args.config,
+        engine_args=tuple(extra),
+    )
+    show_bar = sys.stderr.isatty() and not args.no_progress
+    bar = _progress_bar() if show_bar else None
+    try:
+        summary = run_batch(request, on_progress=bar.update_to if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    _print_summary(summary)
+    return 0
+
+
+def _progress_bar() -> Any:
+    from tqdm import tqdm
+
+    class _Bar(tqdm):  # type: ignore[misc,type-arg]
+        def update_to(self, done: int, total: int) -> None:
+            self.total = total
+            self.update(done - self.n)
+
+    return _Bar(desc="reading", unit="B", unit_scale=True, unit_divisor=1024, leave=False, file=sys.stderr)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    out = Path(summary["out_dir"])
+    print(f"run {summary['run_id']} finished in {summary['seconds']:.1f}s "
+          f"({summary['events_per_second'] or 0:,} events/s)")
+    print(f"  read {summary['events_read']:,} = processed {summary['events_processed']:,}"
+          f" + dead-lettered {summary['events_dead_lettered']:,}"
+          f" + duplicates collapsed {summary['duplicates_collapsed']:,}")
+    print(f"  rate-limited {summary['rate_limited']:,} events in {summary['rate_limit_violations']:,} windows;"
+          f" unpriced {summary['unpriced_events']:,}; cost ${summary['cost_total']}")
+    if summary["dead_letters_by_reason"]:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in summary["dead_letters_by_reason"].items())
+        print(f"  dead letters: {reasons}")
+    print(f"  outputs: {out}/{{events,rate_limit_violations,dead_letter}}/dt=*/*.parquet")
+    print(f"  audit:   {summary['audit_db']}")
+    print(f"  summary: {out / '_runs' / (summary['run_id'] + '.json')}")
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from connectors.synthetic import generate_events
+
+    if args.events < 0:
+        print("error: --events must be >= 0", file=sys.stderr)
+        return 2
+    for name in ("dup_rate", "bad_rate"):
+        if not 0 <= getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be in [0, 1)", file=sys.stderr)
+            return 2
+    report = generate_events(args.events, args.out, seed=args.seed, dup_rate=args.dup_rate,
+                             bad_rate=args.bad_rate, images=args.images)
+    print(f"wrote {report.lines:,} lines to {report.path}: {report.valid_unique:,} valid events, "
+          f"{report.exact_duplicates:,} exact and {report.conflicting_duplicates:,} conflicting duplicates, "
+          f"{sum(report.bad_by_reason.values()):,} bad lines, {report.images_written} images")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``runner.py`` and the ``aiep`` console script."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    from connectors.config import ConfigError
+    from connectors.sources import InputError
+    from pipelines.batch_run import RunError
+
+    try:
+        return {"run": _cmd_run, "generate": _cmd_generate}[args.command](args)
+    except (RunError, InputError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Event cost from a dated pricing table, exact in Decimal and rounded once (half-even, 6 places)."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+
+#: DECIMAL(10,6): the audit trail's cost column.
+COST_QUANTUM = Decimal("0.000001")
+COST_MAX = Decimal("9999.999999")
+_THOUSAND = Decimal(1000)
+# Token counts reach 2**63; 80 digits keep every product exact before the single rounding.
+_EXACT = Context(prec=80)
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """One row of the pricing table: USD per 1K input/output tokens and per image."""
+
+    model: str
+    effective_from: date
+    input_per_1k: Decimal
+    output_per_1k: Decimal
+    per_image: Decimal
+
+
+class PriceBook:
+    """Prices by model and date; ``price_in_force`` picks the row that applies to an event.
+
+    >>> book = PriceBook.from_rows([
+    ...     {"model": "m", "effective_from": "2024-01-01", "input_per_1k_usd": "0.01",
+    ...      "output_per_1k_usd": "0.02", "per_image_usd": ""},
+    ...     {"model": "m", "effective_from": "2024-06-01", "input_per_1k_usd": "0.005",
+    ...      "output_per_1k_usd": "0.01", "per_image_usd": ""}])
+    >>> book.price_in_force("m", date(2024, 5, 31)).input_per_1k
+    Decimal('0.01')
+    >>> book.price_in_force("m", date(2024, 6, 1)).input_per_1k
+    Decimal('0.005')
+    >>> book.price_in_force("m", date(2023, 12, 31)) is None
+    True
+    """
+
+    def __init__(self, prices: Iterable[Price]) -> None:
+        by_model: dict[str, list[Price]] = {}
+        for price in prices:
+            by_model.setdefault(price.model, []).append(price)
+        self._prices: dict[str, list[Price]] = {}
+        self._dates: dict[str, list[date]] = {}
+        for model, rows in by_model.items():
+            rows.sort(key=lambda p: p.effective_from)
+            dates = [p.effective_from for p in rows]
+            if len(set(dates)) != len(dates):
+                raise ValueError(f"pricing: model {model!r} has two rows with one effective_from")
+            self._prices[model] = rows
+            self._dates[model] = dates
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, str]]) -> PriceBook:
+        """Build from ``pricing.csv`` rows; an empty cell is 0; a bad cell names its row."""
+        prices = []
+        for row_no, row in enumerate(rows, start=2):
+            try:
+                prices.append(
+                    Price(
+                        model=row["model"].strip(),
+                        effective_from=date.fromisoformat(row["effective_from"].strip()),
+                        input_per_1k=_amount(row["input_per_1k_usd"]),
+                        output_per_1k=_amount(row["output_per_1k_usd"]),
+                        per_image=_amount(row["per_image_usd"]),
+                    )
+                )
+            except (KeyError, ValueError, InvalidOperation) as exc:
+                raise ValueError(f"pricing row {row_no}: {exc!r} in {dict(row)}") from None
+        return cls(prices)
+
+    @property
+    def models(self) -> list[str]:
+        """Every model with at least one price row."""
+        return sorted(self._prices)
+
+    def price_in_force(self, model: str, on: date) -> Price | None:
+        """The row with the latest ``effective_from`` on or before ``on``, else ``None``."""
+        dates = self._dates.get(model)
+        if dates is None:
+            return None
+        i = bisect.bisect_right(dates, on)
+        return self._prices[model][i - 1] if i else None
+
+
+def _amount(cell: str) -> Decimal:
+    text = (cell or "").strip()
+    value = Decimal(text) if text else Decimal(0)
+    if not value.is_finite() or value < 0:
+        raise ValueError(f"price must be a finite amount >= 0, got {cell!r}")
+    return value
+
+
+def event_cost(price: Price, input_tokens: int, output_tokens: int, images: int) -> Decimal:
+    """Exact cost of one event, rounded once, half-even, to 6 places.
+
+    >>> p = Price("m", date(2024, 1, 1), Decimal("0.0025"), Decimal("0.01"), Decimal("0"))
+    >>> event_cost(p, 1000, 500, 0)
+    Decimal('0.007500')
+    >>> event_cost(p, 1, 0, 0)  # 0.0000025 rounds half-even to 0.000002
+    Decimal('0.000002')
+    """
+    exact = _EXACT.add(
+        _EXACT.divide(
+            _EXACT.add(
+                _EXACT.multiply(Decimal(input_tokens), price.input_per_1k),
+                _EXACT.multiply(Decimal(output_tokens), price.output_per_1k),
+            ),
+            _THOUSAND,
+        ),
+        _EXACT.multiply(Decimal(images), price.per_image),
+    )
+    return exact.quantize(COST_QUANTUM, rounding=ROUND_HALF_EVEN, context=_EXACT)

@@ -1,0 +1,43 @@
+"""Content hashing: hex SHA-256 of NFC-normalised UTF-8 text, or HMAC-SHA256 with a secret key."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import unicodedata
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ContentHasher:
+    """Hashes texts and bytes one way for the whole run.
+
+    With ``key`` set the hash is HMAC-SHA256, so short prompts cannot be recovered by hashing
+    guesses. The key is never part of ``repr``.
+
+    >>> ContentHasher().text("e\\u0301")  == ContentHasher().text("\\u00e9")  # NFC: same text
+    True
+    >>> ContentHasher().text(None) is None
+    True
+    >>> ContentHasher().text("")[:12]
+    'e3b0c44298fc'
+    """
+
+    key: bytes | None = field(default=None, repr=False)
+
+    @property
+    def mode(self) -> str:
+        """``sha256`` or ``hmac-sha256``: stored beside every hash so readers know which."""
+        return "sha256" if self.key is None else "hmac-sha256"
+
+    def data(self, payload: bytes) -> str:
+        """Hex digest of raw bytes (an image)."""
+        if self.key is None:
+            return hashlib.sha256(payload).hexdigest()
+        return hmac.new(self.key, payload, hashlib.sha256).hexdigest()
+
+    def text(self, text: str | None) -> str | None:
+        """Hex digest of the NFC-normalised UTF-8 text; ``None`` for absent text."""
+        if text is None:
+            return None
+        return self.data(unicodedata.normalize("NFC", text).encode("utf-8"))

@@ -1,0 +1,301 @@
+"""The input contract's fast path: parse one record and check it against the event JSON Schema.
+
+The limits (lengths, ranges, tiers, allowed fields) come from ``schemas/event.schema.json``
+through :class:`EventRules`; nothing here restates them. A record that breaks a rule raises
+:class:`~transforms.dead_letter.ContractViolation` with the rule's reason code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import orjson
+
+from transforms.dead_letter import ContractViolation, Reason
+
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII
+)
+
+
+@dataclass(frozen=True)
+class EventRules:
+    """Every limit of the input contract, read from the event JSON Schema."""
+
+    required: tuple[str, ...]
+    top_fields: frozenset[str]
+    nested_fields: Mapping[str, frozenset[str]]
+    max_lengths: Mapping[str, int]
+    user_id_range: tuple[int, int]
+    tiers: frozenset[str]
+    time_range: tuple[datetime, datetime]
+    image_mimes: frozenset[str]
+    image_max_bytes: int
+    max_record_bytes: int
+
+    @classmethod
+    def from_json_schema(cls, schema: Mapping[str, Any]) -> EventRules:
+        """Read the rules out of ``event.schema.json`` (as a parsed dict)."""
+        props = schema["properties"]
+        nested = {
+            name: frozenset(props[name]["properties"]) for name in ("input", "output", "usage")
+        }
+        max_lengths = {
+            name: props[name]["maxLength"] for name in ("event_id", "operation_type", "model")
+        }
+        max_lengths["input.text"] = props["input"]["properties"]["text"]["maxLength"]
+        max_lengths["output.text"] = props["output"]["properties"]["text"]["maxLength"]
+        image = props["output"]["properties"]["image"]
+        path_spec, inline_spec = image["oneOf"]
+        max_lengths["output.image.path"] = path_spec["properties"]["path"]["maxLength"]
+        time_range = props["event_time"]["x-range"]
+        image_max = int(image["x-max-decoded-bytes"])
+        return cls(
+            required=tuple(schema["required"]),
+            top_fields=frozenset(props),
+            nested_fields=nested,
+            max_lengths=max_lengths,
+            user_id_range=(props["user_id"]["minimum"], props["user_id"]["maximum"]),
+            tiers=frozenset(props["ai_tier"]["enum"]),
+            time_range=(_parse_time(time_range["min"]), _parse_time(time_range["max"])),
+            image_mimes=frozenset(inline_spec["properties"]["mime"]["enum"]),
+            image_max_bytes=image_max,
+            # A record may carry two max-length texts and a base64 image (4/3 of its bytes).
+            max_record_bytes=image_max * 4 // 3 + 8 * max_lengths["input.text"] + (1 << 20),
+        )
+
+
+class ImageRef(NamedTuple):
+    """An output image as the event names it: a relative path, or inline base64 with a mime."""
+
+    path: str | None
+    base64: str | None
+    mime: str | None
+
+
+class ValidEvent(NamedTuple):
+    """An event that passed every contract rule, with defaults filled in."""
+
+    event_id: str
+    event_time: datetime
+    user_id: int
+    operation_type: str
+    model: str
+    input_text: str | None
+    output_text: str | None
+    image: ImageRef | None
+    input_tokens: int
+    output_tokens: int
+    images: int
+    ai_tier: str | None
+    metadata: dict[str, Any] | None
+
+
+def parse_record(raw: bytes, rules: EventRules) -> Any:
+    """Parse one JSONL record into Python values, or raise a ContractViolation.
+
+    >>> parse_record(b'{"a": 1}', RULES_FOR_DOCTEST)
+    {'a': 1}
+    >>> parse_record(b'{"a": 1', RULES_FOR_DOCTEST)
+    Traceback (most recent call last):
+    transforms.dead_letter.ContractViolation: malformed_json: ...
+    """
+    if len(raw) > rules.max_record_bytes:
+        raise ContractViolation(
+            Reason.LINE_TOO_LONG, f"{len(raw)} bytes; the limit is {rules.max_record_bytes}"
+        )
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise ContractViolation(Reason.INVALID_UTF8, str(bad)) from None
+        # orjson refuses integers beyond 64 bits; the stdlib parses them so the rule can say
+        # "out of range" instead of a misleading "malformed".
+        try:
+            return json.loads(raw, parse_constant=_reject_constant)
+        except ValueError:
+            raise ContractViolation(Reason.MALFORMED_JSON, str(exc)) from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_time(text: str) -> datetime:
+    if not _RFC3339.match(text):
+        raise ValueError(f"not an RFC 3339 timestamp with a zone: {text!r}")
+    return datetime.fromisoformat(text.upper().replace(" ", "T")).astimezone(UTC)
+
+
+def _string(obj: Mapping[str, Any], key: str, name: str, rules: EventRules) -> str:
+    value = obj[key]
+    if type(value) is not str:
+        raise ContractViolation(Reason.WRONG_TYPE, f"{name} must be a string, got {_kind(value)}")
+    if not value:
+        raise ContractViolation(Reason.EMPTY_FIELD, f"{name} must not be empty")
+    limit = rules.max_lengths[name]
+    if len(value) > limit:
+        raise ContractViolation(Reason.FIELD_TOO_LONG, f"{name} has {len(value)} chars; max {limit}")
+    return value
+
+
+def _optional_text(part: Mapping[str, Any], name: str, rules: EventRules) -> str | None:
+    value = part.get("text")
+    if value is None and "text" not in part:
+        return None
+    if type(value) is not str:
+        raise ContractViolation(Reason.WRONG_TYPE, f"{name} must be a string, got {_kind(value)}")
+    limit = rules.max_lengths[name]
+    if len(value) > limit:
+        raise ContractViolation(Reason.FIELD_TOO_LONG, f"{name} has {len(value)} chars; max {limit}")
+    return value
+
+
+def _count(usage: Mapping[str, Any], key: str) -> int:
+    value = usage.get(key, 0)
+    if type(value) is not int:
+        raise ContractViolation(
+            Reason.WRONG_TYPE, f"usage.{key} must be an integer, got {_kind(value)}"
+        )
+    if value < 0:
+        raise ContractViolation(Reason.NEGATIVE_COUNT, f"usage.{key} is {value}; must be >= 0")
+    if value >= 1 << 63:
+        raise ContractViolation(Reason.OUT_OF_RANGE, f"usage.{key} is {value}; must be < 2^63")
+    return value
+
+
+def _object(obj: Mapping[str, Any], key: str, rules: EventRules) -> Mapping[str, Any]:
+    part = obj.get(key)
+    if part is None and key not in obj:
+        return {}
+    if type(part) is not dict:
+        raise ContractViolation(Reason.WRONG_TYPE, f"{key} must be an object, got {_kind(part)}")
+    extra = part.keys() - rules.nested_fields[key]
+    if extra:
+        raise ContractViolation(Reason.UNKNOWN_FIELD, f"{key}.{sorted(extra)[0]} is not in the contract")
+    return part
+
+
+def _image(output: Mapping[str, Any], rules: EventRules) -> ImageRef | None:
+    if "image" not in output:
+        return None
+    image = output["image"]
+    if type(image) is not dict:
+        raise ContractViolation(Reason.INVALID_IMAGE, f"output.image must be an object, got {_kind(image)}")
+    keys = image.keys()
+    if keys == {"path"}:
+        path = image["path"]
+        if type(path) is not str or not path:
+            raise ContractViolation(Reason.INVALID_IMAGE, "output.image.path must be a non-empty string")
+        if path.lower().startswith(("http://", "https://")):
+            raise ContractViolation(Reason.IMAGE_URL_NOT_FETCHED, f"URLs are never fetched: {path[:200]}")
+        if len(path) > rules.max_lengths["output.image.path"]:
+            raise ContractViolation(Reason.FIELD_TOO_LONG, "output.image.path is too long")
+        return ImageRef(path=path, base64=None, mime=None)
+    if keys == {"base64", "mime"}:
+        data, mime = image["base64"], image["mime"]
+        if type(data) is not str or not data or type(mime) is not str:
+            raise ContractViolation(Reason.INVALID_IMAGE, "output.image.base64 and .mime must be strings")
+        if mime not in rules.image_mimes:
+            raise ContractViolation(
+                Reason.INVALID_IMAGE, f"output.image.mime {mime[:50]!r} not in {sorted(rules.image_mimes)}"
+            )
+        if len(data) > rules.image_max_bytes * 4 // 3 + 4:
+            raise ContractViolation(Reason.IMAGE_TOO_LARGE, f"base64 of {len(data)} chars exceeds the limit")
+        return ImageRef(path=None, base64=data, mime=mime)
+    raise ContractViolation(
+        Reason.INVALID_IMAGE, f"output.image needs {{path}} or {{base64, mime}}, got {sorted(keys)}"
+    )
+
+
+def validate_event(obj: Any, rules: EventRules) -> ValidEvent:
+    """Check one parsed record against every contract rule; fill in defaults."""
+    if type(obj) is not dict:
+        raise ContractViolation(Reason.NOT_AN_OBJECT, f"a record must be a JSON object, got {_kind(obj)}")
+    for key in rules.required:
+        if key not in obj:
+            raise ContractViolation(Reason.MISSING_FIELD, f"{key} is required")
+    extra = obj.keys() - rules.top_fields
+    if extra:
+        raise ContractViolation(Reason.UNKNOWN_FIELD, f"{sorted(extra)[0]} is not in the contract")
+
+    event_id = _string(obj, "event_id", "event_id", rules)
+    event_time = event_time_of(obj, rules)
+
+    user_id = obj["user_id"]
+    if type(user_id) is not int:
+        raise ContractViolation(Reason.WRONG_TYPE, f"user_id must be an integer, got {_kind(user_id)}")
+    low, high = rules.user_id_range
+    if not low <= user_id <= high:
+        raise ContractViolation(Reason.OUT_OF_RANGE, f"user_id {user_id} is outside [{low}, {high}]")
+
+    operation_type = _string(obj, "operation_type", "operation_type", rules)
+    model = _string(obj, "model", "model", rules)
+    prompt = _object(obj, "input", rules)
+    output = _object(obj, "output", rules)
+    usage = _object(obj, "usage", rules)
+
+    tier = obj.get("ai_tier")
+    if tier is not None and tier not in rules.tiers:
+        raise ContractViolation(Reason.UNKNOWN_TIER, f"ai_tier {str(tier)[:50]!r} not in {sorted(rules.tiers)}")
+    metadata = obj.get("metadata")
+    if metadata is not None and type(metadata) is not dict:
+        raise ContractViolation(Reason.WRONG_TYPE, f"metadata must be an object, got {_kind(metadata)}")
+
+    return ValidEvent(
+        event_id=event_id,
+        event_time=event_time,
+        user_id=user_id,
+        operation_type=operation_type,
+        model=model,
+        input_text=_optional_text(prompt, "input.text", rules),
+        output_text=_optional_text(output, "output.text", rules),
+        image=_image(output, rules),
+        input_tokens=_count(usage, "input_tokens"),
+        output_tokens=_count(usage, "output_tokens"),
+        images=_count(usage, "images"),
+        ai_tier=tier,
+        metadata=metadata,
+    )
+
+
+def event_time_of(obj: Mapping[str, Any], rules: EventRules) -> datetime:
+    """The event's time in UTC, checked for RFC 3339 form and MySQL TIMESTAMP's range."""
+    value = obj["event_time"]
+    if type(value) is not str:
+        raise ContractViolation(Reason.WRONG_TYPE, f"event_time must be a string, got {_kind(value)}")
+    try:
+        when = _parse_time(value)
+    except ValueError as exc:
+        raise ContractViolation(Reason.INVALID_TIMESTAMP, str(exc)[:300]) from None
+    low, high = rules.time_range
+    if not low <= when <= high:
+        raise ContractViolation(
+            Reason.TIMESTAMP_OUT_OF_RANGE, f"event_time {value} is outside [{low:%Y-%m-%dT%H:%M:%SZ}, {high:%Y-%m-%dT%H:%M:%SZ}]"
+        )
+    return when
+
+
+def salvage_identity(obj: Any, rules: EventRules) -> tuple[str | None, datetime | None]:
+    """Best-effort ``(event_id, event_time)`` of a rejected record, for its dead letter."""
+    if type(obj) is not dict:
+        return None, None
+    event_id = obj.get("event_id")
+    event_id = event_id[:128] if type(event_id) is str else None
+    try:
+        when: datetime | None = event_time_of(obj, rules)
+    except (ContractViolation, KeyError):
+        when = None
+    return event_id, when
+
+
+def _kind(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
