@@ -146,6 +146,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``runner.py`` and the ``aiep`` console script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Beam's local workers log start-up chatter at WARNING; its errors still show.
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
     args = _parser().parse_args(argv)
     from connectors.config import ConfigError
     from connectors.sources import InputError

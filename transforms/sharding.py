@@ -18,14 +18,14 @@ def split_by_shard(table: pa.Table, shard: pa.ChunkedArray | pa.Array) -> Iterat
     """
     if table.num_rows == 0:
         return
-    order = pc.sort_indices(shard)
-    keys = pc.take(shard, order).to_numpy()
-    ordered = table.take(order)
+    order = pc.sort_indices(shard).to_numpy()
+    keys = np.asarray(pc.take(shard, pa.array(order)))
     bounds = np.flatnonzero(np.diff(keys)) + 1
     starts = np.concatenate(([0], bounds))
     ends = np.concatenate((bounds, [len(keys)]))
     for start, end in zip(starts, ends, strict=True):
-        yield int(keys[start]), ordered.slice(int(start), int(end - start))
+        # take, not slice: a slice shares (and would pickle) the whole parent's buffers.
+        yield int(keys[start]), table.take(pa.array(order[start:end]))
 
 
 def user_shard(table: pa.Table, shards: int) -> pa.Array:
