@@ -161,14 +161,19 @@ def _optional_text(part: Mapping[str, Any], name: str, rules: EventRules) -> str
 def _count(usage: Mapping[str, Any], key: str) -> int:
     value = usage.get(key, 0)
     if type(value) is not int:
-        raise ContractViolation(
-            Reason.WRONG_TYPE, f"usage.{key} must be an integer, got {_kind(value)}"
-        )
+        _reject_non_integer(f"usage.{key}", value)
     if value < 0:
         raise ContractViolation(Reason.NEGATIVE_COUNT, f"usage.{key} is {value}; must be >= 0")
     if value >= 1 << 63:
         raise ContractViolation(Reason.OUT_OF_RANGE, f"usage.{key} is {value}; must be < 2^63")
     return value
+
+
+def _reject_non_integer(name: str, value: object) -> None:
+    # orjson reads an integer literal beyond 64 bits as a float: name the range, not the type.
+    if type(value) is float and value.is_integer() and abs(value) >= 2**63:
+        raise ContractViolation(Reason.OUT_OF_RANGE, f"{name} {value:.0f} does not fit 64 bits")
+    raise ContractViolation(Reason.WRONG_TYPE, f"{name} must be an integer, got {_kind(value)}")
 
 
 def _object(obj: Mapping[str, Any], key: str, rules: EventRules) -> Mapping[str, Any]:
@@ -231,7 +236,7 @@ def validate_event(obj: Any, rules: EventRules) -> ValidEvent:
 
     user_id = obj["user_id"]
     if type(user_id) is not int:
-        raise ContractViolation(Reason.WRONG_TYPE, f"user_id must be an integer, got {_kind(user_id)}")
+        _reject_non_integer("user_id", user_id)
     low, high = rules.user_id_range
     if not low <= user_id <= high:
         raise ContractViolation(Reason.OUT_OF_RANGE, f"user_id {user_id} is outside [{low}, {high}]")
