@@ -147,7 +147,9 @@ class AuditWriter:
         columns = {
             AUDIT_COLUMNS[name]: events.column(name) for name in AUDIT_COLUMNS
         }
-        columns["created_at"] = pc.strftime(columns["created_at"], "%Y-%m-%d %H:%M:%S")
+        # TIMESTAMP holds whole seconds; Arrow's %S would print the microseconds too.
+        seconds = columns["created_at"].cast(pa.timestamp("s", tz="UTC"), safe=False)
+        columns["created_at"] = pc.strftime(seconds, "%Y-%m-%d %H:%M:%S")
         columns["rate_limited"] = pc.cast(columns["rate_limited"], pa.int8())
         for start in range(0, events.num_rows, self._batch_rows):
             values = [columns[name].slice(start, self._batch_rows).to_pylist() for name in self._order]

@@ -72,7 +72,7 @@ class PriceBook:
                         per_image=_amount(row["per_image_usd"]),
                     )
                 )
-            except (KeyError, ValueError, InvalidOperation) as exc:
+            except (KeyError, ValueError, TypeError, AttributeError, InvalidOperation) as exc:
                 raise ValueError(f"pricing row {row_no}: {exc!r} in {dict(row)}") from None
         return cls(prices)
 

@@ -1,0 +1,249 @@
+"""The ``generate`` capability: realistic synthetic multimodal load, deterministic for a seed.
+
+:func:`generate_events` writes a JSONL file of AI-generation events the way production sends
+them: many users of three tiers with skewed activity and rate-limit bursts, every priced model
+plus an unpriced one, real (often offensive) text, images, out-of-order times, duplicates and
+bad lines of every kind. Beside the file it writes ``<file>.manifest.json`` saying what the
+pipeline must make of it, so tests and benchmarks can check the pipeline's counts exactly:
+
+>>> import tempfile
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     report = generate_events(2000, Path(tmp) / "events.jsonl", seed=7)
+>>> report.lines == report.valid_unique + report.exact_duplicates \\
+...     + report.conflicting_duplicates + sum(report.bad_by_reason.values())
+True
+
+The same arguments give byte-identical files: every random choice comes from one
+``random.Random(seed)``, no set is iterated, and times count from a fixed base date.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from connectors.synthetic_bad import BadLines
+from connectors.synthetic_events import EventFactory, model_catalogue
+from connectors.synthetic_images import ImagePool
+from connectors.synthetic_load import LoadPlan, Population, user_count
+from connectors.synthetic_text import Corpus
+from schemas import pricing_rows, tier_table
+
+#: Lines are joined and written this many at a time (memory stays flat whatever ``n`` is).
+WRITE_CHUNK_LINES = 4096
+
+
+@dataclass(frozen=True)
+class GenerateReport:
+    """What a generated file holds, and so what the pipeline must make of it."""
+
+    path: Path  # the JSONL written
+    lines: int  # lines written in total
+    valid_unique: int  # distinct valid events (what the pipeline should process)
+    exact_duplicates: int  # extra identical copies (what the pipeline should collapse)
+    conflicting_duplicates: int  # same event_id, different payload (conflicting_duplicate)
+    bad_by_reason: dict[str, int]  # bad lines by the reason code the pipeline must give them
+    images_written: int  # PNG files written under <path.parent>/images/
+
+
+class DuplicatePool:
+    """Valid events that may still be copied: recent ones, and a reservoir of older ones.
+
+    Copies land soon after their original (``recent``) or, a quarter of the time, far after
+    (``older``, a uniform reservoir sample of everything evicted from ``recent``). An event
+    leaves the pool when copied, so no event is copied twice and no copy is ever copied.
+    """
+
+    def __init__(self, rng: random.Random, recent_size: int = 2000, older_size: int = 500) -> None:
+        self._rng = rng
+        self._recent: list[dict[str, Any]] = []
+        self._older: list[dict[str, Any]] = []
+        self._recent_size, self._older_size = recent_size, older_size
+        self._evicted = 0
+
+    def offer(self, event: dict[str, Any]) -> None:
+        """Make ``event`` (a fresh original) available for copying."""
+        if len(self._recent) < self._recent_size:
+            self._recent.append(event)
+            return
+        slot = self._rng.randrange(self._recent_size)
+        self._recent[slot], evicted = event, self._recent[slot]
+        self._evicted += 1
+        if len(self._older) < self._older_size:
+            self._older.append(evicted)
+        else:
+            keep = self._rng.randrange(self._evicted)
+            if keep < self._older_size:
+                self._older[keep] = evicted
+
+    def take(self) -> dict[str, Any] | None:
+        """Remove and return an original to copy, or ``None`` while the pool is empty."""
+        pool = self._older if self._older and self._rng.random() < 0.25 else self._recent
+        if not pool:
+            return None
+        slot = self._rng.randrange(len(pool))
+        pool[slot], pool[-1] = pool[-1], pool[slot]
+        return pool.pop()
+
+
+def exact_copy(rng: random.Random, event: dict[str, Any]) -> bytes:
+    """The same JSON object in other bytes: keys reordered, spaced, or ASCII-escaped.
+
+    >>> orjson.loads(exact_copy(random.Random(0), {"a": "é", "b": [1]})) == {"a": "é", "b": [1]}
+    True
+    """
+    form = rng.randrange(4)
+    if form == 0:
+        return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    if form == 1:
+        return orjson.dumps(dict(reversed(event.items())))
+    return json.dumps(event, ensure_ascii=form == 2).encode("utf-8")
+
+
+def conflicting_copy(rng: random.Random, event: dict[str, Any]) -> bytes:
+    """Same event_id, other payload: a retried request that billed different token counts."""
+    usage = dict(event.get("usage", {}))
+    key = "output_tokens" if "output_tokens" in usage else "input_tokens"
+    if event["operation_type"] == "image_generation":
+        key = "images"
+    usage[key] = usage.get(key, 0) + rng.randint(1, 50)
+    return orjson.dumps({**event, "usage": usage})
+
+
+@contextlib.contextmanager
+def _jsonl_sink(out: Path) -> Iterator[io.BufferedIOBase]:
+    """A binary file for ``out``; gzip (with no timestamp or name, for determinism) for .gz."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as raw:
+        if out.suffix != ".gz":
+            yield raw
+            return
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
+            yield gz
+
+
+class _Generator:
+    """One generation run: its random stream, its parts, and its tallies."""
+
+    def __init__(self, n: int, out: Path, seed: int, images: bool) -> None:
+        self.rng = random.Random(seed)
+        tiers = tier_table()
+        population = Population.draw(self.rng, user_count(n))
+        self.plan = LoadPlan(self.rng, population, n, tiers["quotas"], tiers["window_seconds"])
+        pool = ImagePool.draw(seed) if images else None
+        self.images_written = pool.write(out.parent) if pool else 0
+        self.factory = EventFactory(
+            self.rng, population, model_catalogue(pricing_rows()), Corpus.load(), pool
+        )
+        self.bad = BadLines(images=images)
+        self.duplicates = DuplicatePool(self.rng)
+        self.valid_unique = self.exact = self.conflicting = 0
+
+    def line(self, line_no: int, dup_rate: float, bad_rate: float) -> bytes:
+        """The next line: a bad one, a copy of an earlier event, or a fresh valid event."""
+        roll = self.rng.random()
+        if roll < bad_rate:
+            user, ms = self.plan.background_slot(line_no)
+            return self.bad.make(self.factory.event(user, ms), self.rng)[1]
+        if roll < bad_rate + dup_rate:
+            original = self.duplicates.take()
+            if original is not None:
+                return self._copy(original)
+        event = self.factory.event(*self.plan.next_slot(line_no))
+        self.duplicates.offer(event)
+        self.valid_unique += 1
+        return orjson.dumps(event)
+
+    def _copy(self, original: dict[str, Any]) -> bytes:
+        if self.rng.random() < 0.75:
+            self.exact += 1
+            return exact_copy(self.rng, original)
+        self.conflicting += 1
+        return conflicting_copy(self.rng, original)
+
+
+def generate_events(
+    n: int,
+    out: Path,
+    *,
+    seed: int = 0,
+    dup_rate: float = 0.02,
+    bad_rate: float = 0.01,
+    images: bool = False,
+) -> GenerateReport:
+    """Write ``n`` lines of synthetic events to ``out`` and a manifest beside it.
+
+    Args:
+        n: lines to write (valid events, duplicates and bad lines together).
+        out: the JSONL file; gzip-compressed when its name ends in ``.gz``.
+        seed: the same seed (with the same other arguments) gives byte-identical files.
+        dup_rate: share of lines that copy an earlier valid event: 3/4 exact copies in other
+            bytes, 1/4 conflicting (same event_id, other token counts).
+        bad_rate: share of lines that break the contract, cycling through every reason code.
+        images: write a pool of PNGs to ``out.parent/images/`` and give image events an
+            ``output.image`` (a relative path, or inline base64); adds the path-image reasons.
+
+    Returns:
+        The counts, also written to ``<out>.manifest.json``.
+    """
+    _check_arguments(n, dup_rate, bad_rate)
+    out = Path(out)
+    run = _Generator(n, out, seed, images)
+    with _jsonl_sink(out) as sink:
+        chunk: list[bytes] = []
+        for line_no in range(n):
+            chunk.append(run.line(line_no, dup_rate, bad_rate))
+            if len(chunk) == WRITE_CHUNK_LINES:
+                sink.write(b"\n".join(chunk) + b"\n")
+                chunk.clear()
+        if chunk:
+            sink.write(b"\n".join(chunk) + b"\n")
+    report = GenerateReport(
+        path=out,
+        lines=n,
+        valid_unique=run.valid_unique,
+        exact_duplicates=run.exact,
+        conflicting_duplicates=run.conflicting,
+        bad_by_reason=run.bad.counts(),
+        images_written=run.images_written,
+    )
+    arguments = {"n": n, "seed": seed, "dup_rate": dup_rate, "bad_rate": bad_rate, "images": images}
+    _write_manifest(report, arguments)
+    return report
+
+
+def manifest_path(out: Path) -> Path:
+    """Where :func:`generate_events` writes the manifest of ``out``.
+
+    >>> manifest_path(Path("/tmp/load.jsonl.gz"))
+    PosixPath('/tmp/load.jsonl.gz.manifest.json')
+    """
+    return out.with_name(out.name + ".manifest.json")
+
+
+def _write_manifest(report: GenerateReport, arguments: dict[str, Any]) -> None:
+    content = {**asdict(report), "path": str(report.path), "arguments": arguments}
+    manifest_path(report.path).write_bytes(
+        orjson.dumps(content, option=orjson.OPT_INDENT_2) + b"\n"
+    )
+
+
+def _check_arguments(n: int, dup_rate: float, bad_rate: float) -> None:
+    if type(n) is not int or n < 0:
+        raise ValueError(f"generate_events: n must be an integer >= 0, got {n!r}")
+    for name, rate in (("dup_rate", dup_rate), ("bad_rate", bad_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"generate_events: {name} must lie in [0, 1], got {rate!r}")
+    if dup_rate + bad_rate > 1.0:
+        raise ValueError(
+            f"generate_events: dup_rate + bad_rate must be <= 1, got {dup_rate} + {bad_rate}"
+        )
