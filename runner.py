@@ -1,6 +1,7 @@
 """aiep: the command line of the AI content governance pipeline.
 
-    runner.py run --input PATH... --out DIR [--engine beam] [--audit-db URL] [--config FILE] [-- BEAM_OPTIONS...]
+    runner.py run --input PATH... --out DIR [--engine beam] [--audit-db URL] [--config FILE]
+                  [-- BEAM_OPTIONS...]
     runner.py generate --events N --out FILE [--seed S] [--dup-rate R] [--bad-rate R] [--images]
 
 Thin over the library: parsing and printing here, everything else in ``pipelines``/``connectors``.
@@ -29,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="validate, deduplicate, hash, price and rate-limit events from files; write Parquet and the audit store",
+        help="validate, deduplicate, hash, price and rate-limit events from files; "
+        "write Parquet and the audit store",
         description=(
             "Run the pipeline over input files. Arguments after `--` are passed to the engine "
             "as pipeline options, e.g. `-- --runner=FlinkRunner --flink_master=host:8081`."
@@ -37,15 +39,34 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 on success (dead letters are data, not failure); 1 when the run "
         "cannot do its job (unreadable input, unwritable output, unusable audit store); 2 on bad flags.",
     )
-    run.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                     help="JSONL/CSV (optionally .gz) or Parquet files or globs, in order; '-' reads JSONL from stdin")
-    run.add_argument("--out", required=True, type=Path, metavar="DIR",
-                     help="output directory: Parquet datasets, audit.sqlite and _runs/<run_id>.json")
+    run.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="JSONL/CSV (optionally .gz) or Parquet files or globs, in order; '-' reads JSONL from stdin",
+    )
+    run.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="output directory: Parquet datasets, audit.sqlite and _runs/<run_id>.json",
+    )
     run.add_argument("--engine", default="beam", choices=["beam"], help="dataflow engine (default: beam)")
-    run.add_argument("--audit-db", metavar="URL", default=None,
-                     help="audit store URL (default: sqlite:///<DIR>/audit.sqlite)")
-    run.add_argument("--config", type=Path, metavar="FILE", default=None,
-                     help="TOML file overriding quotas, window, pricing table, hashing mode and batch sizes")
+    run.add_argument(
+        "--audit-db",
+        metavar="URL",
+        default=None,
+        help="audit store URL (default: sqlite:///<DIR>/audit.sqlite)",
+    )
+    run.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="TOML file overriding quotas, window, pricing table, hashing mode and batch sizes",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     run.add_argument("engine_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
@@ -56,14 +77,29 @@ def _parser() -> argparse.ArgumentParser:
         "of every kind, plus <FILE>.manifest.json with the counts a run should report.",
     )
     gen.add_argument("--events", type=int, required=True, metavar="N", help="lines to write")
-    gen.add_argument("--out", type=Path, required=True, metavar="FILE", help="JSONL file to write (.gz compresses)")
+    gen.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="JSONL file to write (.gz compresses)"
+    )
     gen.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
-    gen.add_argument("--dup-rate", type=float, default=0.02, metavar="R",
-                     help="fraction of lines that repeat an earlier event_id (default: 0.02)")
-    gen.add_argument("--bad-rate", type=float, default=0.01, metavar="R",
-                     help="fraction of lines that break the contract (default: 0.01)")
-    gen.add_argument("--images", action="store_true",
-                     help="give image events real PNG images (files under images/ beside FILE, and inline base64)")
+    gen.add_argument(
+        "--dup-rate",
+        type=float,
+        default=0.02,
+        metavar="R",
+        help="fraction of lines that repeat an earlier event_id (default: 0.02)",
+    )
+    gen.add_argument(
+        "--bad-rate",
+        type=float,
+        default=0.01,
+        metavar="R",
+        help="fraction of lines that break the contract (default: 0.01)",
+    )
+    gen.add_argument(
+        "--images",
+        action="store_true",
+        help="give image events real PNG images (files under images/ beside FILE, and inline base64)",
+    )
     return parser
 
 
@@ -110,13 +146,19 @@ def _progress_bar() -> Any:
 
 def _print_summary(summary: dict[str, Any]) -> None:
     out = Path(summary["out_dir"])
-    print(f"run {summary['run_id']} finished in {summary['seconds']:.1f}s "
-          f"({summary['events_per_second'] or 0:,} events/s)")
-    print(f"  read {summary['events_read']:,} = processed {summary['events_processed']:,}"
-          f" + dead-lettered {summary['events_dead_lettered']:,}"
-          f" + duplicates collapsed {summary['duplicates_collapsed']:,}")
-    print(f"  rate-limited {summary['rate_limited']:,} events in {summary['rate_limit_violations']:,} windows;"
-          f" unpriced {summary['unpriced_events']:,}; cost ${summary['cost_total']}")
+    print(
+        f"run {summary['run_id']} finished in {summary['seconds']:.1f}s "
+        f"({summary['events_per_second'] or 0:,} events/s)"
+    )
+    print(
+        f"  read {summary['events_read']:,} = processed {summary['events_processed']:,}"
+        f" + dead-lettered {summary['events_dead_lettered']:,}"
+        f" + duplicates collapsed {summary['duplicates_collapsed']:,}"
+    )
+    print(
+        f"  rate-limited {summary['rate_limited']:,} events in {summary['rate_limit_violations']:,} windows;"
+        f" unpriced {summary['unpriced_events']:,}; cost ${summary['cost_total']}"
+    )
     if summary["dead_letters_by_reason"]:
         reasons = ", ".join(f"{k} {v:,}" for k, v in summary["dead_letters_by_reason"].items())
         print(f"  dead letters: {reasons}")
@@ -135,11 +177,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if not 0 <= getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be in [0, 1)", file=sys.stderr)
             return 2
-    report = generate_events(args.events, args.out, seed=args.seed, dup_rate=args.dup_rate,
-                             bad_rate=args.bad_rate, images=args.images)
-    print(f"wrote {report.lines:,} lines to {report.path}: {report.valid_unique:,} valid events, "
-          f"{report.exact_duplicates:,} exact and {report.conflicting_duplicates:,} conflicting duplicates, "
-          f"{sum(report.bad_by_reason.values()):,} bad lines, {report.images_written} images")
+    report = generate_events(
+        args.events,
+        args.out,
+        seed=args.seed,
+        dup_rate=args.dup_rate,
+        bad_rate=args.bad_rate,
+        images=args.images,
+    )
+    print(
+        f"wrote {report.lines:,} lines to {report.path}: {report.valid_unique:,} valid events, "
+        f"{report.exact_duplicates:,} exact and {report.conflicting_duplicates:,} conflicting duplicates, "
+        f"{sum(report.bad_by_reason.values()):,} bad lines, {report.images_written} images"
+    )
     return 0
 
 

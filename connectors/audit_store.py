@@ -114,6 +114,7 @@ class AuditWriter:
         table = sa.Table("ai_audit_trail", sa.MetaData(), autoload_with=engine)
         columns = list(AUDIT_COLUMNS.values())
         dialect = engine.dialect.name
+        stmt: sa.Insert
         if dialect == "sqlite":
             stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
         elif dialect in ("mysql", "mariadb"):
@@ -144,9 +145,7 @@ class AuditWriter:
         return inserted
 
     def _batches(self, events: pa.Table) -> Iterator[list[tuple[object, ...]] | list[dict[str, object]]]:
-        columns = {
-            AUDIT_COLUMNS[name]: events.column(name) for name in AUDIT_COLUMNS
-        }
+        columns = {AUDIT_COLUMNS[name]: events.column(name) for name in AUDIT_COLUMNS}
         # TIMESTAMP holds whole seconds; Arrow's %S would print the microseconds too.
         seconds = columns["created_at"].cast(pa.timestamp("s", tz="UTC"), safe=False)
         columns["created_at"] = pc.strftime(seconds, "%Y-%m-%d %H:%M:%S")

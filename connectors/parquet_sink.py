@@ -26,7 +26,9 @@ def partition_dates(times: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.fill_null(dates, NULL_PARTITION)
 
 
-def write_partitioned(table: pa.Table, out_dir: Path, dataset: str, stem: str, time_column: str) -> list[Path]:
+def write_partitioned(
+    table: pa.Table, out_dir: Path, dataset: str, stem: str, time_column: str
+) -> list[Path]:
     """Write ``table`` as one file per ``dt`` (from ``time_column``); return the paths written."""
     if table.num_rows == 0:
         return []

@@ -232,9 +232,7 @@ def manifest_path(out: Path) -> Path:
 
 def _write_manifest(report: GenerateReport, arguments: dict[str, Any]) -> None:
     content = {**asdict(report), "path": str(report.path), "arguments": arguments}
-    manifest_path(report.path).write_bytes(
-        orjson.dumps(content, option=orjson.OPT_INDENT_2) + b"\n"
-    )
+    manifest_path(report.path).write_bytes(orjson.dumps(content, option=orjson.OPT_INDENT_2) + b"\n")
 
 
 def _check_arguments(n: int, dup_rate: float, bad_rate: float) -> None:
@@ -244,6 +242,4 @@ def _check_arguments(n: int, dup_rate: float, bad_rate: float) -> None:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"generate_events: {name} must lie in [0, 1], got {rate!r}")
     if dup_rate + bad_rate > 1.0:
-        raise ValueError(
-            f"generate_events: dup_rate + bad_rate must be <= 1, got {dup_rate} + {bad_rate}"
-        )
+        raise ValueError(f"generate_events: dup_rate + bad_rate must be <= 1, got {dup_rate} + {bad_rate}")

@@ -71,9 +71,7 @@ def _pattern(rng: random.Random, index: int) -> Image.Image:
     else:
         for r in range(max(width, height), 0, -step):
             colour = ink if r // step % 2 else paper
-            draw.ellipse(
-                (width // 2 - r, height // 2 - r, width // 2 + r, height // 2 + r), fill=colour
-            )
+            draw.ellipse((width // 2 - r, height // 2 - r, width // 2 + r, height // 2 + r), fill=colour)
     # A marker pixel makes every pool image distinct even when two draws match.
     image.putpixel((0, 0), (index, 255 - index, index * 5 % 256))
     return image

@@ -76,7 +76,9 @@ def run_batch(request: RunRequest, on_progress: Callable[[int, int], None] | Non
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
-        raise RunError(f"another run is writing to {str(out_dir)!r} (lock {out_dir / '.aiep.lock'})") from None
+        raise RunError(
+            f"another run is writing to {str(out_dir)!r} (lock {out_dir / '.aiep.lock'})"
+        ) from None
     try:
         return _run_locked(request, config, out_dir, on_progress)
     finally:
@@ -97,7 +99,9 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]: 
             schema_version = audit_store.upgrade(engine)
             engine.dispose()
         except Exception as exc:  # any driver error: the store is unusable for this run
-            raise RunError(f"audit store {audit_store.redact(audit_url)} is unusable: {type(exc).__name__}") from exc
+            raise RunError(
+                f"audit store {audit_store.redact(audit_url)} is unusable: {type(exc).__name__}"
+            ) from exc
         plan = RunPlan(
             run_id=run_id,
             out_dir=str(out_dir),
@@ -114,7 +118,9 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]: 
         if staging.parent.exists() and not any(staging.parent.iterdir()):
             staging.parent.rmdir()
 
-    summary = _summary(run_id, request, started, files, fingerprint, audit_url, schema_version, config, counts)
+    summary = _summary(
+        run_id, request, started, files, fingerprint, audit_url, schema_version, config, counts
+    )
     _write_summary(out_dir, run_id, summary)
     return summary
 
@@ -141,7 +147,9 @@ def _run_engine(request, splits, plan, total_bytes: int, on_progress) -> dict[st
             on_progress(total_bytes, total_bytes)
 
 
-def _summary(run_id, request, started, files, fingerprint, audit_url, schema_version, config, counts) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _summary(
+    run_id, request, started, files, fingerprint, audit_url, schema_version, config, counts
+) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     finished = datetime.now(UTC)
     read = counts.get("events_read", 0)
     processed = counts.get("events_processed", 0)
@@ -175,7 +183,10 @@ def _summary(run_id, request, started, files, fingerprint, audit_url, schema_ver
             sorted((k.split(".", 1)[1], v) for k, v in counts.items() if k.startswith("dead_letter."))
         ),
         "events_per_second": round(read / seconds) if seconds > 0 else None,
-        "inputs": [{"path": f.name, "format": f.format, "gzip": f.gzip, "size": f.size, "sha256": f.sha256} for f in files],
+        "inputs": [
+            {"path": f.name, "format": f.format, "gzip": f.gzip, "size": f.size, "sha256": f.sha256}
+            for f in files
+        ],
         "inputs_fingerprint": fingerprint,
         "out_dir": str(request.out_dir.resolve()),
         "audit_db": audit_store.redact(audit_url),

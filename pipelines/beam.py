@@ -117,9 +117,8 @@ def build(pipeline: beam.Pipeline, splits: list[InputSplit], plan: RunPlan) -> N
     deduped = (
         enriched.events
         | "GroupByEventIdShard" >> beam.GroupByKey()
-        | "CollapseDuplicates" >> beam.ParDo(CollapseDuplicates(plan)).with_outputs(
-            DEAD_LETTER, main="events"
-        )
+        | "CollapseDuplicates"
+        >> beam.ParDo(CollapseDuplicates(plan)).with_outputs(DEAD_LETTER, main="events")
     )
     limited = (
         deduped.events

@@ -112,9 +112,13 @@ class SpineSteps:
         events = pa.concat_tables(tables)
         limits = RateLimits(self.plan.config.quotas, self.plan.config.window_seconds)
         result = apply_rate_limits(events, limits, schemas.arrow_schema("rate_limit_violations"))
-        flagged = result.events.sort_by(
-            [("user_id", "ascending"), ("event_time", "ascending"), ("event_id", "ascending")]
-        ).select(schemas.arrow_schema("events").names).cast(schemas.arrow_schema("events"))
+        flagged = (
+            result.events.sort_by(
+                [("user_id", "ascending"), ("event_time", "ascending"), ("event_id", "ascending")]
+            )
+            .select(schemas.arrow_schema("events").names)
+            .cast(schemas.arrow_schema("events"))
+        )
         cost = pc.sum(flagged.column("cost")).as_py()
         counts = {
             "events_processed": flagged.num_rows,

@@ -33,8 +33,13 @@ class CliResult:
         return json.loads(runs[-1].read_text())
 
 
-def run_cli(*args: str | Path, cwd: Path | None = None, stdin: bytes | None = None,
-            env: dict[str, str] | None = None, out_dir: Path | None = None) -> CliResult:
+def run_cli(
+    *args: str | Path,
+    cwd: Path | None = None,
+    stdin: bytes | None = None,
+    env: dict[str, str] | None = None,
+    out_dir: Path | None = None,
+) -> CliResult:
     """Run ``runner.py`` in a fresh process, exactly as a user would."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "runner.py"), *map(str, args)],
@@ -47,11 +52,18 @@ def run_cli(*args: str | Path, cwd: Path | None = None, stdin: bytes | None = No
     return CliResult(proc.returncode, proc.stdout.decode(), proc.stderr.decode(), out_dir)
 
 
-def run_pipeline(inputs: list[Path | str], out_dir: Path, *extra: str, cwd: Path | None = None,
-                 stdin: bytes | None = None, env: dict[str, str] | None = None) -> CliResult:
+def run_pipeline(
+    inputs: list[Path | str],
+    out_dir: Path,
+    *extra: str,
+    cwd: Path | None = None,
+    stdin: bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> CliResult:
     """``runner.py run --input ... --out out_dir extra...``; fails the test unless it exits 0."""
-    result = run_cli("run", "--input", *inputs, "--out", out_dir, *extra, cwd=cwd, stdin=stdin,
-                     env=env, out_dir=out_dir)
+    result = run_cli(
+        "run", "--input", *inputs, "--out", out_dir, *extra, cwd=cwd, stdin=stdin, env=env, out_dir=out_dir
+    )
     assert result.returncode == 0, f"run failed ({result.returncode}):\n{result.stderr}"
     return result
 

@@ -24,16 +24,23 @@ from tests.conftest import read_dataset, run_cli, run_pipeline
 N_EVENTS = 4000
 
 
-def reference_cost(model: str, day: date, input_tokens: int, output_tokens: int, images: int) -> Decimal | None:
+def reference_cost(
+    model: str, day: date, input_tokens: int, output_tokens: int, images: int
+) -> Decimal | None:
     """Cost recomputed from pricing.csv with exact fractions and half-even rounding to 6 places."""
     with (schemas.HERE / "pricing.csv").open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["model"] == model and date.fromisoformat(r["effective_from"]) <= day]
+        rows = [
+            r
+            for r in csv.DictReader(fh)
+            if r["model"] == model and date.fromisoformat(r["effective_from"]) <= day
+        ]
     if not rows:
         return None
     row = max(rows, key=lambda r: r["effective_from"])
     price = {k: Fraction(row[k] or "0") for k in ("input_per_1k_usd", "output_per_1k_usd", "per_image_usd")}
-    exact = (input_tokens * price["input_per_1k_usd"] + output_tokens * price["output_per_1k_usd"]) / 1000 \
-        + images * price["per_image_usd"]
+    exact = (
+        input_tokens * price["input_per_1k_usd"] + output_tokens * price["output_per_1k_usd"]
+    ) / 1000 + images * price["per_image_usd"]
     micros = exact * 1_000_000
     floor = micros.numerator // micros.denominator
     rest = micros - floor
@@ -46,8 +53,20 @@ def reference_cost(model: str, day: date, input_tokens: int, output_tokens: int,
 def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = tmp_path_factory.mktemp("gen")
     source = data / "events.jsonl"
-    result = run_cli("generate", "--events", N_EVENTS, "--out", source, "--seed", 11, "--images",
-                     "--dup-rate", "0.05", "--bad-rate", "0.03")
+    result = run_cli(
+        "generate",
+        "--events",
+        N_EVENTS,
+        "--out",
+        source,
+        "--seed",
+        11,
+        "--images",
+        "--dup-rate",
+        "0.05",
+        "--bad-rate",
+        "0.03",
+    )
     assert result.returncode == 0, result.stderr
     manifest = json.loads(Path(f"{source}.manifest.json").read_text())
     return {"dir": data, "source": source, "manifest": manifest}
@@ -60,7 +79,9 @@ def default_run(generated: dict[str, Any], tmp_path_factory: pytest.TempPathFact
     return {"out": out, "summary": result.summary(), "stdout": result.stdout}
 
 
-def test_summary_counts_match_what_the_generator_wrote(generated: dict[str, Any], default_run: dict[str, Any]) -> None:
+def test_summary_counts_match_what_the_generator_wrote(
+    generated: dict[str, Any], default_run: dict[str, Any]
+) -> None:
     manifest, summary = generated["manifest"], default_run["summary"]
     assert summary["events_read"] == manifest["lines"]
     assert summary["events_processed"] == manifest["valid_unique"]
@@ -77,7 +98,9 @@ def test_summary_counts_match_what_the_generator_wrote(generated: dict[str, Any]
         assert key in summary
 
 
-def test_each_event_cost_is_recomputed_from_the_pricing_table(generated: dict[str, Any], default_run: dict[str, Any]) -> None:
+def test_each_event_cost_is_recomputed_from_the_pricing_table(
+    generated: dict[str, Any], default_run: dict[str, Any]
+) -> None:
     events = read_dataset(default_run["out"], "events", "event_id")
     by_id = {}
     for raw in generated["source"].read_bytes().splitlines():
@@ -92,8 +115,13 @@ def test_each_event_cost_is_recomputed_from_the_pricing_table(generated: dict[st
         source = by_id[row["event_id"]]
         usage = source.get("usage", {})
         assert (row["input_tokens"], row["output_tokens"], row["images"]) == (
-            usage.get("input_tokens", 0), usage.get("output_tokens", 0), usage.get("images", 0))
-        expected = reference_cost(row["model"], row["event_time"].date(), row["input_tokens"], row["output_tokens"], row["images"])
+            usage.get("input_tokens", 0),
+            usage.get("output_tokens", 0),
+            usage.get("images", 0),
+        )
+        expected = reference_cost(
+            row["model"], row["event_time"].date(), row["input_tokens"], row["output_tokens"], row["images"]
+        )
         assert row["cost"] == expected, row["event_id"]
         assert row["cost_status"] == ("unpriced" if expected is None else "priced")
         unpriced += expected is None
@@ -106,8 +134,10 @@ def test_cost_totals_agree_to_the_last_digit(default_run: dict[str, Any]) -> Non
         f"SELECT sum(cost) FROM read_parquet('{out}/events/dt=*/*.parquet', hive_partitioning = true)"
     ).fetchone()[0]
     with sqlite3.connect(out / "audit.sqlite") as con:
-        costs = [Decimal(str(c)).quantize(Decimal("0.000001")) for (c,) in con.execute(
-            "SELECT cost FROM ai_audit_trail WHERE cost IS NOT NULL")]
+        costs = [
+            Decimal(str(c)).quantize(Decimal("0.000001"))
+            for (c,) in con.execute("SELECT cost FROM ai_audit_trail WHERE cost IS NOT NULL")
+        ]
     assert Decimal(default_run["summary"]["cost_total"]) == parquet_total == sum(costs)
 
 
@@ -115,13 +145,20 @@ def test_audit_trail_has_one_row_per_processed_event(default_run: dict[str, Any]
     out = default_run["out"]
     events = {e["event_id"]: e for e in read_dataset(out, "events", "event_id")}
     with sqlite3.connect(out / "audit.sqlite") as con:
-        rows = con.execute("SELECT event_id, user_id, operation_type, input_hash, output_hash, created_at, "
-                           "rate_limited FROM ai_audit_trail").fetchall()
+        rows = con.execute(
+            "SELECT event_id, user_id, operation_type, input_hash, output_hash, created_at, "
+            "rate_limited FROM ai_audit_trail"
+        ).fetchall()
     assert len(rows) == len(events) == default_run["summary"]["events_processed"]
     for event_id, user_id, operation, input_hash, output_hash, created_at, limited in rows:
         event = events[event_id]
         assert (user_id, operation, input_hash, output_hash, bool(limited)) == (
-            event["user_id"], event["operation_type"], event["input_hash"], event["output_hash"], event["rate_limited"])
+            event["user_id"],
+            event["operation_type"],
+            event["input_hash"],
+            event["output_hash"],
+            event["rate_limited"],
+        )
         assert created_at == event["event_time"].strftime("%Y-%m-%d %H:%M:%S")  # the event's time
 
 
@@ -140,15 +177,19 @@ def test_parquet_is_hive_partitioned_by_event_date(default_run: dict[str, Any]) 
 def test_rate_limits_trip_and_violations_match_flagged_events(default_run: dict[str, Any]) -> None:
     out = default_run["out"]
     limited = duckdb.execute(
-        f"SELECT count(*) FROM read_parquet('{out}/events/dt=*/*.parquet') WHERE rate_limited").fetchone()[0]
+        f"SELECT count(*) FROM read_parquet('{out}/events/dt=*/*.parquet') WHERE rate_limited"
+    ).fetchone()[0]
     violations = read_dataset(out, "rate_limit_violations", "user_id, window_start")
     assert limited == default_run["summary"]["rate_limited"] > 0
     assert sum(v["limited_count"] for v in violations) == limited
-    assert all(v["request_count"] - v["quota"] == v["limited_count"] for v in violations
-               if v["ai_tier"] != "mixed")
+    assert all(
+        v["request_count"] - v["quota"] == v["limited_count"] for v in violations if v["ai_tier"] != "mixed"
+    )
 
 
-def test_rerun_replaces_outputs_instead_of_duplicating(generated: dict[str, Any], default_run: dict[str, Any], tmp_path: Path) -> None:
+def test_rerun_replaces_outputs_instead_of_duplicating(
+    generated: dict[str, Any], default_run: dict[str, Any], tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     shutil.copytree(default_run["out"], out)
     before = sorted(p.relative_to(out) for p in out.rglob("*.parquet"))
@@ -157,7 +198,10 @@ def test_rerun_replaces_outputs_instead_of_duplicating(generated: dict[str, Any]
     assert before == after
     assert len(read_dataset(out, "events", "event_id")) == default_run["summary"]["events_processed"]
     with sqlite3.connect(out / "audit.sqlite") as con:
-        assert con.execute("SELECT count(*) FROM ai_audit_trail").fetchone()[0] == default_run["summary"]["events_processed"]
+        assert (
+            con.execute("SELECT count(*) FROM ai_audit_trail").fetchone()[0]
+            == default_run["summary"]["events_processed"]
+        )
     assert len(list((out / "_runs").glob("*.json"))) == 2
 
 
@@ -170,46 +214,85 @@ def _dataset_rows(out: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 @pytest.mark.slow
-def test_multi_process_workers_give_the_same_outputs(generated: dict[str, Any], default_run: dict[str, Any], tmp_path: Path) -> None:
+def test_multi_process_workers_give_the_same_outputs(
+    generated: dict[str, Any], default_run: dict[str, Any], tmp_path: Path
+) -> None:
     out = tmp_path / "mp"
-    result = run_pipeline([generated["source"]], out, "--",
-                          "--direct_running_mode=multi_processing", "--direct_num_workers=2")
-    assert result.summary()["engine_args"] == ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    result = run_pipeline(
+        [generated["source"]], out, "--", "--direct_running_mode=multi_processing", "--direct_num_workers=2"
+    )
+    assert result.summary()["engine_args"] == [
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=2",
+    ]
     assert _dataset_rows(out) == _dataset_rows(default_run["out"])
 
 
-def test_stdin_input_gives_the_same_events(generated: dict[str, Any], default_run: dict[str, Any], tmp_path: Path) -> None:
+def test_stdin_input_gives_the_same_events(
+    generated: dict[str, Any], default_run: dict[str, Any], tmp_path: Path
+) -> None:
     out = tmp_path / "stdin"
     result = run_pipeline(["-"], out, cwd=generated["dir"], stdin=generated["source"].read_bytes())
     summary = result.summary()
     assert summary["inputs"][0]["path"] == "<stdin>"
     mine = [{k: v for k, v in e.items() if k != "source"} for e in read_dataset(out, "events", "event_id")]
-    theirs = [{k: v for k, v in e.items() if k != "source"} for e in read_dataset(default_run["out"], "events", "event_id")]
+    theirs = [
+        {k: v for k, v in e.items() if k != "source"}
+        for e in read_dataset(default_run["out"], "events", "event_id")
+    ]
     assert mine == theirs
 
 
-def test_gzip_input_gives_the_same_counts(generated: dict[str, Any], default_run: dict[str, Any], tmp_path: Path) -> None:
+def test_gzip_input_gives_the_same_counts(
+    generated: dict[str, Any], default_run: dict[str, Any], tmp_path: Path
+) -> None:
     packed = generated["dir"] / "events-copy.jsonl.gz"
     packed.write_bytes(gzip.compress(generated["source"].read_bytes()))
     summary = run_pipeline([packed], tmp_path / "gz").summary()
-    for key in ("events_read", "events_processed", "events_dead_lettered", "duplicates_collapsed", "cost_total"):
+    for key in (
+        "events_read",
+        "events_processed",
+        "events_dead_lettered",
+        "duplicates_collapsed",
+        "cost_total",
+    ):
         assert summary[key] == default_run["summary"][key], key
 
 
 def test_csv_and_parquet_inputs_match_jsonl(tmp_path: Path) -> None:
     rows = [
-        {"event_id": f"t-{i}", "event_time": f"2025-07-02T10:00:{i:02d}Z", "user_id": 7 + i % 3,
-         "operation_type": "chat_completion", "model": "gpt-4o-mini", "input.text": f"prompt {i} é",
-         "output.text": f"answer {i}", "usage.input_tokens": 10 + i, "usage.output_tokens": 40 + i,
-         "ai_tier": "free"}
+        {
+            "event_id": f"t-{i}",
+            "event_time": f"2025-07-02T10:00:{i:02d}Z",
+            "user_id": 7 + i % 3,
+            "operation_type": "chat_completion",
+            "model": "gpt-4o-mini",
+            "input.text": f"prompt {i} é",
+            "output.text": f"answer {i}",
+            "usage.input_tokens": 10 + i,
+            "usage.output_tokens": 40 + i,
+            "ai_tier": "free",
+        }
         for i in range(30)
     ]
     jsonl = tmp_path / "in.jsonl"
-    jsonl.write_text("".join(json.dumps({
-        **{k: v for k, v in r.items() if "." not in k},
-        "input": {"text": r["input.text"]}, "output": {"text": r["output.text"]},
-        "usage": {"input_tokens": r["usage.input_tokens"], "output_tokens": r["usage.output_tokens"]},
-    }) + "\n" for r in rows))
+    jsonl.write_text(
+        "".join(
+            json.dumps(
+                {
+                    **{k: v for k, v in r.items() if "." not in k},
+                    "input": {"text": r["input.text"]},
+                    "output": {"text": r["output.text"]},
+                    "usage": {
+                        "input_tokens": r["usage.input_tokens"],
+                        "output_tokens": r["usage.output_tokens"],
+                    },
+                }
+            )
+            + "\n"
+            for r in rows
+        )
+    )
     csv_path = tmp_path / "in.csv"
     with csv_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -225,15 +308,19 @@ def test_csv_and_parquet_inputs_match_jsonl(tmp_path: Path) -> None:
     def events(path: Path) -> list[dict[str, Any]]:
         out = tmp_path / f"out-{path.suffix[1:]}"
         run_pipeline([path], out)
-        return [{k: v for k, v in e.items() if k not in ("source", "line_no")}
-                for e in read_dataset(out, "events", "event_id")]
+        return [
+            {k: v for k, v in e.items() if k not in ("source", "line_no")}
+            for e in read_dataset(out, "events", "event_id")
+        ]
 
     reference = events(jsonl)
     assert len(reference) == 30
     assert events(csv_path) == reference
     assert events(parquet_path) == reference
     dead = read_dataset(tmp_path / "out-csv", "dead_letter", "line_no")
-    assert [(d["line_no"], d["reason"], bytes(d["raw"])) for d in dead] == [(32, "malformed_row", b"bad-row,only,three")]
+    assert [(d["line_no"], d["reason"], bytes(d["raw"])) for d in dead] == [
+        (32, "malformed_row", b"bad-row,only,three")
+    ]
 
 
 def test_keyed_hashing_uses_the_key_from_the_environment(tmp_path: Path) -> None:
@@ -241,27 +328,55 @@ def test_keyed_hashing_uses_the_key_from_the_environment(tmp_path: Path) -> None
     import hmac
 
     source = tmp_path / "in.jsonl"
-    source.write_text(json.dumps({"event_id": "k1", "event_time": "2025-07-01T00:00:00Z", "user_id": 1,
-                                  "operation_type": "chat", "model": "gpt-4o", "input": {"text": "hi"}}) + "\n")
+    source.write_text(
+        json.dumps(
+            {
+                "event_id": "k1",
+                "event_time": "2025-07-01T00:00:00Z",
+                "user_id": 1,
+                "operation_type": "chat",
+                "model": "gpt-4o",
+                "input": {"text": "hi"},
+            }
+        )
+        + "\n"
+    )
     config = tmp_path / "hmac.toml"
     config.write_text('[hashing]\nmode = "hmac-sha256"\n')
     secret = "s3cret-key-value"
-    missing = run_cli("run", "--input", source, "--out", tmp_path / "o1", "--config", config,
-                      env={"AIEP_HMAC_KEY": ""})
+    missing = run_cli(
+        "run", "--input", source, "--out", tmp_path / "o1", "--config", config, env={"AIEP_HMAC_KEY": ""}
+    )
     assert missing.returncode == 1 and "AIEP_HMAC_KEY" in missing.stderr
     result = run_pipeline([source], tmp_path / "o2", "--config", config, env={"AIEP_HMAC_KEY": secret})
     (row,) = read_dataset(tmp_path / "o2", "events", "event_id")
     assert row["input_hash"] == hmac.new(secret.encode(), b"hi", hashlib.sha256).hexdigest()
     assert row["hash_mode"] == "hmac-sha256"
-    everything = result.stdout + result.stderr + "".join(p.read_text() for p in (tmp_path / "o2" / "_runs").glob("*.json"))
+    everything = (
+        result.stdout
+        + result.stderr
+        + "".join(p.read_text() for p in (tmp_path / "o2" / "_runs").glob("*.json"))
+    )
     assert secret not in everything
 
 
 def test_config_overrides_quotas(tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
-    source.write_text("".join(json.dumps({"event_id": f"q{i}", "event_time": f"2025-07-01T00:00:{i:02d}Z",
-                                          "user_id": 5, "operation_type": "chat", "model": "gpt-4o"}) + "\n"
-                              for i in range(5)))
+    source.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "event_id": f"q{i}",
+                    "event_time": f"2025-07-01T00:00:{i:02d}Z",
+                    "user_id": 5,
+                    "operation_type": "chat",
+                    "model": "gpt-4o",
+                }
+            )
+            + "\n"
+            for i in range(5)
+        )
+    )
     config = tmp_path / "quota.toml"
     config.write_text("[rate_limit]\nquotas = { free = 2 }\n")
     summary = run_pipeline([source], tmp_path / "out", "--config", config).summary()
@@ -278,11 +393,17 @@ def test_config_overrides_quotas(tmp_path: Path) -> None:
         (["run", "--input", "/nonexistent/*.jsonl", "--out", "{tmp}/o"], 1, "no input matches"),
         (["run", "--input", "{tmp}/in.txt", "--out", "{tmp}/o"], 1, "unsupported input"),
         (["run", "--input", "{tmp}/in.jsonl", "--out", "/proc/aiep-cannot-write"], 1, "not writable"),
-        (["run", "--input", "{tmp}/in.jsonl", "--out", "{tmp}/o", "--config", "{tmp}/nope.toml"], 1, "cannot read config"),
+        (
+            ["run", "--input", "{tmp}/in.jsonl", "--out", "{tmp}/o", "--config", "{tmp}/nope.toml"],
+            1,
+            "cannot read config",
+        ),
         (["generate", "--events", "10", "--out", "{tmp}/g.jsonl", "--dup-rate", "2"], 2, "--dup-rate"),
     ],
 )
-def test_failures_exit_non_zero_with_a_one_line_reason(tmp_path: Path, args: list[str], code: int, message: str) -> None:
+def test_failures_exit_non_zero_with_a_one_line_reason(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
     (tmp_path / "in.jsonl").write_text("{}\n")
     (tmp_path / "in.txt").write_text("{}\n")
     result = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
@@ -308,13 +429,18 @@ def test_second_run_into_a_locked_output_refuses(tmp_path: Path) -> None:
 def test_help_describes_every_command(command: list[str]) -> None:
     result = run_cli(*command, "--help")
     assert result.returncode == 0
-    expected = {(): ["run", "generate"], ("run",): ["--input", "--out", "--engine", "--audit-db", "--config"],
-                ("generate",): ["--events", "--seed", "--dup-rate", "--bad-rate", "--images"]}[tuple(command)]
+    expected = {
+        (): ["run", "generate"],
+        ("run",): ["--input", "--out", "--engine", "--audit-db", "--config"],
+        ("generate",): ["--events", "--seed", "--dup-rate", "--bad-rate", "--images"],
+    }[tuple(command)]
     for word in expected:
         assert word in result.stdout
 
 
-def test_summary_file_names_inputs_with_a_fingerprint(generated: dict[str, Any], default_run: dict[str, Any]) -> None:
+def test_summary_file_names_inputs_with_a_fingerprint(
+    generated: dict[str, Any], default_run: dict[str, Any]
+) -> None:
     import hashlib
 
     summary = default_run["summary"]

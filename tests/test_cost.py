@@ -92,9 +92,7 @@ def test_cost_equals_exact_fraction_rounded_once_half_even(
 @given(amounts, counts)
 def test_cost_grows_linearly_before_rounding(input_per_1k: Decimal, tokens: int) -> None:
     cost = event_cost(price(input_per_1k=str(input_per_1k)), tokens, 0, 0)
-    assert abs(Fraction(cost) - Fraction(tokens) * Fraction(input_per_1k) / 1000) <= Fraction(
-        1, 2 * 10**6
-    )
+    assert abs(Fraction(cost) - Fraction(tokens) * Fraction(input_per_1k) / 1000) <= Fraction(1, 2 * 10**6)
 
 
 @pytest.mark.parametrize(
@@ -115,20 +113,14 @@ def test_cost_ties_round_half_even(input_tokens: int, cost: str) -> None:
 
 def test_cost_is_rounded_once_not_per_part() -> None:
     # 0.0000025 + 0.0000025 = 0.000005 exactly; rounding each part first would give 0.000004.
-    assert event_cost(price(input_per_1k="0.0025", output_per_1k="0.0025"), 1, 1, 0) == Decimal(
-        "0.000005"
-    )
+    assert event_cost(price(input_per_1k="0.0025", output_per_1k="0.0025"), 1, 1, 0) == Decimal("0.000005")
     # 0.0000025 + 0.0000005 = 0.000003 exactly; rounding each part first would give 0.000002.
-    assert event_cost(price(input_per_1k="0.0025", per_image="0.0000005"), 1, 0, 1) == Decimal(
-        "0.000003"
-    )
+    assert event_cost(price(input_per_1k="0.0025", per_image="0.0000005"), 1, 0, 1) == Decimal("0.000003")
 
 
 def test_cost_of_a_priced_text_event() -> None:
     # 1200 * 0.0025 / 1000 + 300 * 0.01 / 1000 = 0.003 + 0.003
-    assert event_cost(price(input_per_1k="0.0025", output_per_1k="0.01"), 1200, 300, 0) == Decimal(
-        "0.006000"
-    )
+    assert event_cost(price(input_per_1k="0.0025", output_per_1k="0.01"), 1200, 300, 0) == Decimal("0.006000")
 
 
 def test_cost_of_an_image_event_is_per_image() -> None:
@@ -249,12 +241,8 @@ def test_shipped_pricing_table_loads() -> None:
 def test_shipped_pricing_table_prices_text_and_image_models() -> None:
     rows = schemas.pricing_rows()
     assert len({r["model"] for r in rows}) >= 8
-    text_models = {
-        r["model"] for r in rows if r["output_per_1k_usd"] and Decimal(r["output_per_1k_usd"]) > 0
-    }
-    image_models = {
-        r["model"] for r in rows if r["per_image_usd"] and Decimal(r["per_image_usd"]) > 0
-    }
+    text_models = {r["model"] for r in rows if r["output_per_1k_usd"] and Decimal(r["output_per_1k_usd"]) > 0}
+    image_models = {r["model"] for r in rows if r["per_image_usd"] and Decimal(r["per_image_usd"]) > 0}
     assert text_models
     assert image_models
 

@@ -61,9 +61,7 @@ def enrich(
     lines: list[bytes], source: str = "a.jsonl", source_order: int = 0, first_line: int = 1
 ) -> pa.Table:
     line_nos = list(range(first_line, first_line + len(lines)))
-    batch = enrich_records(
-        InputRecords(source, source_order, line_nos, lines), SETTINGS, no_images, SCHEMA
-    )
+    batch = enrich_records(InputRecords(source, source_order, line_nos, lines), SETTINGS, no_images, SCHEMA)
     assert batch.dead_letters == []
     return batch.events
 
@@ -184,9 +182,7 @@ def inputs(draw: st.DrawFn) -> list[list[Copy]]:
     sources = []
     for source_order in range(draw(st.integers(min_value=1, max_value=3))):
         lines = []
-        for line_no, (event_id, variant, shuffled) in enumerate(
-            draw(st.lists(copies, max_size=8)), start=1
-        ):
+        for line_no, (event_id, variant, shuffled) in enumerate(draw(st.lists(copies, max_size=8)), start=1):
             payload = event(event_id, prompt=f"variant {variant}")
             raw = line(reordered(payload) if shuffled else payload)
             lines.append(Copy(source_order, line_no, payload, raw))
@@ -244,9 +240,7 @@ def test_duplicate_rule_holds_whatever_the_batch_order(
 
     assert kept_at(result.events) == expected_kept
     assert result.events.num_rows == len(expected_kept)
-    assert sorted((d.source, d.line_no, d.raw) for d in result.conflicts) == sorted(
-        expected_conflicts
-    )
+    assert sorted((d.source, d.line_no, d.raw) for d in result.conflicts) == sorted(expected_conflicts)
     for d in result.conflicts:
         assert d.reason == Reason.CONFLICTING_DUPLICATE
         assert expected_conflicts[(d.source, d.line_no, d.raw)] in d.detail

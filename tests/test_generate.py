@@ -190,9 +190,7 @@ def test_times_are_zoned_unsorted_and_all_in_july_2025(
     assert any(text.endswith("+02:00") for text in texts)
     assert sum(text.endswith("Z") for text in texts) > len(texts) / 2
     assert times != sorted(times)
-    assert all(
-        datetime(2025, 7, 1, tzinfo=UTC) <= t < datetime(2025, 8, 1, tzinfo=UTC) for t in times
-    )
+    assert all(datetime(2025, 7, 1, tzinfo=UTC) <= t < datetime(2025, 8, 1, tzinfo=UTC) for t in times)
 
 
 def test_load_mixes_tiers_metadata_empty_prompts_and_non_ascii_text(
@@ -221,9 +219,7 @@ def test_image_files_are_real_pngs_that_events_name(
             assert min(image.size) >= 16 and max(image.size) <= 64
     images = [obj["output"]["image"] for obj in outcome.valid if "image" in obj.get("output", {})]
     assert any("base64" in image for image in images)
-    assert all(
-        (report.path.parent / image["path"]).is_file() for image in images if "path" in image
-    )
+    assert all((report.path.parent / image["path"]).is_file() for image in images if "path" in image)
 
 
 def test_gzip_output_holds_the_same_lines_as_plain_output(tmp_path: Path) -> None:

@@ -54,14 +54,10 @@ def windows_of(events: list[Event], window_seconds: int) -> dict[tuple[int, int]
     groups: dict[tuple[int, int], list[Event]] = defaultdict(list)
     for e in events:
         groups[(e.user_id, e.time_us // window_us)].append(e)
-    return {
-        key: sorted(group, key=lambda e: (e.time_us, e.event_id)) for key, group in groups.items()
-    }
+    return {key: sorted(group, key=lambda e: (e.time_us, e.event_id)) for key, group in groups.items()}
 
 
-def expected_limited(
-    events: list[Event], quotas: dict[str, int], window_seconds: int
-) -> dict[str, bool]:
+def expected_limited(events: list[Event], quotas: dict[str, int], window_seconds: int) -> dict[str, bool]:
     limited = {}
     for group in windows_of(events, window_seconds).values():
         for rank, e in enumerate(group, start=1):
@@ -119,9 +115,7 @@ def test_rate_limited_matches_rank_in_window_past_tier_quota(
     case: tuple[list[Event], int], chunks: int
 ) -> None:
     events, window_seconds = case
-    result = apply_rate_limits(
-        events_table(events, chunks), RateLimits(QUOTAS, window_seconds), VIOLATIONS
-    )
+    result = apply_rate_limits(events_table(events, chunks), RateLimits(QUOTAS, window_seconds), VIOLATIONS)
     assert result.events.num_rows == len(events)
     assert limited_by_id(result.events) == expected_limited(events, QUOTAS, window_seconds)
 
@@ -146,9 +140,7 @@ def test_window_start_is_event_time_floored_to_the_window(case: tuple[list[Event
 
 
 @given(cases(), st.randoms(use_true_random=False))
-def test_result_does_not_depend_on_row_order(
-    case: tuple[list[Event], int], rnd: random.Random
-) -> None:
+def test_result_does_not_depend_on_row_order(case: tuple[list[Event], int], rnd: random.Random) -> None:
     events, window_seconds = case
     shuffled = list(events)
     rnd.shuffle(shuffled)

@@ -65,9 +65,7 @@ def test_split_returns_every_row_once_grouped_by_shard_in_ascending_order(
 ) -> None:
     table = pa.table({"row": list(range(len(keys)))})
     step = max(1, len(keys) // chunks)
-    shard = pa.chunked_array(
-        [keys[i : i + step] for i in range(0, len(keys), step)] or [[]], pa.int64()
-    )
+    shard = pa.chunked_array([keys[i : i + step] for i in range(0, len(keys), step)] or [[]], pa.int64())
 
     parts = list(split_by_shard(table, shard))
 
@@ -126,9 +124,7 @@ def test_all_of_one_users_rows_land_in_one_shard(user_ids: list[int], shards: in
         for user_id in part.column("user_id").to_pylist():
             shards_of_user.setdefault(user_id, set()).add(shard_no)
     assert all(len(found) == 1 for found in shards_of_user.values())
-    assert Counter(u for _, p in parts for u in p.column("user_id").to_pylist()) == Counter(
-        user_ids
-    )
+    assert Counter(u for _, p in parts for u in p.column("user_id").to_pylist()) == Counter(user_ids)
 
 
 event_ids = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=128)

@@ -158,9 +158,7 @@ def enrich_records(
         columns["images"].append(event.images)
         columns["cost"].append(cost)
         columns["cost_status"].append("unpriced" if cost is None else "priced")
-        columns["metadata"].append(
-            None if event.metadata is None else orjson.dumps(event.metadata).decode()
-        )
+        columns["metadata"].append(None if event.metadata is None else orjson.dumps(event.metadata).decode())
         columns["source"].append(records.source)
         columns["line_no"].append(records.line_nos[i])
         columns[ORDER].append(records.source_order)

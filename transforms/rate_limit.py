@@ -66,8 +66,12 @@ def apply_rate_limits(events: pa.Table, limits: RateLimits, violations_schema: p
     )
     order = pc.sort_indices(
         keyed,
-        sort_keys=[("user_id", "ascending"), ("window", "ascending"),
-                   ("event_time", "ascending"), ("event_id", "ascending")],
+        sort_keys=[
+            ("user_id", "ascending"),
+            ("window", "ascending"),
+            ("event_time", "ascending"),
+            ("event_id", "ascending"),
+        ],
     ).to_numpy()
     users = keyed.column("user_id").to_numpy()[order]
     windows = window_start[order]
@@ -85,14 +89,30 @@ def apply_rate_limits(events: pa.Table, limits: RateLimits, violations_schema: p
     flagged = events.append_column("rate_limited", pa.array(limited)).append_column(
         "window_start", pa.array(window_start, pa.timestamp("us", tz="UTC"))
     )
-    return RateLimited(flagged, _violations(users, windows, new_group, limited_sorted,
-                                            quotas[order], tiers.take(pa.array(order)),
-                                            window_us, violations_schema))
+    return RateLimited(
+        flagged,
+        _violations(
+            users,
+            windows,
+            new_group,
+            limited_sorted,
+            quotas[order],
+            tiers.take(pa.array(order)),
+            window_us,
+            violations_schema,
+        ),
+    )
 
 
 def _violations(
-    users: np.ndarray, windows: np.ndarray, new_group: np.ndarray, limited: np.ndarray,
-    quotas: np.ndarray, tiers: pa.ChunkedArray, window_us: int, schema: pa.Schema,
+    users: np.ndarray,
+    windows: np.ndarray,
+    new_group: np.ndarray,
+    limited: np.ndarray,
+    quotas: np.ndarray,
+    tiers: pa.ChunkedArray,
+    window_us: int,
+    schema: pa.Schema,
 ) -> pa.Table:
     starts = np.flatnonzero(new_group)
     counts = np.diff(np.append(starts, len(users)))

@@ -18,9 +18,7 @@ import orjson
 
 from transforms.dead_letter import ContractViolation, Reason
 
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII
-)
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -42,12 +40,8 @@ class EventRules:
     def from_json_schema(cls, schema: Mapping[str, Any]) -> EventRules:
         """Read the rules out of ``event.schema.json`` (as a parsed dict)."""
         props = schema["properties"]
-        nested = {
-            name: frozenset(props[name]["properties"]) for name in ("input", "output", "usage")
-        }
-        max_lengths = {
-            name: props[name]["maxLength"] for name in ("event_id", "operation_type", "model")
-        }
+        nested = {name: frozenset(props[name]["properties"]) for name in ("input", "output", "usage")}
+        max_lengths = {name: props[name]["maxLength"] for name in ("event_id", "operation_type", "model")}
         max_lengths["input.text"] = props["input"]["properties"]["text"]["maxLength"]
         max_lengths["output.text"] = props["output"]["properties"]["text"]["maxLength"]
         image = props["output"]["properties"]["image"]
@@ -166,7 +160,7 @@ def _count(usage: Mapping[str, Any], key: str) -> int:
         raise ContractViolation(Reason.NEGATIVE_COUNT, f"usage.{key} is {value}; must be >= 0")
     if value >= 1 << 63:
         raise ContractViolation(Reason.OUT_OF_RANGE, f"usage.{key} is {value}; must be < 2^63")
-    return value
+    return int(value)
 
 
 def _reject_non_integer(name: str, value: object) -> None:
@@ -249,7 +243,9 @@ def validate_event(obj: Any, rules: EventRules) -> ValidEvent:
 
     tier = obj.get("ai_tier")
     if tier is not None and tier not in rules.tiers:
-        raise ContractViolation(Reason.UNKNOWN_TIER, f"ai_tier {str(tier)[:50]!r} not in {sorted(rules.tiers)}")
+        raise ContractViolation(
+            Reason.UNKNOWN_TIER, f"ai_tier {str(tier)[:50]!r} not in {sorted(rules.tiers)}"
+        )
     metadata = obj.get("metadata")
     if metadata is not None and type(metadata) is not dict:
         raise ContractViolation(Reason.WRONG_TYPE, f"metadata must be an object, got {_kind(metadata)}")
@@ -283,7 +279,8 @@ def event_time_of(obj: Mapping[str, Any], rules: EventRules) -> datetime:
     low, high = rules.time_range
     if not low <= when <= high:
         raise ContractViolation(
-            Reason.TIMESTAMP_OUT_OF_RANGE, f"event_time {value} is outside [{low:%Y-%m-%dT%H:%M:%SZ}, {high:%Y-%m-%dT%H:%M:%SZ}]"
+            Reason.TIMESTAMP_OUT_OF_RANGE,
+            f"event_time {value} is outside [{low:%Y-%m-%dT%H:%M:%SZ}, {high:%Y-%m-%dT%H:%M:%SZ}]",
         )
     return when
 

@@ -7,6 +7,8 @@ from sqlalchemy.dialects import mysql
 BIGINT_UNSIGNED = sa.BigInteger().with_variant(mysql.BIGINT(unsigned=True), "mysql", "mariadb")
 
 #: An AUTO_INCREMENT key: SQLite only auto-assigns for a column declared exactly INTEGER.
-AUTO_ID = sa.BigInteger().with_variant(mysql.BIGINT(unsigned=True), "mysql", "mariadb").with_variant(
-    sa.Integer(), "sqlite"
+AUTO_ID = (
+    sa.BigInteger()
+    .with_variant(mysql.BIGINT(unsigned=True), "mysql", "mariadb")
+    .with_variant(sa.Integer(), "sqlite")
 )
