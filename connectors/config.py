@@ -17,7 +17,7 @@ A config file looks like::
     batch_size = 10000               # records per batch
     shards = 16                      # dedup and rate-limit shards
     split_mb = 32                    # a plain JSONL input is read in ranges of this size
-    audit_batch_rows = 5000          # rows per audit-store transaction
+    audit_batch_rows = 10000         # rows per audit-store transaction
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class PipelineConfig:
     batch_size: int = 10_000
     shards: int = 16
     split_mb: int = 32
-    audit_batch_rows: int = 5_000
+    audit_batch_rows: int = 10_000
 
     def hmac_key(self) -> bytes | None:
         """The HMAC key for ``hmac-sha256`` mode, from the environment; ``None`` for sha256."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from transforms.cost import COST_MAX, PriceBook, event_cost
 from transforms.dead_letter import ContractViolation, DeadLetter, Reason
@@ -99,7 +100,7 @@ def enrich_records(
         The events that passed, and a dead letter for each record that did not.
     """
     rules, hasher, prices = settings.rules, settings.hasher, settings.prices
-    columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+    rows: list[tuple[Any, ...]] = []  # one tuple per event, in _ROW_COLUMNS order
     dead: list[DeadLetter] = []
     parsed = records.parsed
     for i, raw in enumerate(records.raws):
@@ -140,34 +141,67 @@ def enrich_records(
                 output_hash = hasher.data(image_bytes)
             else:
                 image_hash = hasher.data(image_bytes)
-        event_id_bytes = event.event_id.encode("utf-8")
-        columns["event_id"].append(event.event_id)
-        columns["event_time"].append(event.event_time)
-        columns["user_id"].append(event.user_id)
-        columns["operation_type"].append(event.operation_type)
-        columns["model"].append(event.model)
-        columns["ai_tier"].append(event.ai_tier or settings.default_tier)
-        columns["tier_source"].append("event" if event.ai_tier else "default")
-        columns["modality"].append("image" if event.image is not None else "text")
-        columns["input_hash"].append(hasher.text(event.input_text))
-        columns["output_hash"].append(output_hash)
-        columns["image_hash"].append(image_hash)
-        columns["hash_mode"].append(hasher.mode)
-        columns["input_tokens"].append(event.input_tokens)
-        columns["output_tokens"].append(event.output_tokens)
-        columns["images"].append(event.images)
-        columns["cost"].append(cost)
-        columns["cost_status"].append("unpriced" if cost is None else "priced")
-        columns["metadata"].append(None if event.metadata is None else orjson.dumps(event.metadata).decode())
-        columns["source"].append(records.source)
-        columns["line_no"].append(records.line_nos[i])
-        columns[ORDER].append(records.source_order)
-        columns[RAW].append(raw)
-        columns[FINGERPRINT].append(
-            hashlib.blake2b(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+        rows.append(
+            (
+                event.event_id,
+                event.event_time,
+                event.user_id,
+                event.operation_type,
+                event.model,
+                event.ai_tier,
+                image_bytes is not None,
+                hasher.text(event.input_text),
+                output_hash,
+                image_hash,
+                event.input_tokens,
+                event.output_tokens,
+                event.images,
+                cost,
+                None if event.metadata is None else orjson.dumps(event.metadata).decode(),
+                records.line_nos[i],
+                raw,
+                hashlib.blake2b(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS), digest_size=16).digest(),
+                zlib.crc32(event.event_id.encode("utf-8")) % settings.shards,
+            )
         )
-        columns[SHARD].append(zlib.crc32(event_id_bytes) % settings.shards)
-    return EnrichedBatch(pa.Table.from_pydict(columns, schema=schema), dead)
+    return EnrichedBatch(_as_table(rows, records, settings, schema), dead)
+
+
+_ROW_COLUMNS = (
+    "event_id", "event_time", "user_id", "operation_type", "model", "ai_tier", "_has_image",
+    "input_hash", "output_hash", "image_hash", "input_tokens", "output_tokens", "images", "cost",
+    "metadata", "line_no", RAW, FINGERPRINT, SHARD,
+)  # fmt: skip
+
+
+def _as_table(
+    rows: list[tuple[Any, ...]], records: InputRecords, settings: EnrichSettings, schema: pa.Schema
+) -> pa.Table:
+    """Columns from the row tuples, plus the columns derived from them or constant per batch."""
+    n = len(rows)
+    values: dict[str, Any] = (
+        dict(zip(_ROW_COLUMNS, zip(*rows, strict=True), strict=True))
+        if n
+        else {name: () for name in _ROW_COLUMNS}
+    )
+    tiers = pa.array(values.pop("ai_tier"), pa.string())
+    has_image = pa.array(values.pop("_has_image"), pa.bool_())
+    cost = pa.array(values["cost"], schema.field("cost").type)
+    values["ai_tier"] = pc.fill_null(tiers, settings.default_tier)
+    values["tier_source"] = pc.if_else(pc.is_null(tiers), "default", "event")
+    values["modality"] = pc.if_else(has_image, "image", "text")
+    values["cost"] = cost
+    values["cost_status"] = pc.if_else(pc.is_null(cost), "unpriced", "priced")
+    values["hash_mode"] = pa.array([settings.hasher.mode] * n, pa.string())
+    values["source"] = pa.array([records.source] * n, pa.string())
+    values[ORDER] = pa.array([records.source_order] * n, pa.int32())
+    return pa.Table.from_arrays(
+        [
+            pa.array(values[f.name], f.type) if not isinstance(values[f.name], pa.Array) else values[f.name]
+            for f in schema
+        ],
+        schema=schema,
+    )
 
 
 def _image_bytes(image: ImageRef | None, load_image: ImageLoader, rules: EventRules) -> bytes | None:

@@ -12,12 +12,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import orjson
 
 from transforms.dead_letter import ContractViolation, Reason
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII)
 
 
@@ -26,6 +28,7 @@ class EventRules:
     """Every limit of the input contract, read from the event JSON Schema."""
 
     required: tuple[str, ...]
+    required_set: frozenset[str]
     top_fields: frozenset[str]
     nested_fields: Mapping[str, frozenset[str]]
     max_lengths: Mapping[str, int]
@@ -51,6 +54,7 @@ class EventRules:
         image_max = int(image["x-max-decoded-bytes"])
         return cls(
             required=tuple(schema["required"]),
+            required_set=frozenset(schema["required"]),
             top_fields=frozenset(props),
             nested_fields=nested,
             max_lengths=max_lengths,
@@ -128,8 +132,8 @@ def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.upper().replace(" ", "T")).astimezone(UTC)
 
 
-def _string(obj: Mapping[str, Any], key: str, name: str, rules: EventRules) -> str:
-    value = obj[key]
+def _string(obj: Mapping[str, Any], name: str, rules: EventRules) -> str:
+    value = obj[name]
     if type(value) is not str:
         raise ContractViolation(Reason.WRONG_TYPE, f"{name} must be a string, got {_kind(value)}")
     if not value:
@@ -141,9 +145,9 @@ def _string(obj: Mapping[str, Any], key: str, name: str, rules: EventRules) -> s
 
 
 def _optional_text(part: Mapping[str, Any], name: str, rules: EventRules) -> str | None:
-    value = part.get("text")
-    if value is None and "text" not in part:
+    if "text" not in part:
         return None
+    value = part["text"]
     if type(value) is not str:
         raise ContractViolation(Reason.WRONG_TYPE, f"{name} must be a string, got {_kind(value)}")
     limit = rules.max_lengths[name]
@@ -171,14 +175,15 @@ def _reject_non_integer(name: str, value: object) -> None:
 
 
 def _object(obj: Mapping[str, Any], key: str, rules: EventRules) -> Mapping[str, Any]:
-    part = obj.get(key)
-    if part is None and key not in obj:
-        return {}
+    if key not in obj:
+        return _EMPTY
+    part = obj[key]
     if type(part) is not dict:
         raise ContractViolation(Reason.WRONG_TYPE, f"{key} must be an object, got {_kind(part)}")
-    extra = part.keys() - rules.nested_fields[key]
-    if extra:
-        raise ContractViolation(Reason.UNKNOWN_FIELD, f"{key}.{sorted(extra)[0]} is not in the contract")
+    allowed = rules.nested_fields[key]
+    if not part.keys() <= allowed:
+        extra = sorted(part.keys() - allowed)[0]
+        raise ContractViolation(Reason.UNKNOWN_FIELD, f"{key}.{extra} is not in the contract")
     return part
 
 
@@ -215,55 +220,60 @@ def _image(output: Mapping[str, Any], rules: EventRules) -> ImageRef | None:
 
 
 def validate_event(obj: Any, rules: EventRules) -> ValidEvent:
-    """Check one parsed record against every contract rule; fill in defaults."""
+    """Check one parsed record against every contract rule; fill in defaults.
+
+    Hot path: one call per event, so checks are inlined and set operations run in C.
+    """
     if type(obj) is not dict:
         raise ContractViolation(Reason.NOT_AN_OBJECT, f"a record must be a JSON object, got {_kind(obj)}")
-    for key in rules.required:
-        if key not in obj:
-            raise ContractViolation(Reason.MISSING_FIELD, f"{key} is required")
-    extra = obj.keys() - rules.top_fields
-    if extra:
-        raise ContractViolation(Reason.UNKNOWN_FIELD, f"{sorted(extra)[0]} is not in the contract")
+    keys = obj.keys()
+    if not rules.required_set <= keys:
+        missing = [key for key in rules.required if key not in obj]
+        raise ContractViolation(Reason.MISSING_FIELD, f"{missing[0]} is required")
+    if not keys <= rules.top_fields:
+        raise ContractViolation(
+            Reason.UNKNOWN_FIELD, f"{sorted(keys - rules.top_fields)[0]} is not in the contract"
+        )
 
-    event_id = _string(obj, "event_id", "event_id", rules)
+    event_id = _string(obj, "event_id", rules)
     event_time = event_time_of(obj, rules)
-
     user_id = obj["user_id"]
     if type(user_id) is not int:
         _reject_non_integer("user_id", user_id)
     low, high = rules.user_id_range
     if not low <= user_id <= high:
         raise ContractViolation(Reason.OUT_OF_RANGE, f"user_id {user_id} is outside [{low}, {high}]")
-
-    operation_type = _string(obj, "operation_type", "operation_type", rules)
-    model = _string(obj, "model", "model", rules)
-    prompt = _object(obj, "input", rules)
-    output = _object(obj, "output", rules)
-    usage = _object(obj, "usage", rules)
+    operation_type = _string(obj, "operation_type", rules)
+    model = _string(obj, "model", rules)
 
     tier = obj.get("ai_tier")
-    if tier is not None and tier not in rules.tiers:
-        raise ContractViolation(
-            Reason.UNKNOWN_TIER, f"ai_tier {str(tier)[:50]!r} not in {sorted(rules.tiers)}"
-        )
+    if tier is not None:
+        if type(tier) is not str:
+            raise ContractViolation(Reason.WRONG_TYPE, f"ai_tier must be a string, got {_kind(tier)}")
+        if tier not in rules.tiers:
+            raise ContractViolation(
+                Reason.UNKNOWN_TIER, f"ai_tier {tier[:50]!r} not in {sorted(rules.tiers)}"
+            )
     metadata = obj.get("metadata")
     if metadata is not None and type(metadata) is not dict:
         raise ContractViolation(Reason.WRONG_TYPE, f"metadata must be an object, got {_kind(metadata)}")
 
+    output = _object(obj, "output", rules)
+    usage = _object(obj, "usage", rules)
     return ValidEvent(
-        event_id=event_id,
-        event_time=event_time,
-        user_id=user_id,
-        operation_type=operation_type,
-        model=model,
-        input_text=_optional_text(prompt, "input.text", rules),
-        output_text=_optional_text(output, "output.text", rules),
-        image=_image(output, rules),
-        input_tokens=_count(usage, "input_tokens"),
-        output_tokens=_count(usage, "output_tokens"),
-        images=_count(usage, "images"),
-        ai_tier=tier,
-        metadata=metadata,
+        event_id,
+        event_time,
+        user_id,
+        operation_type,
+        model,
+        _optional_text(_object(obj, "input", rules), "input.text", rules),
+        _optional_text(output, "output.text", rules),
+        _image(output, rules) if "image" in output else None,
+        _count(usage, "input_tokens") if "input_tokens" in usage else 0,
+        _count(usage, "output_tokens") if "output_tokens" in usage else 0,
+        _count(usage, "images") if "images" in usage else 0,
+        tier,
+        metadata,
     )
 
 
