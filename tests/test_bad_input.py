@@ -76,6 +76,13 @@ CASES: list[tuple[str, bytes, str, bool]] = [
         "out_of_range",
         True,
     ),
+    (
+        "metadata_integer_beyond_64_bits",
+        line(event("b-range4", metadata={"n": 1})).replace(b'{"n": 1}', b'{"n": 99999999999999999999999}'),
+        "out_of_range",
+        False,
+    ),
+    ("escaped_lone_surrogate", line(event("b-utf8-2", input={"text": "\ud800"})), "invalid_utf8", False),
     ("negative_input_tokens", line(event("b-neg1", usage={"input_tokens": -1})), "negative_count", True),
     ("negative_images", line(event("b-neg2", usage={"images": -3})), "negative_count", True),
     ("timestamp_words", line(event("b-time1", event_time="yesterday")), "invalid_timestamp", True),
@@ -105,6 +112,7 @@ CASES: list[tuple[str, bytes, str, bool]] = [
         False,
     ),
     ("unknown_tier", line(event("b-tier", ai_tier="platinum")), "unknown_tier", True),
+    ("tier_as_array", line(event("b-tier2", ai_tier=["pro"])), "wrong_type", True),
     ("unknown_top_level_field", line(event("b-field1", colour="red")), "unknown_field", True),
     ("unknown_usage_field", line(event("b-field2", usage={"cached_tokens": 3})), "unknown_field", True),
     (

@@ -114,12 +114,21 @@ def parse_record(raw: bytes, rules: EventRules) -> Any:
             raw.decode("utf-8")
         except UnicodeDecodeError as bad:
             raise ContractViolation(Reason.INVALID_UTF8, str(bad)) from None
-        # orjson refuses integers beyond 64 bits; the stdlib parses them so the rule can say
-        # "out of range" instead of a misleading "malformed".
+        # orjson refuses integers beyond 64 bits and escaped lone surrogates; the stdlib reads
+        # both, so the rule can name the real problem instead of a misleading "malformed".
         try:
-            return json.loads(raw, parse_constant=_reject_constant)
+            obj = json.loads(raw, parse_constant=_reject_constant)
         except ValueError:
             raise ContractViolation(Reason.MALFORMED_JSON, str(exc)) from None
+        try:
+            orjson.dumps(obj)
+        except TypeError as unfit:
+            if "surrogates" in str(unfit):
+                raise ContractViolation(Reason.INVALID_UTF8, "a string escapes a lone surrogate") from None
+            raise ContractViolation(
+                Reason.OUT_OF_RANGE, "an integer in the record does not fit 64 bits"
+            ) from None
+        return obj
 
 
 def _reject_constant(name: str) -> None:
