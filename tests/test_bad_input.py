@@ -76,12 +76,6 @@ CASES: list[tuple[str, bytes, str, bool]] = [
         "out_of_range",
         True,
     ),
-    (
-        "metadata_integer_beyond_64_bits",
-        line(event("b-range4", metadata={"n": 1})).replace(b'{"n": 1}', b'{"n": 99999999999999999999999}'),
-        "out_of_range",
-        False,
-    ),
     ("escaped_lone_surrogate", line(event("b-utf8-2", input={"text": "\ud800"})), "invalid_utf8", False),
     ("negative_input_tokens", line(event("b-neg1", usage={"input_tokens": -1})), "negative_count", True),
     ("negative_images", line(event("b-neg2", usage={"images": -3})), "negative_count", True),
