@@ -109,6 +109,7 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]: 
             config=config,
             fingerprint=fingerprint,
             base_dirs=tuple(f.base_dir for f in files),
+            staging_dir=str(staging / "spill"),
         )
         splits = plan_splits(files, config.split_mb << 20)
         counts = _run_engine(request, splits, plan, sum(f.size for f in files), on_progress)

@@ -1,8 +1,9 @@
 """The spine on Apache Beam: DirectRunner by default; Flink, Spark or Dataflow by pipeline options.
 
 Read the chain in ``build`` top to bottom to follow one event from its input file to the sinks.
-Every step calls :class:`pipelines.stages.SpineSteps`; elements are batches (Arrow tables keyed by
-a shard), never single events, so each shuffle moves thousands of events per element.
+Every step calls :class:`pipelines.stages.SpineSteps`; elements are batches, never single events:
+a shuffle moves ``(shard, path)`` of an Arrow batch spilled by ``connectors.spill``, so memory stays
+flat however large the input.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from connectors.sources import InputSplit
+from connectors.spill import Spill
 from pipelines import progress
 from pipelines.stages import Counts, RunPlan, SpineSteps
 from transforms.event_batch import InputRecords
@@ -33,6 +35,7 @@ class _StepDoFn(beam.DoFn):  # type: ignore[misc]
 
     def setup(self) -> None:
         self.steps = SpineSteps(self._plan)
+        self.spill = Spill(self._plan.staging_dir)
 
     def count(self, counts: Counts) -> None:
         for name, value in counts.items():
@@ -50,33 +53,35 @@ class ReadSplit(_StepDoFn):
 
 
 class Enrich(_StepDoFn):
-    """Raw records → (event_id shard, valid events); dead letters to a tagged output."""
+    """Raw records → (event_id shard, spilled valid events); dead letters to a tagged output."""
 
     def process(self, records: InputRecords) -> Iterator[Any]:
         shards, dead, counts = self.steps.enrich(records)
         self.count(counts)
-        yield from shards
-        for keyed in dead:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, keyed)
+        for shard, table in shards:
+            yield shard, self.spill.put("by_event_id", table)
+        for key, table in dead:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, (key, self.spill.put(DEAD_LETTER, table)))
 
 
 class CollapseDuplicates(_StepDoFn):
-    """All copies of a shard's event_ids → (user shard, one event per event_id)."""
+    """All copies of a shard's event_ids → (user shard, spilled events, one per event_id)."""
 
-    def process(self, element: tuple[int, Iterable[pa.Table]]) -> Iterator[Any]:
-        by_user, conflicts, counts = self.steps.collapse(element[1])
+    def process(self, element: tuple[int, Iterable[str]]) -> Iterator[Any]:
+        by_user, conflicts, counts = self.steps.collapse(self.spill.load(element[1]))
         self.count(counts)
-        yield from by_user
-        for keyed in conflicts:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, keyed)
+        for shard, table in by_user:
+            yield shard, self.spill.put("by_user", table)
+        for key, table in conflicts:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, (key, self.spill.put(DEAD_LETTER, table)))
 
 
 class ApplyRateLimits(_StepDoFn):
     """All events of a user shard → (shard, flagged events); violations to a tagged output."""
 
-    def process(self, element: tuple[int, Iterable[pa.Table]]) -> Iterator[Any]:
-        shard, tables = element
-        events, violations, counts = self.steps.rate_limit(tables)
+    def process(self, element: tuple[int, Iterable[str]]) -> Iterator[Any]:
+        shard, paths = element
+        events, violations, counts = self.steps.rate_limit(self.spill.load(paths))
         self.count(counts)
         yield shard, events
         if violations.num_rows:
@@ -100,8 +105,9 @@ class WriteViolations(_StepDoFn):
 class WriteDeadLetters(_StepDoFn):
     """Sink: dead_letter Parquet, one file per (source, bucket of lines)."""
 
-    def process(self, element: tuple[str, Iterable[pa.Table]]) -> None:
-        self.count(self.steps.write_dead_letters(*element))
+    def process(self, element: tuple[str, Iterable[str]]) -> None:
+        key, paths = element
+        self.count(self.steps.write_dead_letters(key, self.spill.load(paths)))
 
 
 def build(pipeline: beam.Pipeline, splits: list[InputSplit], plan: RunPlan) -> None:

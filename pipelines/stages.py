@@ -58,6 +58,7 @@ class RunPlan:
     config: PipelineConfig
     fingerprint: str
     base_dirs: tuple[str, ...]  # by input order: where each input's image paths resolve
+    staging_dir: str  # spilled batches between stages; removed when the run ends
 
 
 class SpineSteps:
