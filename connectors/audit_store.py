@@ -8,6 +8,7 @@ keyed by ``event_id`` so a replay inserts nothing twice.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator
 from decimal import Decimal
@@ -23,6 +24,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import mysql, sqlite
 
 import schemas
+from connectors.retry import transient_retry
+
+MYSQL_PASSWORD_ENV = "AIEP_MYSQL_PASSWORD"
 
 log = logging.getLogger("aiep.audit")
 
@@ -63,9 +67,41 @@ def redact(url: str) -> str:
         return "<unparseable database URL>"
 
 
+def resolve_url(url: str) -> sa.URL:
+    """Parse ``url``; a MySQL URL without a password takes it from ``$AIEP_MYSQL_PASSWORD``.
+
+    A password in the URL itself must be percent-encoded (``p%40ss`` for ``p@ss``).
+    """
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ValueError(f"not a database URL: {redact(url)}") from None
+    if parsed.get_backend_name() in ("mysql", "mariadb") and parsed.password is None:
+        password = os.environ.get(MYSQL_PASSWORD_ENV)
+        if password:
+            parsed = parsed.set(password=password)
+    return parsed
+
+
 def open_engine(url: str) -> sa.Engine:
-    """An engine for ``url``; SQLite gets WAL and a busy timeout so parallel workers can write."""
-    engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+    """An engine for ``url``.
+
+    MySQL/MariaDB sessions use UTC (``time_zone = '+00:00'``, so TIMESTAMPs are stored as given)
+    and ``utf8mb4``; SQLite gets WAL and a busy timeout so parallel workers can write.
+    """
+    parsed = resolve_url(url)
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        return sa.create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_recycle=3600,
+            connect_args={
+                "charset": "utf8mb4",
+                "init_command": "SET time_zone = '+00:00'",
+                "connect_timeout": 10,
+            },
+        )
+    engine = sa.create_engine(parsed, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
 
         @sa.event.listens_for(engine, "connect")
@@ -109,9 +145,10 @@ def head_version() -> str:
 class AuditWriter:
     """Inserts audit rows from event tables in batches; an ``event_id`` already stored is kept."""
 
-    def __init__(self, engine: sa.Engine, batch_rows: int) -> None:
+    def __init__(self, engine: sa.Engine, batch_rows: int, retry_attempts: int = 8) -> None:
         self._engine = engine
         self._batch_rows = batch_rows
+        self._retry_attempts = retry_attempts
         table = sa.Table("ai_audit_trail", sa.MetaData(), autoload_with=engine)
         columns = list(AUDIT_COLUMNS.values())
         dialect = engine.dialect.name
@@ -129,21 +166,33 @@ class AuditWriter:
         self._order = list(compiled.positiontup or columns)
 
     def write(self, events: pa.Table) -> int:
-        """Insert one audit row per event; return how many rows were new."""
+        """Insert one audit row per event, one transaction per batch; return how many were new.
+
+        A batch that meets a transient error (lost connection, deadlock, lock wait) is retried
+        whole with backoff: its transaction either committed or rolled back, and rows already
+        stored are ignored by key, so a retry never duplicates. Past the attempts it raises.
+        """
         inserted = 0
         for rows in self._batches(events):
-            raw = self._engine.raw_connection()
-            try:
-                cursor = raw.cursor()
-                cursor.executemany(self._sql, rows)
-                inserted += max(cursor.rowcount, 0)
-                raw.commit()
-            except BaseException:
-                raw.rollback()
-                raise
-            finally:
-                raw.close()
+            for attempt in transient_retry(self._retry_attempts):
+                with attempt:
+                    inserted += self._insert_batch(rows)
         return inserted
+
+    def _insert_batch(self, rows: list[tuple[object, ...]] | list[dict[str, object]]) -> int:
+        raw = self._engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.executemany(self._sql, rows)
+            count = max(cursor.rowcount, 0)
+            raw.commit()
+            return count
+        except BaseException:
+            # The connection may be dead (killed, server gone): never hand it back to the pool.
+            raw.invalidate()
+            raise
+        finally:
+            raw.close()
 
     def _batches(self, events: pa.Table) -> Iterator[list[tuple[object, ...]] | list[dict[str, object]]]:
         # In key order, each batch touches the unique index's pages once, not at random.

@@ -18,6 +18,10 @@ A config file looks like::
     shards = 16                      # dedup and rate-limit shards
     split_mb = 32                    # a plain JSONL input is read in ranges of this size
     audit_batch_rows = 10000         # rows per audit-store transaction
+
+    [audit]
+    retry_attempts = 8               # tries per batch on transient database errors
+    users_ttl_seconds = 300          # how long a looked-up user's tier is trusted
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ class PipelineConfig:
     shards: int = 16
     split_mb: int = 32
     audit_batch_rows: int = 10_000
+    audit_retry_attempts: int = 8
+    users_ttl_seconds: int = 300
 
     def hmac_key(self) -> bytes | None:
         """The HMAC key for ``hmac-sha256`` mode, from the environment; ``None`` for sha256."""
@@ -66,6 +72,7 @@ _SECTIONS: dict[str, dict[str, type]] = {
     "pricing": {"path": str},
     "hashing": {"mode": str},
     "pipeline": {"batch_size": int, "shards": int, "split_mb": int, "audit_batch_rows": int},
+    "audit": {"retry_attempts": int, "users_ttl_seconds": int},
 }
 
 
@@ -106,6 +113,8 @@ def load_config(path: Path | None) -> PipelineConfig:
             shards=values.get("pipeline.shards", defaults.shards),
             split_mb=values.get("pipeline.split_mb", defaults.split_mb),
             audit_batch_rows=values.get("pipeline.audit_batch_rows", defaults.audit_batch_rows),
+            audit_retry_attempts=values.get("audit.retry_attempts", defaults.audit_retry_attempts),
+            users_ttl_seconds=values.get("audit.users_ttl_seconds", defaults.users_ttl_seconds),
         )
     )
 
@@ -119,7 +128,15 @@ def _checked(config: PipelineConfig) -> PipelineConfig:
             raise ConfigError(f"config: quota for {tier} must be an integer >= 0, got {quota!r}")
     if config.hash_mode not in HASH_MODES:
         raise ConfigError(f"config: hashing.mode must be one of {HASH_MODES}, got {config.hash_mode!r}")
-    for name in ("window_seconds", "batch_size", "shards", "split_mb", "audit_batch_rows"):
+    for name in (
+        "window_seconds",
+        "batch_size",
+        "shards",
+        "split_mb",
+        "audit_batch_rows",
+        "audit_retry_attempts",
+        "users_ttl_seconds",
+    ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"config: {name} must be > 0, got {getattr(config, name)}")
     if not config.pricing_path.is_file():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlalchemy as sa
 
 import schemas
 from connectors.audit_store import AuditWriter, open_engine
@@ -23,6 +24,7 @@ from connectors.config import PipelineConfig
 from connectors.images import FolderImageLoader
 from connectors.parquet_sink import write_partitioned
 from connectors.sources import InputSplit, read_split
+from connectors.users import UserDirectory
 from transforms.cost import PriceBook
 from transforms.dead_letter import DeadLetter, dead_letter_table
 from transforms.dedup import collapse_duplicates
@@ -39,7 +41,11 @@ from transforms.event_batch import (
 from transforms.hashing import ContentHasher
 from transforms.rate_limit import RateLimits, apply_rate_limits
 from transforms.sharding import split_by_shard, user_shard
+from transforms.tiers import resolve_tiers
 from transforms.validate import EventRules
+
+#: The tier of an event that names none and whose user has none (DESIGN.md, stage 3).
+DEFAULT_TIER = "free"
 
 #: Dead letters of one source are written in files of at most this many lines of input.
 DEAD_LETTER_BUCKET_LINES = 1_000_000
@@ -83,8 +89,17 @@ class SpineSteps:
         return in_flight_schema(schemas.arrow_schema("events"))
 
     @cached_property
+    def _engine(self) -> sa.Engine:
+        return open_engine(self.plan.audit_url)
+
+    @cached_property
     def _audit(self) -> AuditWriter:
-        return AuditWriter(open_engine(self.plan.audit_url), self.plan.config.audit_batch_rows)
+        config = self.plan.config
+        return AuditWriter(self._engine, config.audit_batch_rows, config.audit_retry_attempts)
+
+    @cached_property
+    def _users(self) -> UserDirectory:
+        return UserDirectory(self._engine, ttl_seconds=self.plan.config.users_ttl_seconds)
 
     def read(self, split: InputSplit) -> Iterable[InputRecords]:
         """Batches of raw records from one input split."""
@@ -111,6 +126,9 @@ class SpineSteps:
     def rate_limit(self, tables: Iterable[pa.Table]) -> tuple[pa.Table, pa.Table, Counts]:
         """Flag events past quota for every user of one shard, in a deterministic row order."""
         events = pa.concat_tables(tables)
+        untiered = pc.unique(pc.filter(events.column("user_id"), pc.is_null(events.column("ai_tier"))))
+        profiles = self._users.profiles(untiered.to_pylist())
+        events = resolve_tiers(events, {uid: p.tier for uid, p in profiles.items()}, DEFAULT_TIER)
         limits = RateLimits(self.plan.config.quotas, self.plan.config.window_seconds)
         result = apply_rate_limits(events, limits, schemas.arrow_schema("rate_limit_violations"))
         flagged = (

@@ -94,7 +94,7 @@ def test_defaults_fill_in_for_absent_optional_fields() -> None:
     (row,) = batch.events.to_pylist()
     assert (row["input_tokens"], row["output_tokens"], row["images"]) == (0, 0, 0)
     assert (row["input_hash"], row["output_hash"], row["image_hash"]) == (None, None, None)
-    assert (row["ai_tier"], row["tier_source"], row["modality"]) == ("free", "default", "text")
+    assert (row["ai_tier"], row["modality"]) == (None, "text")  # the tier is resolved later
 
 
 def test_offset_timestamps_are_stored_in_utc() -> None:

@@ -55,7 +55,6 @@ class EnrichSettings:
     prices: PriceBook
     hasher: ContentHasher
     shards: int
-    default_tier: str = "free"
 
 
 @dataclass
@@ -69,8 +68,11 @@ class EnrichedBatch:
 def in_flight_schema(events_schema: pa.Schema) -> pa.Schema:
     """Schema of the table between stages: the events dataset's columns, less those later
     stages add, plus the internal ordering, raw-record, fingerprint and shard columns."""
-    later = {"rate_limited", "window_start"}
-    fields = [f for f in events_schema if f.name not in later]
+    later = {"rate_limited", "window_start", "tier_source"}
+    # ai_tier stays NULL until the user's tier is looked up (transforms.tiers.resolve_tiers).
+    fields = [
+        f.with_nullable(True) if f.name == "ai_tier" else f for f in events_schema if f.name not in later
+    ]
     return pa.schema(
         [
             *fields,
@@ -187,8 +189,7 @@ def _as_table(
     tiers = pa.array(values.pop("ai_tier"), pa.string())
     has_image = pa.array(values.pop("_has_image"), pa.bool_())
     cost = pa.array(values["cost"], schema.field("cost").type)
-    values["ai_tier"] = pc.fill_null(tiers, settings.default_tier)
-    values["tier_source"] = pc.if_else(pc.is_null(tiers), "default", "event")
+    values["ai_tier"] = tiers
     values["modality"] = pc.if_else(has_image, "image", "text")
     values["cost"] = cost
     values["cost_status"] = pc.if_else(pc.is_null(cost), "unpriced", "priced")
