@@ -3,6 +3,7 @@
     runner.py run --input PATH... --out DIR [--engine beam] [--audit-db URL] [--config FILE]
                   [-- BEAM_OPTIONS...]
     runner.py generate --events N --out FILE [--seed S] [--dup-rate R] [--bad-rate R] [--images]
+    runner.py db upgrade|status --audit-db URL
 
 Thin over the library: parsing and printing here, everything else in ``pipelines``/``connectors``.
 """
@@ -100,7 +101,46 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="give image events real PNG images (files under images/ beside FILE, and inline base64)",
     )
+    db = commands.add_parser(
+        "db",
+        help="audit-store schema: apply migrations, show the applied version",
+        description="Manage the audit store's schema (versioned Alembic migrations in schemas/migrations).",
+    )
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    for name, text in (
+        ("upgrade", "apply every migration not yet applied (idempotent: a second run changes nothing)"),
+        ("status", "show the applied migration version and the newest this code ships"),
+    ):
+        sub = db_commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        sub.add_argument(
+            "--audit-db",
+            required=True,
+            metavar="URL",
+            help="sqlite:///PATH or mysql+pymysql://USER@HOST:PORT/DB (password from $AIEP_MYSQL_PASSWORD "
+            "or percent-encoded in the URL)",
+        )
     return parser
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from connectors import audit_store
+
+    shown = audit_store.redact(args.audit_db)
+    try:
+        engine = audit_store.open_engine(args.audit_db)
+        before = audit_store.current_version(engine)
+        if args.db_command == "upgrade":
+            after = audit_store.upgrade(engine)
+            change = "already up to date" if before == after else f"upgraded from {before or 'empty'}"
+            print(f"{shown}: schema version {after} ({change})")
+        else:
+            head = audit_store.head_version()
+            state = "up to date" if before == head else "needs `db upgrade`"
+            print(f"{shown}: schema version {before or 'none'}; newest {head} ({state})")
+    except Exception as exc:  # a driver error of any kind: report it in one line, redacted
+        print(f"error: audit store {shown}: {audit_store.describe_error(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
 
 
 def _engine_args(raw: list[str]) -> list[str]:
@@ -204,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.batch_run import RunError
 
     try:
-        return {"run": _cmd_run, "generate": _cmd_generate}[args.command](args)
+        return {"run": _cmd_run, "generate": _cmd_generate, "db": _cmd_db}[args.command](args)
     except (RunError, InputError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

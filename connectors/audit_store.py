@@ -83,6 +83,16 @@ def resolve_url(url: str) -> sa.URL:
     return parsed
 
 
+def describe_error(exc: BaseException) -> str:
+    """A one-line, password-free description of a database error."""
+    inner = getattr(exc, "orig", None) or exc
+    args = getattr(inner, "args", ())
+    if len(args) >= 2 and isinstance(args[0], int):
+        return f"{type(inner).__name__} ({args[0]}) {args[1]}"
+    text = str(inner).splitlines()[0] if str(inner) else ""
+    return f"{type(inner).__name__}: {text}"[:300]
+
+
 def open_engine(url: str) -> sa.Engine:
     """An engine for ``url``.
 
