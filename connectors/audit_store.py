@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -86,7 +87,7 @@ def resolve_url(url: str) -> sa.URL:
 def describe_error(exc: BaseException) -> str:
     """A one-line, password-free description of a database error."""
     inner = getattr(exc, "orig", None) or exc
-    args = getattr(inner, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(inner, "args", ()))
     if len(args) >= 2 and isinstance(args[0], int):
         return f"{type(inner).__name__} ({args[0]}) {args[1]}"
     text = str(inner).splitlines()[0] if str(inner) else ""

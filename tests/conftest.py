@@ -92,3 +92,102 @@ def png_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 30, 90)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# --- MySQL / MariaDB -------------------------------------------------------------------------
+MYSQL_HOST, MYSQL_PORT = "127.0.0.1", 3306
+START_HINT = "start it with `start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd`"
+
+
+def mysql_admin(host: str = MYSQL_HOST, port: int = MYSQL_PORT, database: str | None = None) -> Any:
+    """A root connection to a MariaDB/MySQL server (autocommit)."""
+    import pymysql
+
+    return pymysql.connect(host=host, port=port, user="root", password="", database=database,
+                           autocommit=True, charset="utf8mb4")
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> tuple[str, int]:
+    """The shared MariaDB on 127.0.0.1:3306. Under CI=true a missing server fails; locally it skips."""
+    import pymysql
+
+    try:
+        mysql_admin().close()
+    except pymysql.err.OperationalError as exc:
+        message = f"MariaDB is not answering on {MYSQL_HOST}:{MYSQL_PORT} ({exc.args[1]}); {START_HINT}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return MYSQL_HOST, MYSQL_PORT
+
+
+@dataclass
+class MySQLDatabase:
+    """A throwaway database and a least-privilege-ready user with an awkward password."""
+
+    name: str
+    user: str
+    password: str
+    host: str
+    port: int
+
+    @property
+    def root_url(self) -> str:
+        return f"mysql+pymysql://root@{self.host}:{self.port}/{self.name}"
+
+    def url(self, with_password: bool = True) -> str:
+        from urllib.parse import quote
+
+        secret = f":{quote(self.password, safe='')}" if with_password else ""
+        return f"mysql+pymysql://{self.user}{secret}@{self.host}:{self.port}/{self.name}"
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        con = mysql_admin(self.host, self.port, self.name)
+        try:
+            with con.cursor() as cur:
+                cur.execute(sql, params or None)
+                return list(cur.fetchall())
+        finally:
+            con.close()
+
+    def grant_pipeline_privileges(self) -> None:
+        """The least-privilege grants the README documents for running the pipeline."""
+        for sql in (
+            f"GRANT SELECT ON `{self.name}`.`users` TO '{self.user}'@'%'",
+            f"GRANT SELECT ON `{self.name}`.`alembic_version` TO '{self.user}'@'%'",
+            f"GRANT SELECT, INSERT, UPDATE ON `{self.name}`.`ai_audit_trail` TO '{self.user}'@'%'",
+            f"GRANT SELECT, INSERT, UPDATE ON `{self.name}`.`moderation_decisions` TO '{self.user}'@'%'",
+        ):
+            self.query(sql)
+
+
+def make_database(host: str, port: int) -> MySQLDatabase:
+    import secrets
+
+    token = secrets.token_hex(4)
+    db = MySQLDatabase(f"aiep_test_{token}", f"aiep_{token}", f"p@ss:w/rd%{token}", host, port)
+    con = mysql_admin(host, port)
+    with con.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{db.name}` CHARACTER SET utf8mb4")
+        cur.execute(f"CREATE USER '{db.user}'@'%' IDENTIFIED BY %s", (db.password,))
+    con.close()
+    return db
+
+
+def drop_database(db: MySQLDatabase) -> None:
+    con = mysql_admin(db.host, db.port)
+    with con.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{db.name}`")
+        cur.execute(f"DROP USER IF EXISTS '{db.user}'@'%'")
+    con.close()
+
+
+@pytest.fixture
+def mysql_db(mysql_server: tuple[str, int]) -> Any:
+    """A fresh database (random name) and user on the shared server, dropped after the test."""
+    db = make_database(*mysql_server)
+    try:
+        yield db
+    finally:
+        drop_database(db)
