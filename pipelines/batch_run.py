@@ -100,7 +100,7 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]: 
             engine.dispose()
         except Exception as exc:  # any driver error: the store is unusable for this run
             raise RunError(
-                f"audit store {audit_store.redact(audit_url)} is unusable: {type(exc).__name__}"
+                f"audit store {audit_store.redact(audit_url)} is unusable: {audit_store.describe_error(exc)}"
             ) from exc
         plan = RunPlan(
             run_id=run_id,

@@ -103,8 +103,9 @@ def mysql_admin(host: str = MYSQL_HOST, port: int = MYSQL_PORT, database: str | 
     """A root connection to a MariaDB/MySQL server (autocommit)."""
     import pymysql
 
-    return pymysql.connect(host=host, port=port, user="root", password="", database=database,
-                           autocommit=True, charset="utf8mb4")
+    return pymysql.connect(
+        host=host, port=port, user="root", password="", database=database, autocommit=True, charset="utf8mb4"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -170,7 +171,7 @@ def make_database(host: str, port: int) -> MySQLDatabase:
     con = mysql_admin(host, port)
     with con.cursor() as cur:
         cur.execute(f"CREATE DATABASE `{db.name}` CHARACTER SET utf8mb4")
-        cur.execute(f"CREATE USER '{db.user}'@'%' IDENTIFIED BY %s", (db.password,))
+        cur.execute(f"CREATE USER '{db.user}'@'%%' IDENTIFIED BY %s", (db.password,))
     con.close()
     return db
 
