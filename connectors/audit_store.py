@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -153,44 +152,49 @@ def head_version() -> str:
     return head
 
 
-class AuditWriter:
-    """Inserts audit rows from event tables in batches; an ``event_id`` already stored is kept."""
+Rows = list[tuple[object, ...]] | list[dict[str, object]]
 
-    def __init__(self, engine: sa.Engine, batch_rows: int, retry_attempts: int = 8) -> None:
+
+class BatchWriter:
+    """Writes rows into one table in batches: one transaction per batch, retried whole.
+
+    ``statement`` is the dialect's keyed insert (ignore or upsert), compiled once; the writer only
+    binds values. A batch that meets a transient error (lost connection, deadlock, lock wait) is
+    retried with backoff: its transaction either committed or rolled back, and the statement is
+    keyed, so a retry never duplicates a row. Past the attempts the error propagates.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        statement: sa.Insert,
+        columns: list[str],
+        batch_rows: int,
+        retry_attempts: int,
+    ) -> None:
         self._engine = engine
         self._batch_rows = batch_rows
         self._retry_attempts = retry_attempts
-        table = sa.Table("ai_audit_trail", sa.MetaData(), autoload_with=engine)
-        columns = list(AUDIT_COLUMNS.values())
-        dialect = engine.dialect.name
-        stmt: sa.Insert
-        if dialect == "sqlite":
-            stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
-        elif dialect in ("mysql", "mariadb"):
-            stmt = mysql.insert(table).prefix_with("IGNORE")
-        else:
-            raise ValueError(f"audit store: unsupported database {dialect!r}")
-        compiled = stmt.compile(dialect=engine.dialect, column_keys=columns)
+        compiled = statement.compile(dialect=engine.dialect, column_keys=columns)
         self._sql = str(compiled)
         # Positional drivers take tuples in the compiled order; pyformat ones take dicts.
         self._positional = compiled.positiontup is not None
         self._order = list(compiled.positiontup or columns)
 
-    def write(self, events: pa.Table) -> int:
-        """Insert one audit row per event, one transaction per batch; return how many were new.
-
-        A batch that meets a transient error (lost connection, deadlock, lock wait) is retried
-        whole with backoff: its transaction either committed or rolled back, and rows already
-        stored are ignored by key, so a retry never duplicates. Past the attempts it raises.
-        """
-        inserted = 0
-        for rows in self._batches(events):
+    def write(self, columns: dict[str, pa.Array | pa.ChunkedArray], num_rows: int) -> int:
+        """Write ``num_rows`` rows given as columns by name; return the rows the database changed."""
+        changed = 0
+        for start in range(0, num_rows, self._batch_rows):
+            values = [columns[name].slice(start, self._batch_rows).to_pylist() for name in self._order]
+            rows: Rows = list(zip(*values, strict=True))
+            if not self._positional:
+                rows = [dict(zip(self._order, row, strict=True)) for row in rows]
             for attempt in transient_retry(self._retry_attempts):
                 with attempt:
-                    inserted += self._insert_batch(rows)
-        return inserted
+                    changed += self._execute(rows)
+        return changed
 
-    def _insert_batch(self, rows: list[tuple[object, ...]] | list[dict[str, object]]) -> int:
+    def _execute(self, rows: Rows) -> int:
         raw = self._engine.raw_connection()
         try:
             cursor = raw.cursor()
@@ -205,7 +209,30 @@ class AuditWriter:
         finally:
             raw.close()
 
-    def _batches(self, events: pa.Table) -> Iterator[list[tuple[object, ...]] | list[dict[str, object]]]:
+
+def _dialect(engine: sa.Engine) -> str:
+    name = engine.dialect.name
+    if name not in ("sqlite", "mysql", "mariadb"):
+        raise ValueError(f"audit store: unsupported database {name!r}")
+    return "sqlite" if name == "sqlite" else "mysql"
+
+
+class AuditWriter:
+    """One ``ai_audit_trail`` row per event, keyed by ``event_id``: a stored event is kept as is."""
+
+    def __init__(self, engine: sa.Engine, batch_rows: int, retry_attempts: int = 8) -> None:
+        table = sa.Table("ai_audit_trail", sa.MetaData(), autoload_with=engine)
+        statement: sa.Insert
+        if _dialect(engine) == "sqlite":
+            statement = sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+        else:
+            statement = mysql.insert(table).prefix_with("IGNORE")
+        self._writer = BatchWriter(
+            engine, statement, list(AUDIT_COLUMNS.values()), batch_rows, retry_attempts
+        )
+
+    def write(self, events: pa.Table) -> int:
+        """Insert one audit row per event; return how many were new."""
         # In key order, each batch touches the unique index's pages once, not at random.
         events = events.sort_by("event_id")
         columns = {AUDIT_COLUMNS[name]: events.column(name) for name in AUDIT_COLUMNS}
@@ -213,9 +240,38 @@ class AuditWriter:
         seconds = columns["created_at"].cast(pa.timestamp("s", tz="UTC"), safe=False)
         columns["created_at"] = pc.strftime(seconds, "%Y-%m-%d %H:%M:%S")
         columns["rate_limited"] = pc.cast(columns["rate_limited"], pa.int8())
-        for start in range(0, events.num_rows, self._batch_rows):
-            values = [columns[name].slice(start, self._batch_rows).to_pylist() for name in self._order]
-            if self._positional:
-                yield list(zip(*values, strict=True))
-            else:
-                yield [dict(zip(self._order, row, strict=True)) for row in zip(*values, strict=True)]
+        return self._writer.write(columns, events.num_rows)
+
+
+class DecisionWriter:
+    """One ``moderation_decisions`` row per distinct content, keyed by ``content_hash``.
+
+    An automatic decision updates a stored one only while no human has reviewed it
+    (``reviewed_by`` is NULL): a human decision is never overwritten.
+    """
+
+    COLUMNS = ("content_hash", "decision", "score")
+
+    def __init__(self, engine: sa.Engine, batch_rows: int, retry_attempts: int = 8) -> None:
+        table = sa.Table("moderation_decisions", sa.MetaData(), autoload_with=engine)
+        unreviewed = table.c.reviewed_by.is_(None)
+        statement: sa.Insert
+        if _dialect(engine) == "sqlite":
+            lite = sqlite.insert(table)
+            statement = lite.on_conflict_do_update(
+                index_elements=["content_hash"],
+                set_={"decision": lite.excluded.decision, "score": lite.excluded.score},
+                where=unreviewed,
+            )
+        else:
+            my = mysql.insert(table)
+            statement = my.on_duplicate_key_update(
+                decision=sa.case((unreviewed, my.inserted.decision), else_=table.c.decision),
+                score=sa.case((unreviewed, my.inserted.score), else_=table.c.score),
+            )
+        self._writer = BatchWriter(engine, statement, list(self.COLUMNS), batch_rows, retry_attempts)
+
+    def write(self, decisions: pa.Table) -> int:
+        """Upsert ``content_hash, decision, score`` rows; return the rows the database changed."""
+        decisions = decisions.sort_by("content_hash")
+        return self._writer.write({name: decisions.column(name) for name in self.COLUMNS}, decisions.num_rows)
