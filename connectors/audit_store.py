@@ -103,6 +103,9 @@ def open_engine(url: str) -> sa.Engine:
     if parsed.get_backend_name() in ("mysql", "mariadb"):
         return sa.create_engine(
             parsed,
+            # Positional parameters: batches bind tuples, not a dict per row (measured ~15% of the
+            # sink's own CPU in benchmarks/audit_mysql.py).
+            paramstyle="format",
             pool_pre_ping=True,
             pool_recycle=3600,
             connect_args={
@@ -234,7 +237,7 @@ class AuditWriter:
     def write(self, events: pa.Table) -> int:
         """Insert one audit row per event; return how many were new."""
         # In key order, each batch touches the unique index's pages once, not at random.
-        events = events.sort_by("event_id")
+        events = events.select(list(AUDIT_COLUMNS)).sort_by("event_id")
         columns = {AUDIT_COLUMNS[name]: events.column(name) for name in AUDIT_COLUMNS}
         # TIMESTAMP holds whole seconds; Arrow's %S would print the microseconds too.
         seconds = columns["created_at"].cast(pa.timestamp("s", tz="UTC"), safe=False)
