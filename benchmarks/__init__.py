@@ -1,0 +1,1 @@
+"""Throughput and memory benchmarks: scripts that print ratios, never timed tests (DESIGN.md)."""

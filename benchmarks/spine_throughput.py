@@ -1,0 +1,212 @@
+"""How fast the spine runs, next to how fast it could run: a benchmark script, not a test.
+
+    python benchmarks/spine_throughput.py --events 1000000 [--data-dir bench-data] [--seed 1]
+    python benchmarks/spine_throughput.py --rss-scaling 1000000,2000000
+
+Measures, in one run on one generated file (made once per size and seed under ``--data-dir``):
+
+1. **raw parse**: ``pyarrow.json.read_json`` of the file, the ceiling of any JSONL reader;
+2. **DuckDB peer**: the same validate, dedup, hash, price and rate-limit logic as one DuckDB
+   statement (``benchmarks/peer_sql.py``), what a data engineer would write instead;
+3. **spine**: ``runner.py run`` (``run_batch``, DirectRunner, SQLite audit store) in a child
+   process, events_read / run seconds, and its peak RSS;
+
+then prints the spine's ratio to each. ``--rss-scaling`` runs only the spine at several sizes
+to show whether memory stays flat as the input grows. Timings are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the ``benchmarks`` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import orjson
+
+from benchmarks.anchors import PEER_SIMPLIFICATIONS, duckdb_peer, raw_parse
+from benchmarks.event_files import event_file
+from benchmarks.measure import REPO, Measurement, run_spine
+from benchmarks.report import (
+    environment,
+    print_agreement,
+    print_environment,
+    print_ratios,
+    print_scaling,
+    print_table,
+)
+
+_SPINE_ARG_HELP = (
+    "a Beam pipeline option for the spine, repeatable "
+    "(e.g. --spine-arg=--direct_num_workers=2 --spine-arg=--direct_running_mode=multi_processing)"
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spine_throughput.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="lines in the generated input (default: 1,000,000)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=REPO / "bench-data",
+        metavar="DIR",
+        help="where inputs are cached and runs write (default: bench-data/)",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="generator seed (default: 1)")
+    parser.add_argument(
+        "--rss-scaling",
+        metavar="N,N,...",
+        type=_sizes,
+        default=None,
+        help="run only the spine at these sizes and print peak RSS per size",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="K",
+        help="measure each K times and keep the fastest (default: 1; the machine may be shared)",
+    )
+    parser.add_argument(
+        "--spine-arg",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help=_SPINE_ARG_HELP,
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    parser.add_argument(
+        "--keep-outputs",
+        action="store_true",
+        help="keep the spine's and the peer's output folders under --data-dir",
+    )
+    return parser
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 1000000,2000000; got {text!r}") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"sizes must be positive integers; got {text!r}")
+    return sizes
+
+
+def compare(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """Measure raw parse, the DuckDB peer (all cores, then 1 thread) and the spine on one file."""
+    source = event_file(args.data_dir, args.events, args.seed)
+    print(
+        f"input: {source.path} ({source.path.stat().st_size / 2**20:,.0f} MiB, {source.lines:,} lines)",
+        flush=True,
+    )
+    repeat = max(1, args.repeat)
+    rows = [best_of(repeat, lambda _: raw_parse(source))]
+    rows.append(best_of(repeat, lambda _: duckdb_peer(source, scratch / "duckdb-peer")))
+    if int(rows[-1].details["threads"]) > 1:
+        rows.append(best_of(repeat, lambda _: duckdb_peer(source, scratch / "duckdb-peer-1", threads=1)))
+    rows.append(
+        best_of(
+            repeat,
+            lambda attempt: run_spine(source.path, scratch / f"spine-{attempt}", tuple(args.spine_arg)),
+        )
+    )
+    print()
+    print_table(rows)
+    ratios = print_ratios(rows)
+    agreement = print_agreement(rows[-1], rows[1])
+    print("\nDuckDB peer simplifications:")
+    for line in PEER_SIMPLIFICATIONS:
+        print(f"  - {line}")
+    return {
+        "input": {"path": str(source.path), "manifest": source.manifest},
+        "measurements": [_as_json(m) for m in rows],
+        "ratios": ratios,
+        "agreement": agreement,
+        "peer_simplifications": list(PEER_SIMPLIFICATIONS),
+    }
+
+
+def best_of(times: int, measure: Callable[[int], Measurement]) -> Measurement:
+    """Call ``measure(attempt)`` ``times`` times; keep the fastest, noting every wall time."""
+    runs = []
+    for attempt in range(times):
+        runs.append(measure(attempt))
+        print(f"  measured {runs[-1].name}: {runs[-1].wall_s:.2f} s", flush=True)
+    best = min(runs, key=lambda m: m.wall_s)
+    return dataclasses.replace(best, details={**best.details, "walls_s": [round(m.wall_s, 3) for m in runs]})
+
+
+def scaling(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """Run only the spine at each size; print its throughput and peak RSS per size."""
+    runs: list[Measurement] = []
+    for size in args.rss_scaling:
+        source = event_file(args.data_dir, size, args.seed)
+        runs.append(run_spine(source.path, scratch / f"spine-{size}", tuple(args.spine_arg)))
+        print(f"  measured spine at {size:,} events", flush=True)
+        if not args.keep_outputs:
+            shutil.rmtree(scratch / f"spine-{size}", ignore_errors=True)
+    print()
+    print_scaling(runs)
+    return {"rss_scaling": [_as_json(m) for m in runs]}
+
+
+def _as_json(m: Measurement) -> dict[str, Any]:
+    details = {k: v for k, v in m.details.items() if k != "sql"}
+    return {
+        "name": m.name,
+        "what": m.what,
+        "events": m.events,
+        "wall_s": round(m.wall_s, 3),
+        "cpu_s": round(m.cpu_s, 3),
+        "events_per_s": round(m.events_per_s),
+        "peak_rss_mb": None if m.peak_rss_mb is None else round(m.peak_rss_mb, 1),
+        "others_cores": None if m.others_cores is None else round(m.others_cores, 2),
+        "details": details,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the tables; write ``--json`` if asked."""
+    args = _parser().parse_args(argv)
+    args.data_dir = args.data_dir.resolve()
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    print_environment(env)
+    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=args.data_dir))
+    try:
+        results = scaling(args, scratch) if args.rss_scaling else compare(args, scratch)
+    finally:
+        if not args.keep_outputs:
+            shutil.rmtree(scratch, ignore_errors=True)
+    after = environment()["git"]
+    if after != env["git"]:
+        print(f"\nwarning: the work tree changed during the run; now {after}")
+    if args.json:
+        args.json.write_bytes(
+            orjson.dumps({"environment": env, "git_after": after, **results}, option=orjson.OPT_INDENT_2)
+            + b"\n"
+        )
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
