@@ -236,8 +236,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``runner.py`` and the ``aiep`` console script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # Beam's local workers log start-up chatter at WARNING; its errors still show.
-    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    # Beam logs start-up chatter at WARNING and a failed step's traceback at ERROR; the run
+    # reports that failure itself, in one line, so only Beam's own critical errors show.
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     args = _parser().parse_args(argv)
     from connectors.config import ConfigError
     from connectors.sources import InputError

@@ -21,6 +21,8 @@ TRANSIENT_MYSQL_ERRORS = frozenset({2003, 2006, 2013, 1205, 1213})
 
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying the same statement may succeed."""
+    # SQLAlchemy wraps the driver's error (connection-level calls) in its own DBAPIError.
+    exc = getattr(exc, "orig", None) or exc
     if isinstance(exc, pymysql.err.MySQLError):
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
         # InterfaceError (0, '') is PyMySQL's word for a socket the server already closed.

@@ -12,6 +12,8 @@ from typing import Any
 import cachetools
 import sqlalchemy as sa
 
+from connectors.retry import transient_retry
+
 log = logging.getLogger("aiep.users")
 
 #: Users per ``SELECT ... WHERE id IN (...)``.
@@ -36,8 +38,11 @@ class UserDirectory:
     per lookup and ignored for that user; they never fail the run.
     """
 
-    def __init__(self, engine: sa.Engine, ttl_seconds: float = 300.0, max_users: int = 200_000) -> None:
+    def __init__(
+        self, engine: sa.Engine, ttl_seconds: float = 300.0, max_users: int = 200_000, retry_attempts: int = 8
+    ) -> None:
         self._engine = engine
+        self._retry_attempts = retry_attempts
         self._cache: cachetools.TTLCache[int, UserProfile] = cachetools.TTLCache(max_users, ttl_seconds)
         # Untyped columns: values come back as the driver gives them, so a malformed prefs value
         # reaches _prefs (and is ignored there) instead of failing the fetch.
@@ -53,8 +58,9 @@ class UserDirectory:
         missing = sorted(wanted - found.keys())
         for start in range(0, len(missing), LOOKUP_CHUNK):
             chunk = missing[start : start + LOOKUP_CHUNK]
-            with self._engine.connect() as conn:
-                rows = conn.execute(self._query, {"ids": chunk}).all()
+            for attempt in transient_retry(self._retry_attempts):
+                with attempt:
+                    rows = self._select(chunk)
             fetched = {
                 int(row.id): UserProfile(row.ai_tier, _prefs(row.id, row.personalization_prefs))
                 for row in rows
@@ -64,6 +70,19 @@ class UserDirectory:
                 self._cache[uid] = profile
                 found[uid] = profile
         return found
+
+    def _select(self, ids: list[int]) -> list[Any]:
+        conn = self._engine.connect()
+        try:
+            rows = list(conn.execute(self._query, {"ids": ids}).all())
+            conn.rollback()
+            return rows
+        except BaseException:
+            # The connection may be dead (killed, server gone): never hand it back to the pool.
+            conn.invalidate()
+            raise
+        finally:
+            conn.close()
 
 
 def _prefs(user_id: int, value: Any) -> dict[str, Any] | None:

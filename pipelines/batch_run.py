@@ -142,9 +142,7 @@ def _run_engine(request, splits, plan, total_bytes: int, on_progress) -> dict[st
     try:
         return beam.run(splits, plan, list(request.engine_args))
     except Exception as exc:  # the engine wraps a step's error in its own; report the root cause
-        root = exc
-        while root.__cause__ is not None or root.__context__ is not None:
-            root = root.__cause__ or root.__context__  # type: ignore[assignment]
+        root = audit_store.root_cause(exc)
         raise RunError(f"pipeline failed: {audit_store.describe_error(root)}") from exc
     finally:
         done.set()

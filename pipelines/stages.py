@@ -99,7 +99,10 @@ class SpineSteps:
 
     @cached_property
     def _users(self) -> UserDirectory:
-        return UserDirectory(self._engine, ttl_seconds=self.plan.config.users_ttl_seconds)
+        config = self.plan.config
+        return UserDirectory(
+            self._engine, ttl_seconds=config.users_ttl_seconds, retry_attempts=config.audit_retry_attempts
+        )
 
     def read(self, split: InputSplit) -> Iterable[InputRecords]:
         """Batches of raw records from one input split."""

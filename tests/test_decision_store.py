@@ -51,7 +51,8 @@ def test_automatic_decisions_upsert_but_never_overwrite_a_human_review(store_url
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "UPDATE moderation_decisions SET decision = 'rejected', reviewed_by = 7 WHERE content_hash = 'h2'"
+                "UPDATE moderation_decisions SET decision = 'rejected', reviewed_by = 7 "
+                "WHERE content_hash = 'h2'"
             )
         )
     writer.write(decisions(("h1", "flagged", "0.70"), ("h2", "approved", "0.05"), ("h3", "rejected", "0.99")))

@@ -248,3 +248,17 @@ def test_least_privilege_user_cannot_change_the_schema(mysql_db: MySQLDatabase) 
             cur.execute("DROP TABLE ai_audit_trail")
     finally:
         con.close()
+
+
+def test_a_database_error_ends_the_run_with_one_line_naming_it(
+    mysql_db: MySQLDatabase, tmp_path: Path
+) -> None:
+    upgrade(mysql_db)
+    mysql_db.grant_pipeline_privileges()
+    mysql_db.query(f"REVOKE SELECT ON `{mysql_db.name}`.`users` FROM '{mysql_db.user}'@'%'")
+    source = _events(tmp_path / "in.jsonl", [(f"deny-{i}", i + 1, None) for i in range(50)])
+    result = run_cli("run", "--input", source, "--out", tmp_path / "out", "--audit-db", mysql_db.url())
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = [text for text in result.stderr.splitlines() if text.strip()]
+    assert line.startswith("error: pipeline failed: OperationalError (1142)") and "denied" in line

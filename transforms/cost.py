@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
-from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 
 #: DECIMAL(10,6): the audit trail's cost column.
-COST_QUANTUM = Decimal("0.000001")
+COST_PLACES = 6
 COST_MAX = Decimal("9999.999999")
-_THOUSAND = Decimal(1000)
-# Token counts reach 2**63; 80 digits keep every product exact before the single rounding.
-_EXACT = Context(prec=80)
+# Wide enough that moving the decimal point of any product of 64-bit counts never rounds.
+_WIDE = Context(prec=100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +24,15 @@ class Price:
     input_per_1k: Decimal
     output_per_1k: Decimal
     per_image: Decimal
+    # The three prices as exact integers in units of 10**-scale USD, so event_cost works on ints.
+    scale: int = field(init=False, repr=False, compare=False)
+    units: tuple[int, int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        amounts = (self.input_per_1k, self.output_per_1k, self.per_image)
+        scale = max(0, *(-int(a.as_tuple().exponent) for a in amounts))
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "units", tuple(int(a.scaleb(scale)) for a in amounts))
 
 
 class PriceBook:
@@ -101,20 +109,24 @@ def _amount(cell: str) -> Decimal:
 def event_cost(price: Price, input_tokens: int, output_tokens: int, images: int) -> Decimal:
     """Exact cost of one event, rounded once, half-even, to 6 places.
 
+    Computed on integers (prices scaled to whole units of 10**-scale USD), which is exact for any
+    token count, so the single rounding at the end is the only one.
+
     >>> p = Price("m", date(2024, 1, 1), Decimal("0.0025"), Decimal("0.01"), Decimal("0"))
     >>> event_cost(p, 1000, 500, 0)
     Decimal('0.007500')
     >>> event_cost(p, 1, 0, 0)  # 0.0000025 rounds half-even to 0.000002
     Decimal('0.000002')
     """
-    exact = _EXACT.add(
-        _EXACT.divide(
-            _EXACT.add(
-                _EXACT.multiply(Decimal(input_tokens), price.input_per_1k),
-                _EXACT.multiply(Decimal(output_tokens), price.output_per_1k),
-            ),
-            _THOUSAND,
-        ),
-        _EXACT.multiply(Decimal(images), price.per_image),
-    )
-    return exact.quantize(COST_QUANTUM, rounding=ROUND_HALF_EVEN, context=_EXACT)
+    per_input, per_output, per_image = price.units
+    # In units of 10**-(scale + 3) USD: token prices are per 1,000 tokens.
+    exact = input_tokens * per_input + output_tokens * per_output + images * per_image * 1000
+    shift = price.scale + 3 - COST_PLACES
+    if shift <= 0:
+        micros = exact * 10**-shift
+    else:
+        divisor = 10**shift
+        micros, rest = divmod(exact, divisor)
+        if 2 * rest > divisor or (2 * rest == divisor and micros & 1):
+            micros += 1
+    return Decimal(micros).scaleb(-COST_PLACES, context=_WIDE)
