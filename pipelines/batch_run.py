@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from typing import Any
 import filelock
 
 from connectors import audit_store
-from connectors.config import load_config
+from connectors.config import PipelineConfig, load_config
 from connectors.parquet_sink import now, remove_stale_parts
 from connectors.sources import InputFile, discover_inputs, plan_splits
 from pipelines import progress
@@ -62,6 +63,23 @@ def inputs_fingerprint(files: list[InputFile]) -> str:
     return digest.hexdigest()[:16]
 
 
+#: Input bytes per shard beyond which a run uses more shards than configured, so that the
+#: batch one worker holds in the dedup and rate-limit steps stays the same size however large
+#: the input (memory flat as input grows).
+SHARD_INPUT_BYTES = 64 << 20
+
+
+def with_shards_for(config: PipelineConfig, input_bytes: int) -> PipelineConfig:
+    """``config`` with at least one shard per ``SHARD_INPUT_BYTES`` of input.
+
+    >>> with_shards_for(PipelineConfig(shards=16), 10 << 30).shards
+    160
+    >>> with_shards_for(PipelineConfig(shards=16), 1 << 20).shards
+    16
+    """
+    return dataclasses.replace(config, shards=max(config.shards, -(-input_bytes // SHARD_INPUT_BYTES)))
+
+
 def run_batch(request: RunRequest, on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run the spine over files; return the run summary (also written to ``_runs/<run_id>.json``).
 
@@ -102,6 +120,7 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]: 
             raise RunError(
                 f"audit store {audit_store.redact(audit_url)} is unusable: {audit_store.describe_error(exc)}"
             ) from exc
+        config = with_shards_for(config, sum(f.size for f in files))
         plan = RunPlan(
             run_id=run_id,
             out_dir=str(out_dir),

@@ -97,11 +97,13 @@ class ValidEvent(NamedTuple):
 def parse_record(raw: bytes, rules: EventRules) -> Any:
     """Parse one JSONL record into Python values, or raise a ContractViolation.
 
-    >>> parse_record(b'{"a": 1}', RULES_FOR_DOCTEST)
+    >>> import schemas
+    >>> rules = EventRules.from_json_schema(schemas.event_json_schema())
+    >>> parse_record(b'{"a": 1}', rules)
     {'a': 1}
-    >>> parse_record(b'{"a": 1', RULES_FOR_DOCTEST)
+    >>> parse_record(b'{"a": 1', rules)
     Traceback (most recent call last):
-    transforms.dead_letter.ContractViolation: malformed_json: ...
+    transforms.dead_letter.ContractViolation: malformed_json: unexpected end of data: line 1 column 8 (char 7)
     """
     if len(raw) > rules.max_record_bytes:
         raise ContractViolation(

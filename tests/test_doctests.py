@@ -1,0 +1,32 @@
+"""The examples in docstrings are part of the documentation: they must stay true."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "transforms.cost",
+    "transforms.hashing",
+    "transforms.sharding",
+    "transforms.tiers",
+    "transforms.validate",
+    "connectors.audit_store",
+    "connectors.tabular",
+    "pipelines.batch_run",
+    "connectors.synthetic",
+    "connectors.synthetic_bad",
+    "connectors.synthetic_events",
+    "connectors.synthetic_images",
+    "connectors.synthetic_load",
+    "connectors.synthetic_text",
+]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_docstring_examples_hold(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{module} has no examples"
+    assert result.failed == 0
