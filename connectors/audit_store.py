@@ -26,6 +26,7 @@ from sqlalchemy.dialects import mysql, sqlite
 
 import schemas
 from connectors.retry import transient_retry
+from transforms.event_batch import FINGERPRINT
 
 MYSQL_PASSWORD_ENV = "AIEP_MYSQL_PASSWORD"
 
@@ -46,7 +47,11 @@ AUDIT_COLUMNS = {
     "rate_limited": "rate_limited",
     "image_hash": "image_hash",
     "hash_mode": "hash_mode",
+    FINGERPRINT: "payload_fingerprint",
 }
+
+#: Event ids per ``SELECT ... WHERE event_id IN (...)``.
+LOOKUP_CHUNK = 1000
 
 sqlite3.register_adapter(Decimal, str)
 
@@ -231,6 +236,26 @@ class BatchWriter:
             raw.close()
 
 
+def fetch_all(
+    engine: sa.Engine, statement: sa.Executable, params: dict[str, Any], retry_attempts: int
+) -> list[Any]:
+    """Rows of one read, retried on transient errors like every write."""
+    for attempt in transient_retry(retry_attempts):
+        with attempt:
+            conn = engine.connect()
+            try:
+                rows = list(conn.execute(statement, params).all())
+                conn.rollback()
+                return rows
+            except BaseException:
+                # The connection may be dead (killed, server gone): never hand it back to the pool.
+                conn.invalidate()
+                raise
+            finally:
+                conn.close()
+    raise AssertionError("unreachable: transient_retry re-raises")
+
+
 def _dialect(engine: sa.Engine) -> str:
     name = engine.dialect.name
     if name not in ("sqlite", "mysql", "mariadb"):
@@ -251,6 +276,21 @@ class AuditWriter:
         self._writer = BatchWriter(
             engine, statement, list(AUDIT_COLUMNS.values()), batch_rows, retry_attempts
         )
+        self._engine = engine
+        self._retry_attempts = retry_attempts
+        stored = sa.table("ai_audit_trail", sa.column("event_id"), sa.column("payload_fingerprint"))
+        self._stored_query = sa.select(stored.c.event_id, stored.c.payload_fingerprint).where(
+            stored.c.event_id.in_(sa.bindparam("ids", expanding=True))
+        )
+
+    def stored_fingerprints(self, event_ids: list[str]) -> dict[str, bytes | None]:
+        """The ``payload_fingerprint`` of each of ``event_ids`` an earlier run stored (absent: none)."""
+        found: dict[str, bytes | None] = {}
+        for start in range(0, len(event_ids), LOOKUP_CHUNK):
+            chunk = event_ids[start : start + LOOKUP_CHUNK]
+            rows = fetch_all(self._engine, self._stored_query, {"ids": chunk}, self._retry_attempts)
+            found.update((row[0], None if row[1] is None else bytes(row[1])) for row in rows)
+        return found
 
     def write(self, events: pa.Table) -> int:
         """Insert one audit row per event; return how many were new."""

@@ -12,12 +12,9 @@ from typing import Any
 import cachetools
 import sqlalchemy as sa
 
-from connectors.retry import transient_retry
+from connectors.audit_store import LOOKUP_CHUNK, fetch_all
 
 log = logging.getLogger("aiep.users")
-
-#: Users per ``SELECT ... WHERE id IN (...)``.
-LOOKUP_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -58,9 +55,7 @@ class UserDirectory:
         missing = sorted(wanted - found.keys())
         for start in range(0, len(missing), LOOKUP_CHUNK):
             chunk = missing[start : start + LOOKUP_CHUNK]
-            for attempt in transient_retry(self._retry_attempts):
-                with attempt:
-                    rows = self._select(chunk)
+            rows = fetch_all(self._engine, self._query, {"ids": chunk}, self._retry_attempts)
             fetched = {
                 int(row.id): UserProfile(row.ai_tier, _prefs(row.id, row.personalization_prefs))
                 for row in rows
@@ -70,19 +65,6 @@ class UserDirectory:
                 self._cache[uid] = profile
                 found[uid] = profile
         return found
-
-    def _select(self, ids: list[int]) -> list[Any]:
-        conn = self._engine.connect()
-        try:
-            rows = list(conn.execute(self._query, {"ids": ids}).all())
-            conn.rollback()
-            return rows
-        except BaseException:
-            # The connection may be dead (killed, server gone): never hand it back to the pool.
-            conn.invalidate()
-            raise
-        finally:
-            conn.close()
 
 
 def _prefs(user_id: int, value: Any) -> dict[str, Any] | None:

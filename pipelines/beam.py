@@ -77,15 +77,18 @@ class CollapseDuplicates(_StepDoFn):
 
 
 class ApplyRateLimits(_StepDoFn):
-    """All events of a user shard → (shard, flagged events); violations to a tagged output."""
+    """All events of a user shard → (shard, flagged events); violations and conflicts with rows
+    an earlier run stored to tagged outputs."""
 
     def process(self, element: tuple[int, Iterable[str]]) -> Iterator[Any]:
         shard, paths = element
-        events, violations, counts = self.steps.rate_limit(self.spill.load(paths))
+        events, violations, conflicts, counts = self.steps.rate_limit(self.spill.load(paths))
         self.count(counts)
         yield shard, events
         if violations.num_rows:
             yield beam.pvalue.TaggedOutput(VIOLATIONS, (shard, violations))
+        for key, table in conflicts:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, (key, self.spill.put(DEAD_LETTER, table)))
 
 
 class WriteEvents(_StepDoFn):
@@ -129,12 +132,13 @@ def build(pipeline: beam.Pipeline, splits: list[InputSplit], plan: RunPlan) -> N
     limited = (
         deduped.events
         | "GroupByUserShard" >> beam.GroupByKey()
-        | "ApplyRateLimits" >> beam.ParDo(ApplyRateLimits(plan)).with_outputs(VIOLATIONS, main="events")
+        | "ApplyRateLimits"
+        >> beam.ParDo(ApplyRateLimits(plan)).with_outputs(VIOLATIONS, DEAD_LETTER, main="events")
     )
     _ = limited.events | "WriteEventsAndAudit" >> beam.ParDo(WriteEvents(plan))
     _ = limited[VIOLATIONS] | "WriteRateLimitViolations" >> beam.ParDo(WriteViolations(plan))
     _ = (
-        (enriched[DEAD_LETTER], deduped[DEAD_LETTER])
+        (enriched[DEAD_LETTER], deduped[DEAD_LETTER], limited[DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
         | "GroupDeadLettersByBucket" >> beam.GroupByKey()
         | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(plan))

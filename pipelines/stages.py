@@ -27,11 +27,10 @@ from connectors.sources import InputSplit, read_split
 from connectors.users import UserDirectory
 from transforms.cost import PriceBook
 from transforms.dead_letter import DeadLetter, dead_letter_table
-from transforms.dedup import collapse_duplicates
+from transforms.dedup import collapse_duplicates, split_stored_conflicts
 from transforms.event_batch import (
     FINGERPRINT,
     ORDER,
-    RAW,
     SHARD,
     EnrichSettings,
     InputRecords,
@@ -121,25 +120,28 @@ class SpineSteps:
     def collapse(self, tables: Iterable[pa.Table]) -> tuple[list[tuple[int, pa.Table]], list[Keyed], Counts]:
         """Apply the duplicate rule to every copy of a shard's event_ids; re-split by user."""
         result = collapse_duplicates(pa.concat_tables(tables))
-        events = result.events.drop_columns([RAW, FINGERPRINT, SHARD, ORDER])
+        events = result.events.drop_columns([SHARD, ORDER])
         by_user = list(split_by_shard(events, user_shard(events, self.plan.config.shards)))
         counts = {"duplicates_collapsed": result.collapsed}
         return by_user, self._dead_letter_groups(result.conflicts), counts
 
-    def rate_limit(self, tables: Iterable[pa.Table]) -> tuple[pa.Table, pa.Table, Counts]:
-        """Flag events past quota for every user of one shard, in a deterministic row order."""
+    def rate_limit(self, tables: Iterable[pa.Table]) -> tuple[pa.Table, pa.Table, list[Keyed], Counts]:
+        """Resolve one user shard's events against the store and the users table, then flag
+        those past quota; rows come out in a deterministic order."""
         events = pa.concat_tables(tables)
+        stored = self._audit.stored_fingerprints(events.column("event_id").to_pylist())
+        events, conflicts = split_stored_conflicts(events, stored)
         untiered = pc.unique(pc.filter(events.column("user_id"), pc.is_null(events.column("ai_tier"))))
         profiles = self._users.profiles(untiered.to_pylist())
         events = resolve_tiers(events, {uid: p.tier for uid, p in profiles.items()}, DEFAULT_TIER)
         limits = RateLimits(self.plan.config.quotas, self.plan.config.window_seconds)
         result = apply_rate_limits(events, limits, schemas.arrow_schema("rate_limit_violations"))
+        ordered = result.events.sort_by(
+            [("user_id", "ascending"), ("event_time", "ascending"), ("event_id", "ascending")]
+        )
+        schema = schemas.arrow_schema("events")
         flagged = (
-            result.events.sort_by(
-                [("user_id", "ascending"), ("event_time", "ascending"), ("event_id", "ascending")]
-            )
-            .select(schemas.arrow_schema("events").names)
-            .cast(schemas.arrow_schema("events"))
+            ordered.select(schema.names).cast(schema).append_column(FINGERPRINT, ordered.column(FINGERPRINT))
         )
         cost = pc.sum(flagged.column("cost")).as_py()
         counts = {
@@ -148,11 +150,12 @@ class SpineSteps:
             "unpriced_events": flagged.column("cost").null_count,
             "cost_total_micros": int(cost.scaleb(6)) if cost is not None else 0,
         }
-        return flagged, result.violations, counts
+        return flagged, result.violations, self._dead_letter_groups(conflicts), counts
 
     def write_events(self, shard: int, events: pa.Table) -> Counts:
-        """Write one user shard's events to Parquet and to the audit store."""
-        write_partitioned(events, self.out_dir, "events", self._stem(f"{shard:04d}"), "event_time")
+        """Write one user shard's events to Parquet and to the audit store (with fingerprints)."""
+        parquet = events.drop_columns([FINGERPRINT])
+        write_partitioned(parquet, self.out_dir, "events", self._stem(f"{shard:04d}"), "event_time")
         inserted = self._audit.write(events)
         return {"audit_rows_inserted": inserted}
 

@@ -449,3 +449,32 @@ def test_summary_file_names_inputs_with_a_fingerprint(
     assert entry["size"] == generated["source"].stat().st_size
     datetime.fromisoformat(summary["started_at"])
     assert "audit.sqlite" in summary["audit_db"]
+
+
+def test_a_differing_copy_of_an_event_an_earlier_run_stored_is_a_conflicting_duplicate(
+    tmp_path: Path,
+) -> None:
+    def event(event_id: str, tokens: int, reorder: bool = False) -> str:
+        fields = {
+            "event_id": event_id,
+            "event_time": "2025-07-01T08:00:00Z",
+            "user_id": 3,
+            "operation_type": "chat",
+            "model": "gpt-4o",
+            "usage": {"input_tokens": tokens},
+        }
+        return json.dumps(dict(reversed(fields.items())) if reorder else fields) + "\n"
+
+    first, second, out = tmp_path / "first.jsonl", tmp_path / "second.jsonl", tmp_path / "out"
+    first.write_text(event("e1", 10) + event("e2", 20))
+    second.write_text(event("e1", 99) + event("e2", 20, reorder=True) + event("e3", 30))
+    run_pipeline([first], out)
+    summary = run_pipeline([second], out).summary()
+    assert (summary["events_processed"], summary["events_dead_lettered"]) == (2, 1)
+    assert summary["dead_letters_by_reason"] == {"conflicting_duplicate": 1}
+    (letter,) = [d for d in read_dataset(out, "dead_letter", "line_no") if d["source"] == str(second)]
+    assert (letter["line_no"], letter["event_id"]) == (1, "e1") and "earlier run" in letter["detail"]
+    with sqlite3.connect(out / "audit.sqlite") as con:
+        rows = dict(con.execute("SELECT event_id, cost FROM ai_audit_trail").fetchall())
+    assert sorted(rows) == ["e1", "e2", "e3"]
+    assert Decimal(str(rows["e1"])) == Decimal("0.000025")  # run one's copy: 10 tokens at $0.0025/1K

@@ -7,6 +7,7 @@ input order (input position on the command line, then line number) is the one ke
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,3 +77,40 @@ def collapse_duplicates(events: pa.Table) -> Deduplicated:
                 )
             )
     return Deduplicated(ordered.filter(pa.array(starts)), conflicts, collapsed)
+
+
+def split_stored_conflicts(
+    events: pa.Table, stored: Mapping[str, bytes | None]
+) -> tuple[pa.Table, list[DeadLetter]]:
+    """Apply the duplicate rule against rows an earlier run stored.
+
+    ``stored`` maps event ids already in the audit trail to their payload fingerprints. An event
+    whose stored fingerprint equals its own is an identical replay and stays (the keyed sinks
+    change nothing); one whose fingerprint differs is a ``conflicting_duplicate``. A stored row
+    without a fingerprint (written before fingerprints were kept) is never called conflicting.
+    """
+    if not stored or events.num_rows == 0:
+        return events, []
+    ids = events.column("event_id").to_pylist()
+    fingerprints = events.column(FINGERPRINT).to_pylist()
+    conflict = [
+        stored.get(event_id) not in (None, fingerprint)
+        for event_id, fingerprint in zip(ids, fingerprints, strict=True)
+    ]
+    if not any(conflict):
+        return events, []
+    mask = pa.array(conflict)
+    rejected = events.filter(mask).select(["source", "line_no", RAW, "event_id", "event_time"])
+    letters = [
+        DeadLetter(
+            source=row["source"],
+            line_no=row["line_no"],
+            raw=row[RAW],
+            reason=Reason.CONFLICTING_DUPLICATE,
+            detail=f"event_id {row['event_id'][:128]!r} was stored by an earlier run with another payload",
+            event_id=row["event_id"],
+            event_time=row["event_time"],
+        )
+        for row in rejected.to_pylist()
+    ]
+    return events.filter(pc.invert(mask)), letters
