@@ -56,6 +56,7 @@ from connectors.audit_store import AUDIT_COLUMNS, AuditWriter, open_engine, reda
 from connectors.synthetic_events import KIND_SHARES, ModelCard, model_catalogue
 from connectors.synthetic_load import BASE_TIME, SPAN_MS, Population, user_count
 from transforms.cost import PriceBook, event_cost
+from transforms.event_batch import FINGERPRINT
 
 #: The pipeline sink's rows/s over the raw multi-row anchor's that we aim for.
 TARGET_RATIO = 0.8
@@ -146,7 +147,9 @@ def build_events(rows: int, seed: int) -> pa.Table:
         ms = (line_no - 1) * SPAN_MS // rows + rng.randrange(1000)
         for name, value in _event(rng, catalogue, line_no, ms).items():
             columns[name].append(value)
-    return pa.table(columns, schema=schema)
+    # The audit sink also stores each event's payload fingerprint (16 bytes) beside its row.
+    fingerprints = pa.array([rng.randbytes(16) for _ in range(rows)], pa.binary(16))
+    return pa.table(columns, schema=schema).append_column(FINGERPRINT, fingerprints)
 
 
 def audit_rows(events: pa.Table) -> list[AuditRow]:
@@ -160,6 +163,7 @@ def audit_rows(events: pa.Table) -> list[AuditRow]:
     replaced = {
         "event_time": pc.strftime(seconds, "%Y-%m-%d %H:%M:%S"),
         "rate_limited": pc.cast(events.column("rate_limited"), pa.int8()),
+        "cost": pc.cast(events.column("cost"), pa.string()),
     }
     columns = [replaced.get(name, events.column(name)).to_pylist() for name in AUDIT_COLUMNS]
     return list(zip(*columns, strict=True))

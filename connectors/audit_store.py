@@ -165,6 +165,12 @@ def upgrade(engine: sa.Engine) -> str:
     return current_version(engine) or ""
 
 
+def has_audit_rows(engine: sa.Engine) -> bool:
+    """Whether ``ai_audit_trail`` holds any row (an empty store has nothing to compare with)."""
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT 1 FROM ai_audit_trail LIMIT 1")).first() is not None
+
+
 def current_version(engine: sa.Engine) -> str | None:
     """The applied migration version, or ``None`` for an empty database."""
     with engine.connect() as conn:

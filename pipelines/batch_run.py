@@ -115,6 +115,7 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]: 
         try:
             engine = audit_store.open_engine(audit_url)
             schema_version = audit_store.upgrade(engine)
+            stored_before = audit_store.has_audit_rows(engine)
             engine.dispose()
         except Exception as exc:  # any driver error: the store is unusable for this run
             raise RunError(
@@ -129,6 +130,7 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]: 
             fingerprint=fingerprint,
             base_dirs=tuple(f.base_dir for f in files),
             staging_dir=str(staging / "spill"),
+            compare_with_store=stored_before,
         )
         splits = plan_splits(files, config.split_mb << 20)
         counts = _run_engine(request, splits, plan, sum(f.size for f in files), on_progress)

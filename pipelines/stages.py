@@ -31,6 +31,7 @@ from transforms.dedup import collapse_duplicates, split_stored_conflicts
 from transforms.event_batch import (
     FINGERPRINT,
     ORDER,
+    RAW,
     SHARD,
     EnrichSettings,
     InputRecords,
@@ -64,6 +65,9 @@ class RunPlan:
     fingerprint: str
     base_dirs: tuple[str, ...]  # by input order: where each input's image paths resolve
     staging_dir: str  # spilled batches between stages; removed when the run ends
+    # Whether the audit trail held rows when the run began: only then can an event conflict with
+    # one an earlier run stored (within a run, each event_id reaches exactly one shard).
+    compare_with_store: bool = True
 
 
 class SpineSteps:
@@ -120,7 +124,9 @@ class SpineSteps:
     def collapse(self, tables: Iterable[pa.Table]) -> tuple[list[tuple[int, pa.Table]], list[Keyed], Counts]:
         """Apply the duplicate rule to every copy of a shard's event_ids; re-split by user."""
         result = collapse_duplicates(pa.concat_tables(tables))
-        events = result.events.drop_columns([SHARD, ORDER])
+        # The raw record only matters later for a conflict with a stored row, if one can exist.
+        spent = [SHARD, ORDER] if self.plan.compare_with_store else [SHARD, ORDER, RAW]
+        events = result.events.drop_columns(spent)
         by_user = list(split_by_shard(events, user_shard(events, self.plan.config.shards)))
         counts = {"duplicates_collapsed": result.collapsed}
         return by_user, self._dead_letter_groups(result.conflicts), counts
@@ -129,8 +135,10 @@ class SpineSteps:
         """Resolve one user shard's events against the store and the users table, then flag
         those past quota; rows come out in a deterministic order."""
         events = pa.concat_tables(tables)
-        stored = self._audit.stored_fingerprints(events.column("event_id").to_pylist())
-        events, conflicts = split_stored_conflicts(events, stored)
+        conflicts: list[DeadLetter] = []
+        if self.plan.compare_with_store:
+            stored = self._audit.stored_fingerprints(events.column("event_id").to_pylist())
+            events, conflicts = split_stored_conflicts(events, stored)
         untiered = pc.unique(pc.filter(events.column("user_id"), pc.is_null(events.column("ai_tier"))))
         profiles = self._users.profiles(untiered.to_pylist())
         events = resolve_tiers(events, {uid: p.tier for uid, p in profiles.items()}, DEFAULT_TIER)

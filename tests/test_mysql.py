@@ -62,7 +62,9 @@ def test_migrations_apply_the_seed_ddl_and_a_second_run_changes_nothing(mysql_db
     )
     status = run_cli("db", "status", "--audit-db", mysql_db.root_url)
     assert (
-        status.returncode == 0 and "0003_audit_payload_fingerprint" in status.stdout and "up to date" in status.stdout
+        status.returncode == 0
+        and "0003_audit_payload_fingerprint" in status.stdout
+        and "up to date" in status.stdout
     )
 
 
