@@ -165,9 +165,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     show_bar = sys.stderr.isatty() and not args.no_progress
     bar = _progress_bar() if show_bar else None
     try:
-        summary = run_batch(request, on_progress=bar.update_to if bar else None)
+        summary = run_batch(request, on_progress=None if bar is None else bar.update_to)
     finally:
-        if bar:
+        if bar is not None:
             bar.close()
     _print_summary(summary)
     return 0
@@ -181,7 +181,10 @@ def _progress_bar() -> Any:
             self.total = total
             self.update(done - self.n)
 
-    return _Bar(desc="reading", unit="B", unit_scale=True, unit_divisor=1024, leave=False, file=sys.stderr)
+    # delay: start-up messages (e.g. a migration notice) print before the bar, not inside it.
+    return _Bar(
+        desc="reading", unit="B", unit_scale=True, unit_divisor=1024, leave=False, file=sys.stderr, delay=1
+    )
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -478,3 +478,43 @@ def test_a_differing_copy_of_an_event_an_earlier_run_stored_is_a_conflicting_dup
         rows = dict(con.execute("SELECT event_id, cost FROM ai_audit_trail").fetchall())
     assert sorted(rows) == ["e1", "e2", "e3"]
     assert Decimal(str(rows["e1"])) == Decimal("0.000025")  # run one's copy: 10 tokens at $0.0025/1K
+
+
+def test_a_run_on_a_terminal_shows_progress_and_succeeds(generated: dict[str, Any], tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    leader, follower = os.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "runner.py"),
+            "run",
+            "--input",
+            str(generated["source"]),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        cwd=ROOT,
+    )
+    os.close(follower)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the run closed the terminal
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    stdout, _ = proc.communicate(timeout=300)
+    os.close(leader)
+    assert proc.returncode == 0, terminal.decode(errors="replace")
+    assert "finished in" in stdout.decode()
+    assert b"Traceback" not in terminal
