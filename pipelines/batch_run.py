@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -148,7 +149,13 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]: 
 
 
 def _run_engine(request, splits, plan, total_bytes: int, on_progress) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    from pipelines import beam  # imported here: Beam takes a second to import
+    # Imported here: Beam takes a second to import. Without the optional GCP extras its import
+    # logs "apitools not found" through the root logger, a warning about nothing this run uses.
+    logging.disable(logging.WARNING)
+    try:
+        from pipelines import beam
+    finally:
+        logging.disable(logging.NOTSET)
 
     progress.reset()
     done = threading.Event()

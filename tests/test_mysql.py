@@ -262,5 +262,7 @@ def test_a_database_error_ends_the_run_with_one_line_naming_it(
     result = run_cli("run", "--input", source, "--out", tmp_path / "out", "--audit-db", mysql_db.url())
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    (line,) = [text for text in result.stderr.splitlines() if text.strip()]
+    lines = [text for text in result.stderr.splitlines() if text.strip()]
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
     assert line.startswith("error: pipeline failed: OperationalError (1142)") and "denied" in line
