@@ -108,6 +108,8 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]: 
     started = datetime.now(UTC)
     started_clock = now()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    # Holding the lock, any staging folder left here is a killed run's: nothing will read it.
+    shutil.rmtree(out_dir / "_staging", ignore_errors=True)
     staging = out_dir / "_staging" / run_id
     audit_url = request.audit_url or audit_store.default_url(out_dir)
     try:
