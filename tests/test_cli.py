@@ -518,3 +518,24 @@ def test_a_run_on_a_terminal_shows_progress_and_succeeds(generated: dict[str, An
     assert proc.returncode == 0, terminal.decode(errors="replace")
     assert "finished in" in stdout.decode()
     assert b"Traceback" not in terminal
+
+
+def test_a_run_clears_what_a_killed_run_left_in_staging(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        json.dumps(
+            {
+                "event_id": "s1",
+                "event_time": "2025-07-01T00:00:00Z",
+                "user_id": 1,
+                "operation_type": "chat",
+                "model": "gpt-4o",
+            }
+        )
+        + "\n"
+    )
+    leftover = tmp_path / "out" / "_staging" / "20250101T000000Z-dead" / "spill" / "by_user"
+    leftover.mkdir(parents=True)
+    (leftover / "x.arrow").write_bytes(b"half a file")
+    run_pipeline([source], tmp_path / "out")
+    assert not (tmp_path / "out" / "_staging").exists()
