@@ -192,3 +192,19 @@ def mysql_db(mysql_server: tuple[str, int]) -> Any:
         yield db
     finally:
         drop_database(db)
+
+
+def enrich_settings(shards: int) -> Any:
+    """The first stage's settings from the shipped contracts, as every worker builds them."""
+    import schemas
+    from transforms.cost import PriceBook
+    from transforms.event_batch import EnrichSettings
+    from transforms.hashing import ContentHasher
+    from transforms.validate import EventRules
+
+    return EnrichSettings(
+        EventRules.from_json_schema(schemas.event_json_schema()),
+        PriceBook.from_rows(schemas.pricing_rows()),
+        ContentHasher(),
+        shards=shards,
+    )

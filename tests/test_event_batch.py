@@ -11,18 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import schemas
-from transforms.cost import PriceBook
+from tests.conftest import enrich_settings
 from transforms.dead_letter import ContractViolation, Reason
-from transforms.event_batch import EnrichSettings, InputRecords, enrich_records, in_flight_schema
-from transforms.hashing import ContentHasher
-from transforms.validate import EventRules
+from transforms.event_batch import InputRecords, enrich_records, in_flight_schema
 
-SETTINGS = EnrichSettings(
-    EventRules.from_json_schema(schemas.event_json_schema()),
-    PriceBook.from_rows(schemas.pricing_rows()),
-    ContentHasher(),
-    shards=8,
-)
+SETTINGS = enrich_settings(shards=8)
 SCHEMA = in_flight_schema(schemas.arrow_schema("events"))
 
 
