@@ -146,7 +146,6 @@ def open_engine(url: str) -> sa.Engine:
             # into the three indexed columns than the default 4 KiB, measured here.
             dbapi_conn.execute("PRAGMA page_size=16384")
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
-            dbapi_conn.execute("PRAGMA mmap_size=268435456")
             dbapi_conn.execute("PRAGMA busy_timeout=60000")
             dbapi_conn.execute("PRAGMA synchronous=NORMAL")
             dbapi_conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the event_id index stays hot
