@@ -98,3 +98,11 @@ def test_offset_timestamps_are_stored_in_utc() -> None:
         SCHEMA,
     )
     assert batch.events.column("event_time").cast(pa.int64())[0].as_py() == 1751329800 * 1_000_000
+
+
+def test_a_record_larger_than_any_valid_event_is_line_too_long() -> None:
+    rules = SETTINGS.rules
+    huge = b'{"event_id": "big", "metadata": {"blob": "' + b"x" * rules.max_record_bytes + b'"}}'
+    batch = enrich_records(InputRecords("f", 0, [7], [huge]), SETTINGS, no_images, SCHEMA)
+    (letter,) = batch.dead_letters
+    assert (letter.reason, letter.line_no, letter.raw) == (Reason.LINE_TOO_LONG, 7, huge)
