@@ -9,7 +9,6 @@ renamed, so a reader never sees half a file.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -62,8 +61,3 @@ def remove_stale_parts(out_dir: Path, datasets: list[str], fingerprint: str, old
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
     return removed
-
-
-def now() -> float:
-    """Wall-clock seconds, as file modification times record them."""
-    return time.time()

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import filelock
 
 from connectors import audit_store
 from connectors.config import PipelineConfig, load_config
-from connectors.parquet_sink import now, remove_stale_parts
+from connectors.parquet_sink import remove_stale_parts
 from connectors.sources import InputFile, discover_inputs, plan_splits
 from pipelines import progress
 from pipelines.stages import RunPlan
@@ -106,7 +107,7 @@ def run_batch(request: RunRequest, on_progress: Callable[[int, int], None] | Non
 
 def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     started = datetime.now(UTC)
-    started_clock = now()
+    started_clock = time.time()  # as file modification times record it
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     # Holding the lock, any staging folder left here is a killed run's: nothing will read it.
     shutil.rmtree(out_dir / "_staging", ignore_errors=True)

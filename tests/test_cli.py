@@ -49,6 +49,13 @@ def reference_cost(
     return Decimal(floor).scaleb(-6)
 
 
+def event_line(event_id: str, **fields: Any) -> str:
+    """One JSONL line of a minimal valid event, with fields added or replaced."""
+    event = {"event_id": event_id, "event_time": "2025-07-01T00:00:00Z", "user_id": 1,
+             "operation_type": "chat", "model": "gpt-4o"}  # fmt: skip
+    return json.dumps(event | fields) + "\n"
+
+
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = tmp_path_factory.mktemp("gen")
@@ -328,19 +335,7 @@ def test_keyed_hashing_uses_the_key_from_the_environment(tmp_path: Path) -> None
     import hmac
 
     source = tmp_path / "in.jsonl"
-    source.write_text(
-        json.dumps(
-            {
-                "event_id": "k1",
-                "event_time": "2025-07-01T00:00:00Z",
-                "user_id": 1,
-                "operation_type": "chat",
-                "model": "gpt-4o",
-                "input": {"text": "hi"},
-            }
-        )
-        + "\n"
-    )
+    source.write_text(event_line("k1", input={"text": "hi"}))
     config = tmp_path / "hmac.toml"
     config.write_text('[hashing]\nmode = "hmac-sha256"\n')
     secret = "s3cret-key-value"
@@ -363,19 +358,7 @@ def test_keyed_hashing_uses_the_key_from_the_environment(tmp_path: Path) -> None
 def test_config_overrides_quotas(tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "event_id": f"q{i}",
-                    "event_time": f"2025-07-01T00:00:{i:02d}Z",
-                    "user_id": 5,
-                    "operation_type": "chat",
-                    "model": "gpt-4o",
-                }
-            )
-            + "\n"
-            for i in range(5)
-        )
+        "".join(event_line(f"q{i}", event_time=f"2025-07-01T00:00:{i:02d}Z", user_id=5) for i in range(5))
     )
     config = tmp_path / "quota.toml"
     config.write_text("[rate_limit]\nquotas = { free = 2 }\n")
@@ -455,15 +438,11 @@ def test_a_differing_copy_of_an_event_an_earlier_run_stored_is_a_conflicting_dup
     tmp_path: Path,
 ) -> None:
     def event(event_id: str, tokens: int, reorder: bool = False) -> str:
-        fields = {
-            "event_id": event_id,
-            "event_time": "2025-07-01T08:00:00Z",
-            "user_id": 3,
-            "operation_type": "chat",
-            "model": "gpt-4o",
-            "usage": {"input_tokens": tokens},
-        }
-        return json.dumps(dict(reversed(fields.items())) if reorder else fields) + "\n"
+        line = event_line(
+            event_id, event_time="2025-07-01T08:00:00Z", user_id=3, usage={"input_tokens": tokens}
+        )
+        fields = json.loads(line)
+        return json.dumps(dict(reversed(fields.items()))) + "\n" if reorder else line
 
     first, second, out = tmp_path / "first.jsonl", tmp_path / "second.jsonl", tmp_path / "out"
     first.write_text(event("e1", 10) + event("e2", 20))
@@ -522,18 +501,7 @@ def test_a_run_on_a_terminal_shows_progress_and_succeeds(generated: dict[str, An
 
 def test_a_run_clears_what_a_killed_run_left_in_staging(tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
-    source.write_text(
-        json.dumps(
-            {
-                "event_id": "s1",
-                "event_time": "2025-07-01T00:00:00Z",
-                "user_id": 1,
-                "operation_type": "chat",
-                "model": "gpt-4o",
-            }
-        )
-        + "\n"
-    )
+    source.write_text(event_line("s1"))
     leftover = tmp_path / "out" / "_staging" / "20250101T000000Z-dead" / "spill" / "by_user"
     leftover.mkdir(parents=True)
     (leftover / "x.arrow").write_bytes(b"half a file")

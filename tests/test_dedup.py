@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 import schemas
 from tests.conftest import enrich_settings
 from transforms.dead_letter import Reason
-from transforms.dedup import collapse_duplicates
-from transforms.event_batch import InputRecords, enrich_records, in_flight_schema
+from transforms.dedup import collapse_duplicates, split_stored_conflicts
+from transforms.event_batch import FINGERPRINT, InputRecords, enrich_records, in_flight_schema
 
 SETTINGS = enrich_settings(shards=4)
 SCHEMA = in_flight_schema(schemas.arrow_schema("events"))
@@ -240,3 +240,17 @@ def test_duplicate_rule_holds_whatever_the_batch_order(
     assert result.collapsed == expected_collapsed
     # Conservation: every row read is kept, dead-lettered or collapsed.
     assert table.num_rows == result.events.num_rows + len(result.conflicts) + result.collapsed
+
+
+def test_against_stored_rows_only_a_differing_fingerprint_conflicts() -> None:
+    events = enrich([line(event(i)) for i in ("same", "other", "legacy", "new")])
+    mine = dict(
+        zip(events.column("event_id").to_pylist(), events.column(FINGERPRINT).to_pylist(), strict=True)
+    )
+    stored = {"same": mine["same"], "other": b"\x00" * 16, "legacy": None, "unrelated": b"\x01" * 16}
+    kept, conflicts = split_stored_conflicts(events, stored)
+    assert sorted(kept.column("event_id").to_pylist()) == ["legacy", "new", "same"]
+    (letter,) = conflicts
+    assert (letter.event_id, letter.reason, letter.line_no) == ("other", Reason.CONFLICTING_DUPLICATE, 2)
+    assert letter.raw == line(event("other")) and "earlier run" in letter.detail
+    assert split_stored_conflicts(events, {}) == (events, [])

@@ -91,15 +91,13 @@ def split_stored_conflicts(
     """
     if not stored or events.num_rows == 0:
         return events, []
-    ids = events.column("event_id").to_pylist()
-    fingerprints = events.column(FINGERPRINT).to_pylist()
-    conflict = [
-        stored.get(event_id) not in (None, fingerprint)
-        for event_id, fingerprint in zip(ids, fingerprints, strict=True)
-    ]
-    if not any(conflict):
+    stored_ids = pa.array(list(stored), pa.string())
+    stored_fingerprints = pa.array(list(stored.values()), pa.binary(16))
+    # The stored fingerprint of each event's id: NULL where not stored, or stored without one.
+    theirs = pc.take(stored_fingerprints, pc.index_in(events.column("event_id"), value_set=stored_ids))
+    mask = pc.fill_null(pc.not_equal(theirs, events.column(FINGERPRINT)), False)
+    if not pc.any(mask).as_py():
         return events, []
-    mask = pa.array(conflict)
     rejected = events.filter(mask).select(["source", "line_no", RAW, "event_id", "event_time"])
     letters = [
         DeadLetter(
