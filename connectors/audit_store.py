@@ -7,13 +7,20 @@ keyed by ``event_id`` so a replay inserts nothing twice.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import filelock
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pymysql
@@ -26,6 +33,7 @@ from sqlalchemy.dialects import mysql, sqlite
 
 import schemas
 from connectors.retry import transient_retry
+from transforms.dedup import STORED, StoredEvent, Verdict, judge_against_store
 from transforms.event_batch import FINGERPRINT
 
 MYSQL_PASSWORD_ENV = "AIEP_MYSQL_PASSWORD"
@@ -61,26 +69,57 @@ def default_url(out_dir: Path) -> str:
     return f"sqlite:///{out_dir.resolve() / 'audit.sqlite'}"
 
 
+#: Query parameters whose value is a secret (``?password=…`` reaches the driver like the URL's own).
+_SECRET_PARAMS = re.compile(r"(?i)([?&](?:password|passwd|pwd|secret|token|api_key)=)[^&]*")
+
+
 def redact(url: str) -> str:
-    """The URL with any password replaced, for logs, errors and summaries.
+    """The URL with any password replaced, for logs, errors and summaries; never raises.
+
+    Everything between the user and the host (the last ``@``) is hidden, however malformed the
+    URL: a password that was not percent-encoded may hold ``@``, ``:``, ``/`` or ``#`` itself.
+    Secret query parameters are hidden too.
 
     >>> redact("mysql+pymysql://app:s3cr%40t@db:3306/prod")
     'mysql+pymysql://app:***@db:3306/prod'
+    >>> redact("mysql+pymysql://root:Secret@Part2@host/db")
+    'mysql+pymysql://root:***@host/db'
+    >>> redact("mysql+pymysql://u@h/db?charset=utf8mb4&password=x")
+    'mysql+pymysql://u@h/db?charset=utf8mb4&password=***'
     """
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<unparseable database URL>"
+    userinfo, host = _split_userinfo(url)
+    if userinfo is not None and ":" in userinfo:
+        scheme = url.partition("://")[0]
+        url = f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+    return _SECRET_PARAMS.sub(r"\1***", url)
+
+
+def _split_userinfo(url: str) -> tuple[str | None, str]:
+    """``(user[:password], everything after it)``, split at the URL's *last* ``@``; ``None`` when
+    the URL names no user (``sqlite:///path`` has no authority, whatever its path holds)."""
+    _, separator, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not separator or not at or rest.startswith("/"):
+        return None, rest
+    return userinfo, host
 
 
 def resolve_url(url: str) -> sa.URL:
     """Parse ``url``; a MySQL URL without a password takes it from ``$AIEP_MYSQL_PASSWORD``.
 
-    A password in the URL itself must be percent-encoded (``p%40ss`` for ``p@ss``).
+    A password in the URL itself must be percent-encoded (``p%40ss`` for ``p@ss``): a raw ``@``,
+    ``/``, ``?`` or ``#`` in it would move the host, so such a URL is refused (ValueError, with the
+    URL redacted) instead of connecting somewhere else.
     """
+    userinfo, _ = _split_userinfo(url)
+    if userinfo is not None and any(mark in userinfo for mark in "@/?#"):
+        raise ValueError(
+            f"the user or password in {redact(url)} holds a raw '@', '/', '?' or '#': percent-encode it "
+            f"(%40 for @) or leave it out and set ${MYSQL_PASSWORD_ENV}"
+        )
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError:
+    except Exception:  # SQLAlchemy's messages quote the whole URL, password included
         raise ValueError(f"not a database URL: {redact(url)}") from None
     if parsed.get_backend_name() in ("mysql", "mariadb") and parsed.password is None:
         password = os.environ.get(MYSQL_PASSWORD_ENV)
@@ -133,7 +172,8 @@ def open_engine(url: str) -> sa.Engine:
             pool_recycle=3600,
             connect_args={
                 "charset": "utf8mb4",
-                "init_command": "SET time_zone = '+00:00'",
+                # TRADITIONAL: a value that does not fit is an error, never silently cut or changed.
+                "init_command": "SET time_zone = '+00:00', sql_mode = 'TRADITIONAL'",
                 "connect_timeout": 10,
             },
         )
@@ -159,13 +199,48 @@ def _alembic_config() -> Config:
     return config
 
 
+#: How long ``upgrade`` waits for another process's migrations to end before it gives up.
+MIGRATION_LOCK_SECONDS = 300
+
+
 def upgrade(engine: sa.Engine) -> str:
-    """Apply every migration not yet applied; return the version now in force."""
+    """Apply every migration not yet applied; return the version now in force.
+
+    Safe when several processes start on one fresh store at once: migrations run under a lock
+    (a named server lock on MySQL, a file lock beside a SQLite file), so one migrates and the
+    others then find the schema up to date.
+    """
+    if current_version(engine) == head_version():
+        return head_version()
     config = _alembic_config()
-    with engine.begin() as conn:
+    with _migration_lock(engine), engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
     return current_version(engine) or ""
+
+
+@contextmanager
+def _migration_lock(engine: sa.Engine) -> Iterator[None]:
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if not database or database == ":memory:":
+            yield
+            return
+        with filelock.FileLock(f"{database}.migrations.lock", timeout=MIGRATION_LOCK_SECONDS):
+            yield
+        return
+    # Server-wide lock names: one per database; at most 64 characters.
+    name = "aiep.migrate." + hashlib.sha256(str(engine.url.database).encode()).hexdigest()[:32]
+    with engine.connect() as conn:
+        granted = conn.execute(
+            sa.text("SELECT GET_LOCK(:name, :seconds)"), {"name": name, "seconds": MIGRATION_LOCK_SECONDS}
+        ).scalar()
+        if granted != 1:
+            raise TimeoutError(f"another process held the migration lock for {MIGRATION_LOCK_SECONDS}s")
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
 
 
 def has_audit_rows(engine: sa.Engine) -> bool:
@@ -218,7 +293,12 @@ class BatchWriter:
 
     def write(self, columns: dict[str, pa.Array | pa.ChunkedArray], num_rows: int) -> int:
         """Write ``num_rows`` rows given as columns by name; return the rows the database changed."""
-        changed = 0
+        return sum(changed for _, _, changed in self.write_batches(columns, num_rows))
+
+    def write_batches(
+        self, columns: dict[str, pa.Array | pa.ChunkedArray], num_rows: int
+    ) -> Iterator[tuple[int, int, int]]:
+        """Write the rows batch by batch, yielding ``(start, stop, rows changed)`` after each commit."""
         for start in range(0, num_rows, self._batch_rows):
             values = [columns[name].slice(start, self._batch_rows).to_pylist() for name in self._order]
             rows: Rows = list(zip(*values, strict=True))
@@ -226,8 +306,8 @@ class BatchWriter:
                 rows = [dict(zip(self._order, row, strict=True)) for row in rows]
             for attempt in transient_retry(self._retry_attempts):
                 with attempt:
-                    changed += self._execute(rows)
-        return changed
+                    changed = self._execute(rows)
+            yield start, start + len(rows), changed
 
     def _execute(self, rows: Rows) -> int:
         raw = self._engine.raw_connection()
@@ -272,10 +352,34 @@ def _dialect(engine: sa.Engine) -> str:
     return "sqlite" if name == "sqlite" else "mysql"
 
 
-class AuditWriter:
-    """One ``ai_audit_trail`` row per event, keyed by ``event_id``: a stored event is kept as is."""
+class AuditRowsLost(RuntimeError):
+    """The audit store did not keep rows it was given and holds nothing under their event ids."""
 
-    def __init__(self, engine: sa.Engine, batch_rows: int, retry_attempts: int = 8) -> None:
+
+@dataclass
+class AuditOutcome:
+    """What one ``AuditWriter.write`` did: rows inserted, and the events other runs had stored."""
+
+    inserted: int = 0
+    #: Stored meanwhile, with the same payload, by a run of other inputs: duplicates to collapse.
+    stored_elsewhere: list[str] = field(default_factory=list)
+    #: Stored meanwhile, with another payload, by another run: conflicting duplicates.
+    conflicting: list[str] = field(default_factory=list)
+
+
+class AuditWriter:
+    """One ``ai_audit_trail`` row per event, keyed by ``event_id``: a stored event is kept as is.
+
+    Every batch is checked: when the database inserts fewer rows than the batch holds new events,
+    the rows it skipped are read back and compared exactly. One stored by another run with the
+    same payload is a duplicate, one with another payload a conflict (``AuditOutcome``); one
+    that is not there at all means the store loses events (a loose collation, a trigger), and
+    the write fails with ``AuditRowsLost`` instead of reporting success.
+    """
+
+    def __init__(
+        self, engine: sa.Engine, batch_rows: int, retry_attempts: int = 8, inputs_fingerprint: str = ""
+    ) -> None:
         table = sa.Table("ai_audit_trail", sa.MetaData(), autoload_with=engine)
         statement: sa.Insert
         if _dialect(engine) == "sqlite":
@@ -283,28 +387,36 @@ class AuditWriter:
         else:
             statement = mysql.insert(table).prefix_with("IGNORE")
         self._writer = BatchWriter(
-            engine, statement, list(AUDIT_COLUMNS.values()), batch_rows, retry_attempts
+            engine, statement, [*AUDIT_COLUMNS.values(), "inputs_fingerprint"], batch_rows, retry_attempts
         )
         self._engine = engine
         self._retry_attempts = retry_attempts
-        stored = sa.table("ai_audit_trail", sa.column("event_id"), sa.column("payload_fingerprint"))
-        self._stored_query = sa.select(stored.c.event_id, stored.c.payload_fingerprint).where(
-            stored.c.event_id.in_(sa.bindparam("ids", expanding=True))
+        self.inputs_fingerprint = inputs_fingerprint
+        stored = sa.table(
+            "ai_audit_trail",
+            sa.column("event_id"),
+            sa.column("payload_fingerprint"),
+            sa.column("inputs_fingerprint"),
         )
+        self._stored_query = sa.select(
+            stored.c.event_id, stored.c.payload_fingerprint, stored.c.inputs_fingerprint
+        ).where(stored.c.event_id.in_(sa.bindparam("ids", expanding=True)))
 
-    def stored_fingerprints(self, event_ids: list[str]) -> dict[str, bytes | None]:
-        """The ``payload_fingerprint`` of each of ``event_ids`` an earlier run stored (absent: none)."""
-        found: dict[str, bytes | None] = {}
+    def stored_events(self, event_ids: list[str]) -> dict[str, StoredEvent]:
+        """What the audit trail holds of each of ``event_ids`` (absent: nothing stored)."""
+        found: dict[str, StoredEvent] = {}
         for start in range(0, len(event_ids), LOOKUP_CHUNK):
             chunk = event_ids[start : start + LOOKUP_CHUNK]
             rows = fetch_all(self._engine, self._stored_query, {"ids": chunk}, self._retry_attempts)
-            found.update((row[0], None if row[1] is None else bytes(row[1])) for row in rows)
+            found.update(
+                (row[0], StoredEvent(None if row[1] is None else bytes(row[1]), row[2])) for row in rows
+            )
         return found
 
-    def write(self, events: pa.Table) -> int:
-        """Insert one audit row per event; return how many were new."""
+    def write(self, events: pa.Table) -> AuditOutcome:
+        """Insert one audit row per event (``STORED`` marks those already stored); see the class."""
         # In key order, each batch touches the unique index's pages once, not at random.
-        events = events.select(list(AUDIT_COLUMNS)).sort_by("event_id")
+        events = events.select([*AUDIT_COLUMNS, STORED]).sort_by("event_id")
         columns = {AUDIT_COLUMNS[name]: events.column(name) for name in AUDIT_COLUMNS}
         # TIMESTAMP holds whole seconds; Arrow's %S would print the microseconds too.
         seconds = columns["created_at"].cast(pa.timestamp("s", tz="UTC"), safe=False)
@@ -313,7 +425,28 @@ class AuditWriter:
         # Exact decimal text ("0.000200"): both drivers take it for DECIMAL/NUMERIC, with no
         # Decimal object per row.
         columns["cost"] = pc.cast(columns["cost"], pa.string())
-        return self._writer.write(columns, events.num_rows)
+        columns["inputs_fingerprint"] = pa.array([self.inputs_fingerprint] * events.num_rows, pa.string())
+        outcome = AuditOutcome()
+        for start, stop, inserted in self._writer.write_batches(columns, events.num_rows):
+            batch = events.slice(start, stop - start)
+            new = batch.filter(pc.invert(batch.column(STORED)))
+            if inserted < new.num_rows:
+                self._account_for_skipped(new, inserted, outcome)
+            outcome.inserted += inserted
+        return outcome
+
+    def _account_for_skipped(self, new: pa.Table, inserted: int, outcome: AuditOutcome) -> None:
+        ids = new.column("event_id")
+        verdicts = judge_against_store(new, self.stored_events(ids.to_pylist()), self.inputs_fingerprint)
+        lost = np.flatnonzero(verdicts == Verdict.NEW)
+        if lost.size:
+            raise AuditRowsLost(
+                f"the audit store inserted {inserted} of {new.num_rows} new rows and holds nothing under "
+                f"{lost.size} of their event ids (e.g. {ids[int(lost[0])].as_py()[:128]!r}): does a "
+                "collation or trigger compare event ids loosely? Run `db upgrade`."
+            )
+        outcome.stored_elsewhere.extend(ids.filter(pa.array(verdicts == Verdict.ELSEWHERE)).to_pylist())
+        outcome.conflicting.extend(ids.filter(pa.array(verdicts == Verdict.CONFLICT)).to_pylist())
 
 
 class DecisionWriter:

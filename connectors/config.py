@@ -26,6 +26,8 @@ A config file looks like::
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import schemas
+from transforms.cost import PriceBook
 
 HMAC_KEY_ENV = "AIEP_HMAC_KEY"
 HASH_MODES = ("sha256", "hmac-sha256")
@@ -67,79 +70,112 @@ class PipelineConfig:
         return key.encode("utf-8")
 
 
-_SECTIONS: dict[str, dict[str, type]] = {
-    "rate_limit": {"window_seconds": int, "quotas": dict},
-    "pricing": {"path": str},
-    "hashing": {"mode": str},
-    "pipeline": {"batch_size": int, "shards": int, "split_mb": int, "audit_batch_rows": int},
-    "audit": {"retry_attempts": int, "users_ttl_seconds": int},
+@dataclass(frozen=True)
+class _Key:
+    """One key of the config file: the field it sets, its type and, for numbers, its range."""
+
+    field: str
+    type: type
+    low: int | None = None
+    high: int | None = None
+
+
+#: Every key a config file may set. Ranges keep values where the pipeline's arithmetic holds:
+#: a window longer than TIMESTAMP's whole range (2^31 s) means nothing, shards are an int32 column.
+_SECTIONS: dict[str, dict[str, _Key]] = {
+    "rate_limit": {
+        "window_seconds": _Key("window_seconds", int, 1, 2**31),
+        "quotas": _Key("quotas", dict),
+    },
+    "pricing": {"path": _Key("pricing_path", str)},
+    "hashing": {"mode": _Key("hash_mode", str)},
+    "pipeline": {
+        "batch_size": _Key("batch_size", int, 1, 1_000_000),
+        "shards": _Key("shards", int, 1, 65_536),
+        "split_mb": _Key("split_mb", int, 1, 1 << 20),
+        "audit_batch_rows": _Key("audit_batch_rows", int, 1, 100_000),
+    },
+    "audit": {
+        "retry_attempts": _Key("audit_retry_attempts", int, 1, 100),
+        "users_ttl_seconds": _Key("users_ttl_seconds", int, 1, 10 * 365 * 86_400),
+    },
 }
+_QUOTA_MAX = 2**31 - 1
 
 
 def load_config(path: Path | None) -> PipelineConfig:
-    """Defaults, overridden by the TOML file at ``path`` when given; unknown keys are errors."""
+    """Defaults, overridden by the TOML file at ``path`` when given.
+
+    Raises ConfigError naming the file and the key (or the pricing table's row and column) of
+    anything unusable: an unknown section or key, a value of the wrong type or out of range, a
+    pricing table that does not load.
+    """
     if path is None:
-        return _checked(PipelineConfig())
+        return _checked(PipelineConfig(), "defaults")
+    where = f"config {str(path)!r}"
     try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
+        doc = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
     except OSError as exc:
         raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8: {exc.reason} at byte {exc.start}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {str(path)!r} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
     values: dict[str, Any] = {}
     for section, body in doc.items():
         keys = _SECTIONS.get(section)
         if keys is None or not isinstance(body, dict):
-            raise ConfigError(f"config: unknown section [{section}]; expected {sorted(_SECTIONS)}")
-        for key, value in body.items():
-            expected = keys.get(key)
-            if expected is None:
-                raise ConfigError(f"config: unknown key {section}.{key}; expected {sorted(keys)}")
-            if not isinstance(value, expected) or isinstance(value, bool):
-                raise ConfigError(f"config: {section}.{key} must be {expected.__name__}, got {value!r}")
-            values[f"{section}.{key}"] = value
+            raise ConfigError(f"{where}: unknown section [{section}]; expected {sorted(_SECTIONS)}")
+        for name, value in body.items():
+            key = keys.get(name)
+            if key is None:
+                raise ConfigError(f"{where}: unknown key {section}.{name}; expected {sorted(keys)}")
+            if not isinstance(value, key.type) or isinstance(value, bool):
+                raise ConfigError(f"{where}: {section}.{name} must be {key.type.__name__}, got {value!r}")
+            if (
+                isinstance(value, int)
+                and key.low is not None
+                and key.high is not None
+                and not key.low <= value <= key.high
+            ):
+                raise ConfigError(
+                    f"{where}: {section}.{name} must be between {key.low} and {key.high}, got {value}"
+                )
+            values[key.field] = value
     defaults = PipelineConfig()
-    quotas = dict(defaults.quotas)
-    quotas.update(values.get("rate_limit.quotas", {}))
-    pricing = values.get("pricing.path")
-    return _checked(
-        PipelineConfig(
-            quotas=quotas,
-            window_seconds=values.get("rate_limit.window_seconds", defaults.window_seconds),
-            pricing_path=(path.parent / pricing) if pricing else defaults.pricing_path,
-            hash_mode=values.get("hashing.mode", defaults.hash_mode),
-            batch_size=values.get("pipeline.batch_size", defaults.batch_size),
-            shards=values.get("pipeline.shards", defaults.shards),
-            split_mb=values.get("pipeline.split_mb", defaults.split_mb),
-            audit_batch_rows=values.get("pipeline.audit_batch_rows", defaults.audit_batch_rows),
-            audit_retry_attempts=values.get("audit.retry_attempts", defaults.audit_retry_attempts),
-            users_ttl_seconds=values.get("audit.users_ttl_seconds", defaults.users_ttl_seconds),
-        )
-    )
+    values["quotas"] = {**defaults.quotas, **values.get("quotas", {})}
+    if "pricing_path" in values:
+        values["pricing_path"] = path.parent / values["pricing_path"]
+    return _checked(dataclasses.replace(defaults, **values), where)
 
 
-def _checked(config: PipelineConfig) -> PipelineConfig:
+def _checked(config: PipelineConfig, where: str) -> PipelineConfig:
     tiers = set(schemas.event_json_schema()["properties"]["ai_tier"]["enum"])
     if set(config.quotas) != tiers:
-        raise ConfigError(f"config: quotas must name exactly the tiers {sorted(tiers)}")
+        raise ConfigError(f"{where}: rate_limit.quotas must name exactly the tiers {sorted(tiers)}")
     for tier, quota in config.quotas.items():
-        if not isinstance(quota, int) or isinstance(quota, bool) or quota < 0:
-            raise ConfigError(f"config: quota for {tier} must be an integer >= 0, got {quota!r}")
+        if not isinstance(quota, int) or isinstance(quota, bool) or not 0 <= quota <= _QUOTA_MAX:
+            raise ConfigError(
+                f"{where}: rate_limit.quotas.{tier} must be an integer between 0 and {_QUOTA_MAX}, "
+                f"got {quota!r}"
+            )
     if config.hash_mode not in HASH_MODES:
-        raise ConfigError(f"config: hashing.mode must be one of {HASH_MODES}, got {config.hash_mode!r}")
-    for name in (
-        "window_seconds",
-        "batch_size",
-        "shards",
-        "split_mb",
-        "audit_batch_rows",
-        "audit_retry_attempts",
-        "users_ttl_seconds",
-    ):
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"config: {name} must be > 0, got {getattr(config, name)}")
-    if not config.pricing_path.is_file():
-        raise ConfigError(f"config: pricing table {str(config.pricing_path)!r} does not exist")
+        raise ConfigError(f"{where}: hashing.mode must be one of {HASH_MODES}, got {config.hash_mode!r}")
+    _check_pricing(config.pricing_path)
     config.hmac_key()  # fail now, not in a worker, when the key is missing
     return config
+
+
+def _check_pricing(path: Path) -> None:
+    """Load the pricing table once here, so a bad row fails the run before it starts."""
+    where = f"pricing table {str(path)!r}"
+    try:
+        PriceBook.from_rows(schemas.pricing_rows(path))
+    except FileNotFoundError:
+        raise ConfigError(f"{where} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {where}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except (ValueError, csv.Error) as exc:
+        raise ConfigError(f"{where}: {exc}") from None

@@ -14,10 +14,13 @@ import hashlib
 import os
 import shutil
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
+from transforms.dead_letter import RAW_KEEP_BYTES, ContractViolation, Reason
 from transforms.event_batch import InputRecords
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -88,9 +91,9 @@ def discover_inputs(patterns: list[str], stdin_spool: Path) -> list[InputFile]:
             raise InputError(f"no input matches {pattern!r}")
         for match in matches:
             path = os.path.abspath(match)
-            if path in seen:
+            if os.path.realpath(path) in seen:  # one file, however its path is spelt, is read once
                 continue
-            seen.add(path)
+            seen.add(os.path.realpath(path))
             if not os.path.isfile(path):
                 raise InputError(f"input {match!r} is not a readable file")
             fmt, compressed = _format_of(path)
@@ -126,61 +129,152 @@ def plan_splits(files: list[InputFile], split_bytes: int) -> list[InputSplit]:
                 fh.seek(start)
                 block = fh.read(split_bytes)
                 end = start + len(block)
-                if end < file.size:
-                    tail = fh.readline()  # finish the line the block cut
-                    end += len(tail)
-                    block += tail
+                newlines = block.count(b"\n")
+                if end < file.size and not block.endswith(b"\n"):
+                    # Finish the line the block cut, in chunks: one line may be gigabytes long.
+                    while chunk := fh.readline(1 << 20):
+                        end += len(chunk)
+                        if chunk.endswith(b"\n"):
+                            newlines += 1
+                            break
                 splits.append(InputSplit(file, start, end, line_no))
-                line_no += block.count(b"\n")
+                line_no += newlines
                 start = end
     return splits
 
 
-def read_split(split: InputSplit, batch_lines: int) -> Iterator[InputRecords]:
-    """Read one split as batches of at most ``batch_lines`` records, in order."""
+#: A batch of records is cut once its records hold this many bytes (or ``batch_lines`` records),
+#: so the memory a batch takes is bounded whatever the size of each record.
+BATCH_BYTES = 32 << 20
+
+#: The UTF-8 byte order mark: an encoding marker at the start of a file, not part of its first record.
+BOM = b"\xef\xbb\xbf"
+
+
+class LineStream(Protocol):
+    """What ``bounded_lines`` reads: a binary file, plain or gzip."""
+
+    def readline(self, size: int | None = -1, /) -> bytes: ...
+
+
+def bounded_lines(
+    stream: LineStream, limit: int, budget: int | None = None
+) -> Iterator[tuple[bytes, int, bool]]:
+    """``(line, bytes consumed, cut)`` for each line of a binary stream, the newline kept.
+
+    A line longer than ``limit`` bytes (its newline aside) is never held whole: it is read in
+    chunks and comes back cut to its first ``RAW_KEEP_BYTES + 1`` bytes with ``cut`` set, so a
+    reader's memory stays bounded however long a line is (a small ``.gz`` can inflate to one line
+    of gigabytes). With ``budget``, no line starts once that many bytes were consumed (the end of
+    a split).
+
+    >>> import io
+    >>> [(line, n, cut) for line, n, cut in bounded_lines(io.BytesIO(b"ab\\nabcdef\\nc"), limit=3)]
+    [(b'ab\\n', 3, False), (b'abcd', 7, True), (b'c', 1, False)]
+    """
+    keep = RAW_KEEP_BYTES + 1
+    while (budget is None or budget > 0) and (line := stream.readline(limit + 1)):
+        if budget is not None:
+            budget -= len(line)
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line, len(line), False
+            continue
+        prefix, consumed = line[:keep], len(line)
+        del line
+        while chunk := stream.readline(1 << 20):
+            consumed += len(chunk)
+            if budget is not None:
+                budget -= len(chunk)
+            if chunk.endswith(b"\n"):
+                break
+        yield prefix, consumed, True
+
+
+def too_long(consumed: int, limit: int) -> ContractViolation:
+    """The violation of a record cut while it was read."""
+    return ContractViolation(Reason.LINE_TOO_LONG, f"{consumed} bytes or more; the limit is {limit}")
+
+
+def read_split(split: InputSplit, batch_lines: int, max_record_bytes: int) -> Iterator[InputRecords]:
+    """Read one split as batches of at most ``batch_lines`` records (and about ``BATCH_BYTES``), in
+    order; a record over ``max_record_bytes`` is cut while it is read and rejected as
+    ``line_too_long``."""
     file = split.file
     if file.format == "jsonl":
-        yield from _read_jsonl(split, batch_lines)
+        yield from _read_jsonl(split, batch_lines, max_record_bytes)
     elif file.format == "csv":
         from connectors.tabular import read_csv
 
-        yield from read_csv(file, batch_lines)
+        yield from read_csv(file, batch_lines, max_record_bytes)
     else:
         from connectors.tabular import read_parquet
 
-        yield from read_parquet(file, batch_lines)
+        yield from read_parquet(file, batch_lines, max_record_bytes)
 
 
-def _read_jsonl(split: InputSplit, batch_lines: int) -> Iterator[InputRecords]:
+def _read_jsonl(split: InputSplit, batch_lines: int, limit: int) -> Iterator[InputRecords]:
     file = split.file
     opener = gzip.open if file.gzip else open
     try:
         with opener(file.path, "rb") as fh:
             fh.seek(split.start)
-            remaining = split.end - split.start if not file.gzip else None
+            budget = split.end - split.start if not file.gzip else None
             line_no = split.first_line_no
-            line_nos: list[int] = []
-            raws: list[bytes] = []
-            blank = 0
-            while True:
-                if remaining is not None and remaining <= 0:
-                    break
-                line = fh.readline()
-                if not line:
-                    break
-                if remaining is not None:
-                    remaining -= len(line)
-                record = line.rstrip(b"\r\n")
-                if record.strip():
-                    line_nos.append(line_no)
-                    raws.append(record)
+            batch = BatchBuilder(file)
+            for line, consumed, cut in bounded_lines(fh, limit, budget):
+                record = line if cut else line.rstrip(b"\r\n")
+                if line_no == 1 and record.startswith(BOM):
+                    record = record[len(BOM) :]
+                if cut:
+                    batch.add(line_no, record, too_long(consumed, limit))
+                elif record.strip():
+                    batch.add(line_no, record)
                 else:  # a blank line carries no record; counted, not dead-lettered
-                    blank += 1
+                    batch.blank_lines += 1
                 line_no += 1
-                if len(raws) >= batch_lines:
-                    yield InputRecords(file.name, file.order, line_nos, raws, blank_lines=blank)
-                    line_nos, raws, blank = [], [], 0
-            if raws or blank:
-                yield InputRecords(file.name, file.order, line_nos, raws, blank_lines=blank)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+                if batch.full(batch_lines):
+                    yield batch.records()
+                    batch = BatchBuilder(file)
+            if batch.raws or batch.blank_lines:
+                yield batch.records()
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise InputError(f"cannot read input {file.name!r}: {exc}") from None
+
+
+class BatchBuilder:
+    """The records of the batch being filled, and what they weigh."""
+
+    def __init__(self, file: InputFile) -> None:
+        self.file = file
+        self.line_nos: list[int] = []
+        self.raws: list[bytes] = []
+        self.parsed: list[Any] = []
+        self.rejected: dict[int, ContractViolation] = {}
+        self.blank_lines = 0
+        self.bytes = 0
+
+    def add(
+        self, line_no: int, raw: bytes, rejected: ContractViolation | None = None, parsed: Any = None
+    ) -> None:
+        """Append one record; ``rejected`` when the source already knows it breaks a rule."""
+        if rejected is not None:
+            self.rejected[len(self.raws)] = rejected
+        self.line_nos.append(line_no)
+        self.raws.append(raw)
+        self.parsed.append(parsed)
+        self.bytes += len(raw)
+
+    def full(self, batch_lines: int) -> bool:
+        return len(self.raws) >= batch_lines or self.bytes >= BATCH_BYTES
+
+    def records(self, parsed: bool = False) -> InputRecords:
+        """The batch as InputRecords, with the parsed values when the source parsed them."""
+        return InputRecords(
+            self.file.name,
+            self.file.order,
+            self.line_nos,
+            self.raws,
+            self.parsed if parsed else None,
+            blank_lines=self.blank_lines,
+            rejected=self.rejected,
+        )

@@ -20,6 +20,7 @@ from typing import Any
 
 import filelock
 
+import schemas
 from connectors import audit_store
 from connectors.config import PipelineConfig, load_config
 from connectors.parquet_sink import remove_stale_parts
@@ -28,7 +29,6 @@ from pipelines import progress
 from pipelines.stages import RunPlan
 
 ENGINES = ("beam",)
-DATASETS = ["events", "rate_limit_violations", "dead_letter"]
 
 
 class RunError(Exception):
@@ -58,10 +58,16 @@ def _prepare_out_dir(out_dir: Path) -> None:
 
 
 def inputs_fingerprint(files: list[InputFile]) -> str:
-    """A short, stable id of the inputs (names and contents); it names the run's output files."""
+    """A short, stable id of the inputs: their contents and formats in order, never their paths.
+
+    It names the run's output files and marks the audit rows the run stores, so a rerun of the
+    same contents replaces its outputs however the paths are spelt (relative or absolute, ``./``,
+    ``//``, through a symlink, a copy elsewhere, stdin). The order counts: it decides which of two
+    differing copies of an event is kept.
+    """
     digest = hashlib.sha256()
     for file in files:
-        digest.update(f"{file.name}\t{file.sha256}\n".encode())
+        digest.update(f"{file.format}\t{file.gzip}\t{file.sha256}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -138,7 +144,7 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]: 
         )
         splits = plan_splits(files, config.split_mb << 20)
         counts = _run_engine(request, splits, plan, sum(f.size for f in files), on_progress)
-        remove_stale_parts(out_dir, DATASETS, fingerprint, started_clock)
+        remove_stale_parts(out_dir, schemas.dataset_names(), fingerprint, started_clock)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if staging.parent.exists() and not any(staging.parent.iterdir()):

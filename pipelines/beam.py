@@ -77,25 +77,25 @@ class CollapseDuplicates(_StepDoFn):
 
 
 class ApplyRateLimits(_StepDoFn):
-    """All events of a user shard → (shard, flagged events); violations and conflicts with rows
-    an earlier run stored to tagged outputs."""
+    """All events of a user shard → (shard, flagged events); violations to a tagged output."""
 
     def process(self, element: tuple[int, Iterable[str]]) -> Iterator[Any]:
         shard, paths = element
-        events, violations, conflicts, counts = self.steps.rate_limit(self.spill.load(paths))
-        self.count(counts)
+        events, violations = self.steps.rate_limit(self.spill.load(paths))
         yield shard, events
         if violations.num_rows:
             yield beam.pvalue.TaggedOutput(VIOLATIONS, (shard, violations))
-        for key, table in conflicts:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, (key, self.spill.put(DEAD_LETTER, table)))
 
 
 class WriteEvents(_StepDoFn):
-    """Sink: events Parquet and the audit store."""
+    """Sink: the audit store, then events Parquet; events another run stored meanwhile with
+    another payload become dead letters."""
 
-    def process(self, element: tuple[int, pa.Table]) -> None:
-        self.count(self.steps.write_events(*element))
+    def process(self, element: tuple[int, pa.Table]) -> Iterator[Any]:
+        conflicts, counts = self.steps.write_events(*element)
+        self.count(counts)
+        for key, table in conflicts:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, (key, self.spill.put(DEAD_LETTER, table)))
 
 
 class WriteViolations(_StepDoFn):
@@ -132,13 +132,14 @@ def build(pipeline: beam.Pipeline, splits: list[InputSplit], plan: RunPlan) -> N
     limited = (
         deduped.events
         | "GroupByUserShard" >> beam.GroupByKey()
-        | "ApplyRateLimits"
-        >> beam.ParDo(ApplyRateLimits(plan)).with_outputs(VIOLATIONS, DEAD_LETTER, main="events")
+        | "ApplyRateLimits" >> beam.ParDo(ApplyRateLimits(plan)).with_outputs(VIOLATIONS, main="events")
     )
-    _ = limited.events | "WriteEventsAndAudit" >> beam.ParDo(WriteEvents(plan))
+    written = limited.events | "WriteAuditAndEvents" >> beam.ParDo(WriteEvents(plan)).with_outputs(
+        DEAD_LETTER, main="done"
+    )
     _ = limited[VIOLATIONS] | "WriteRateLimitViolations" >> beam.ParDo(WriteViolations(plan))
     _ = (
-        (enriched[DEAD_LETTER], deduped[DEAD_LETTER], limited[DEAD_LETTER])
+        (enriched[DEAD_LETTER], deduped[DEAD_LETTER], written[DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
         | "GroupDeadLettersByBucket" >> beam.GroupByKey()
         | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(plan))

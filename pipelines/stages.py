@@ -10,10 +10,11 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
@@ -27,7 +28,7 @@ from connectors.sources import InputSplit, read_split
 from connectors.users import UserDirectory
 from transforms.cost import PriceBook
 from transforms.dead_letter import DeadLetter, dead_letter_table
-from transforms.dedup import collapse_duplicates, split_stored_conflicts
+from transforms.dedup import STORED, Verdict, collapse_duplicates, judge_against_store, stored_conflicts
 from transforms.event_batch import (
     FINGERPRINT,
     ORDER,
@@ -53,6 +54,10 @@ DEAD_LETTER_BUCKET_LINES = 1_000_000
 Counts = dict[str, int]
 Keyed = tuple[str, pa.Table]
 
+#: Internal columns events carry to the audit sink and no further: the payload fingerprint (for
+#: the audit trail), the raw record (for a conflict found at write time) and the stored flag.
+_CARRIED = (FINGERPRINT, RAW, STORED)
+
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -60,9 +65,9 @@ class RunPlan:
 
     run_id: str
     out_dir: str
-    audit_url: str
+    audit_url: str = field(repr=False)  # may hold a password: never in a log or an error
     config: PipelineConfig
-    fingerprint: str
+    fingerprint: str  # of the inputs' contents: names their output files, marks their audit rows
     base_dirs: tuple[str, ...]  # by input order: where each input's image paths resolve
     staging_dir: str  # spilled batches between stages; removed when the run ends
     # Whether the audit trail held rows when the run began: only then can an event conflict with
@@ -98,7 +103,9 @@ class SpineSteps:
     @cached_property
     def _audit(self) -> AuditWriter:
         config = self.plan.config
-        return AuditWriter(self._engine, config.audit_batch_rows, config.audit_retry_attempts)
+        return AuditWriter(
+            self._engine, config.audit_batch_rows, config.audit_retry_attempts, self.plan.fingerprint
+        )
 
     @cached_property
     def _users(self) -> UserDirectory:
@@ -109,7 +116,7 @@ class SpineSteps:
 
     def read(self, split: InputSplit) -> Iterable[InputRecords]:
         """Batches of raw records from one input split."""
-        return read_split(split, self.plan.config.batch_size)
+        return read_split(split, self.plan.config.batch_size, self._settings.rules.max_record_bytes)
 
     def enrich(self, records: InputRecords) -> tuple[list[tuple[int, pa.Table]], list[Keyed], Counts]:
         """Validate, hash and price; split valid events by ``event_id`` shard."""
@@ -122,23 +129,30 @@ class SpineSteps:
         return shards, self._dead_letter_groups(batch.dead_letters), counts
 
     def collapse(self, tables: Iterable[pa.Table]) -> tuple[list[tuple[int, pa.Table]], list[Keyed], Counts]:
-        """Apply the duplicate rule to every copy of a shard's event_ids; re-split by user."""
+        """Apply the duplicate rule to every copy of a shard's event_ids, then against the rows an
+        earlier run stored; re-split by user."""
         result = collapse_duplicates(pa.concat_tables(tables))
-        # The raw record only matters later for a conflict with a stored row, if one can exist.
-        spent = [SHARD, ORDER] if self.plan.compare_with_store else [SHARD, ORDER, RAW]
-        events = result.events.drop_columns(spent)
-        by_user = list(split_by_shard(events, user_shard(events, self.plan.config.shards)))
-        counts = {"duplicates_collapsed": result.collapsed}
-        return by_user, self._dead_letter_groups(result.conflicts), counts
-
-    def rate_limit(self, tables: Iterable[pa.Table]) -> tuple[pa.Table, pa.Table, list[Keyed], Counts]:
-        """Resolve one user shard's events against the store and the users table, then flag
-        those past quota; rows come out in a deterministic order."""
-        events = pa.concat_tables(tables)
-        conflicts: list[DeadLetter] = []
+        events = result.events.drop_columns([SHARD, ORDER])
+        verdicts = np.zeros(events.num_rows, dtype=np.int8)
         if self.plan.compare_with_store:
-            stored = self._audit.stored_fingerprints(events.column("event_id").to_pylist())
-            events, conflicts = split_stored_conflicts(events, stored)
+            stored = self._audit.stored_events(events.column("event_id").to_pylist())
+            verdicts = judge_against_store(events, stored, self.plan.fingerprint)
+        conflicts = stored_conflicts(events, np.flatnonzero(verdicts == Verdict.CONFLICT), "an earlier run")
+        keep = (verdicts == Verdict.NEW) | (verdicts == Verdict.REPLAY)
+        events = events.filter(pa.array(keep)).append_column(
+            STORED, pa.array(verdicts[keep] == Verdict.REPLAY)
+        )
+        by_user = list(split_by_shard(events, user_shard(events, self.plan.config.shards)))
+        counts = {
+            "duplicates_collapsed": result.collapsed + int(np.count_nonzero(verdicts == Verdict.ELSEWHERE))
+        }
+        return by_user, self._dead_letter_groups(result.conflicts + conflicts), counts
+
+    def rate_limit(self, tables: Iterable[pa.Table]) -> tuple[pa.Table, pa.Table]:
+        """Resolve one user shard's tiers from the users table, then flag events past quota; rows
+        come out in a deterministic order, in the events dataset's schema plus the internal
+        columns the audit sink needs."""
+        events = pa.concat_tables(tables)
         untiered = pc.unique(pc.filter(events.column("user_id"), pc.is_null(events.column("ai_tier"))))
         profiles = self._users.profiles(untiered.to_pylist())
         events = resolve_tiers(events, {uid: p.tier for uid, p in profiles.items()}, DEFAULT_TIER)
@@ -148,24 +162,39 @@ class SpineSteps:
             [("user_id", "ascending"), ("event_time", "ascending"), ("event_id", "ascending")]
         )
         schema = schemas.arrow_schema("events")
-        flagged = (
-            ordered.select(schema.names).cast(schema).append_column(FINGERPRINT, ordered.column(FINGERPRINT))
-        )
-        cost = pc.sum(flagged.column("cost")).as_py()
+        flagged = ordered.select(schema.names).cast(schema)
+        for internal in _CARRIED:
+            flagged = flagged.append_column(internal, ordered.column(internal))
+        return flagged, result.violations
+
+    def write_events(self, shard: int, events: pa.Table) -> tuple[list[Keyed], Counts]:
+        """Write one user shard's events to the audit store, then to Parquet.
+
+        The audit store comes first: an event another run stored meanwhile (a concurrent run over
+        other inputs) is then left out of this run's Parquet, as a duplicate or a conflict.
+        """
+        outcome = self._audit.write(events)
+        conflicts: list[DeadLetter] = []
+        if outcome.stored_elsewhere or outcome.conflicting:
+            ids = events.column("event_id")
+            clash = pc.is_in(ids, value_set=pa.array(outcome.conflicting, pa.string()))
+            conflicts = stored_conflicts(
+                events, np.flatnonzero(clash.to_numpy(zero_copy_only=False)), "another run at the same time"
+            )
+            dropped = pa.array(outcome.stored_elsewhere + outcome.conflicting, pa.string())
+            events = events.filter(pc.invert(pc.is_in(ids, value_set=dropped)))
+        parquet = events.drop_columns(list(_CARRIED))
+        write_partitioned(parquet, self.out_dir, "events", self._stem(f"{shard:04d}"), "event_time")
+        cost = pc.sum(parquet.column("cost")).as_py()
         counts = {
-            "events_processed": flagged.num_rows,
-            "rate_limited": pc.sum(flagged.column("rate_limited")).as_py() or 0,
-            "unpriced_events": flagged.column("cost").null_count,
+            "audit_rows_inserted": outcome.inserted,
+            "duplicates_collapsed": len(outcome.stored_elsewhere),
+            "events_processed": parquet.num_rows,
+            "rate_limited": pc.sum(parquet.column("rate_limited")).as_py() or 0,
+            "unpriced_events": parquet.column("cost").null_count,
             "cost_total_micros": int(cost.scaleb(6)) if cost is not None else 0,
         }
-        return flagged, result.violations, self._dead_letter_groups(conflicts), counts
-
-    def write_events(self, shard: int, events: pa.Table) -> Counts:
-        """Write one user shard's events to Parquet and to the audit store (with fingerprints)."""
-        parquet = events.drop_columns([FINGERPRINT])
-        write_partitioned(parquet, self.out_dir, "events", self._stem(f"{shard:04d}"), "event_time")
-        inserted = self._audit.write(events)
-        return {"audit_rows_inserted": inserted}
+        return self._dead_letter_groups(conflicts), counts
 
     def write_violations(self, shard: int, violations: pa.Table) -> Counts:
         """Write one user shard's rate-limit violations to Parquet."""

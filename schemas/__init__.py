@@ -70,7 +70,45 @@ def tier_table() -> dict[str, Any]:
         return tomllib.load(fh)
 
 
+#: The pricing table's columns, in order (``pricing.csv``; ``PRICING.md`` says what each means).
+PRICING_COLUMNS = ("model", "effective_from", "input_per_1k_usd", "output_per_1k_usd", "per_image_usd")
+
+
 def pricing_rows(path: Path | None = None) -> list[dict[str, str]]:
-    """Rows of the pricing table (``pricing.csv`` unless another path is given), as strings."""
-    with (path or HERE / "pricing.csv").open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+    """Rows of the pricing table (``pricing.csv`` unless another path is given), as strings.
+
+    Every row holds every column: a cell that is *empty* means 0, but a *missing* cell (a row cut
+    short) is an error, as are a header without the contract's columns, a column named twice, an
+    unknown column or a row with cells beyond the header. The ValueError names the row (the
+    header is row 1) and the column. A UTF-8 byte order mark is allowed.
+    """
+    with (path or HERE / "pricing.csv").open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = [name.strip() for name in next(reader, [])]
+        problem = _pricing_header_problem(header)
+        if problem:
+            raise ValueError(f"row 1 (the header): {problem}")
+        rows = []
+        for row_no, cells in enumerate(reader, start=2):
+            if len(cells) < len(header):
+                raise ValueError(
+                    f"row {row_no}, column {header[len(cells)]}: the cell is missing (row {cells!r});"
+                    " an empty cell means 0, a missing one is an error"
+                )
+            if len(cells) > len(header):
+                raise ValueError(f"row {row_no}: {len(cells)} cells, but the header has {len(header)}")
+            rows.append(dict(zip(header, cells, strict=True)))
+    return rows
+
+
+def _pricing_header_problem(header: list[str]) -> str | None:
+    expected = ", ".join(PRICING_COLUMNS)
+    if not header:
+        return f"the table is empty; expected the columns {expected}"
+    for name in header:
+        if header.count(name) > 1:
+            return f"column {name!r} appears twice"
+        if name not in PRICING_COLUMNS:
+            return f"unknown column {name!r}; expected {expected}"
+    missing = [name for name in PRICING_COLUMNS if name not in header]
+    return f"no column {missing[0]!r}; expected {expected}" if missing else None

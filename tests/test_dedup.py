@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 import schemas
 from tests.conftest import enrich_settings
 from transforms.dead_letter import Reason
-from transforms.dedup import collapse_duplicates, split_stored_conflicts
+from transforms.dedup import (
+    StoredEvent,
+    Verdict,
+    collapse_duplicates,
+    judge_against_store,
+    stored_conflicts,
+)
 from transforms.event_batch import FINGERPRINT, InputRecords, enrich_records, in_flight_schema
 
 SETTINGS = enrich_settings(shards=4)
@@ -242,15 +248,28 @@ def test_duplicate_rule_holds_whatever_the_batch_order(
     assert table.num_rows == result.events.num_rows + len(result.conflicts) + result.collapsed
 
 
-def test_against_stored_rows_only_a_differing_fingerprint_conflicts() -> None:
-    events = enrich([line(event(i)) for i in ("same", "other", "legacy", "new")])
+def test_against_stored_rows_the_payload_and_the_storing_inputs_decide() -> None:
+    events = enrich([line(event(i)) for i in ("same", "other", "legacy", "new", "elsewhere", "Same")])
     mine = dict(
         zip(events.column("event_id").to_pylist(), events.column(FINGERPRINT).to_pylist(), strict=True)
     )
-    stored = {"same": mine["same"], "other": b"\x00" * 16, "legacy": None, "unrelated": b"\x01" * 16}
-    kept, conflicts = split_stored_conflicts(events, stored)
-    assert sorted(kept.column("event_id").to_pylist()) == ["legacy", "new", "same"]
-    (letter,) = conflicts
+    stored = {
+        "same": StoredEvent(mine["same"], "these-inputs"),
+        "other": StoredEvent(b"\x00" * 16, "these-inputs"),
+        "legacy": StoredEvent(None, None),
+        "elsewhere": StoredEvent(mine["elsewhere"], "other-inputs"),
+        "unrelated": StoredEvent(b"\x01" * 16, "other-inputs"),
+    }
+    verdicts = judge_against_store(events, stored, "these-inputs")
+    assert [Verdict(v) for v in verdicts] == [
+        Verdict.REPLAY,  # same payload, stored by these inputs: processed again, in place
+        Verdict.CONFLICT,
+        Verdict.REPLAY,  # stored before fingerprints were kept: never a conflict
+        Verdict.NEW,
+        Verdict.ELSEWHERE,  # same payload, stored by other inputs: a duplicate
+        Verdict.NEW,  # event ids compare exactly: "Same" is not "same"
+    ]
+    (letter,) = stored_conflicts(events, [1], "an earlier run")
     assert (letter.event_id, letter.reason, letter.line_no) == ("other", Reason.CONFLICTING_DUPLICATE, 2)
     assert letter.raw == line(event("other")) and "earlier run" in letter.detail
-    assert split_stored_conflicts(events, {}) == (events, [])
+    assert not judge_against_store(events, {}, "these-inputs").any()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Context, Decimal, InvalidOperation
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z", re.ASCII)
 
 #: DECIMAL(10,6): the audit trail's cost column.
 COST_PLACES = 6
@@ -67,21 +70,23 @@ class PriceBook:
 
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, str]]) -> PriceBook:
-        """Build from ``pricing.csv`` rows; an empty cell is 0; a bad cell names its row."""
+        """Build from ``pricing.csv`` rows (the header is row 1); an empty cell is 0.
+
+        A bad cell raises ValueError naming its row, column and model; so do two rows for one
+        model and date.
+        """
         prices = []
+        first_row: dict[tuple[str, date], int] = {}
         for row_no, row in enumerate(rows, start=2):
-            try:
-                prices.append(
-                    Price(
-                        model=row["model"].strip(),
-                        effective_from=date.fromisoformat(row["effective_from"].strip()),
-                        input_per_1k=_amount(row["input_per_1k_usd"]),
-                        output_per_1k=_amount(row["output_per_1k_usd"]),
-                        per_image=_amount(row["per_image_usd"]),
-                    )
+            price = _price(row, row_no)
+            key = (price.model, price.effective_from)
+            if key in first_row:
+                raise ValueError(
+                    f"rows {first_row[key]} and {row_no}: model {price.model!r} has two prices "
+                    f"from {price.effective_from}"
                 )
-            except (KeyError, ValueError, TypeError, AttributeError, InvalidOperation) as exc:
-                raise ValueError(f"pricing row {row_no}: {exc!r} in {dict(row)}") from None
+            first_row[key] = row_no
+            prices.append(price)
         return cls(prices)
 
     @property
@@ -98,12 +103,40 @@ class PriceBook:
         return self._prices[model][i - 1] if i else None
 
 
-def _amount(cell: str) -> Decimal:
-    text = (cell or "").strip()
-    value = Decimal(text) if text else Decimal(0)
-    if not value.is_finite() or value < 0:
-        raise ValueError(f"price must be a finite amount >= 0, got {cell!r}")
-    return value
+def _price(row: Mapping[str, str], row_no: int) -> Price:
+    def cell(column: str) -> str:
+        value = row.get(column)
+        if not isinstance(value, str):
+            raise ValueError(f"row {row_no}, column {column}: the cell is missing")
+        return value.strip()
+
+    model = cell("model")
+    if not model:
+        raise ValueError(f"row {row_no}, column model: the model name is empty")
+
+    def fail(column: str, expected: str, detail: str = "") -> ValueError:
+        why = f" ({detail})" if detail else ""
+        return ValueError(
+            f"row {row_no} (model {model!r}), column {column}: {cell(column)!r} is not {expected}{why}"
+        )
+
+    try:
+        if not _ISO_DATE.match(cell("effective_from")):
+            raise ValueError("expected YYYY-MM-DD")
+        effective_from = date.fromisoformat(cell("effective_from"))
+    except ValueError as exc:
+        raise fail("effective_from", "a date (YYYY-MM-DD)", str(exc)) from None
+    amounts = []
+    for column in ("input_per_1k_usd", "output_per_1k_usd", "per_image_usd"):
+        text = cell(column)
+        try:
+            value = Decimal(text) if text else Decimal(0)
+        except InvalidOperation:
+            raise fail(column, "an amount in USD") from None
+        if not value.is_finite() or value < 0:
+            raise fail(column, "a finite amount >= 0")
+        amounts.append(value)
+    return Price(model, effective_from, *amounts)
 
 
 def event_cost(price: Price, input_tokens: int, output_tokens: int, images: int) -> Decimal:

@@ -20,6 +20,7 @@ class Reason(StrEnum):
     MALFORMED_ROW = "malformed_row"
     LINE_TOO_LONG = "line_too_long"
     NOT_AN_OBJECT = "not_an_object"
+    NESTING_TOO_DEEP = "nesting_too_deep"
     UNKNOWN_FIELD = "unknown_field"
     MISSING_FIELD = "missing_field"
     WRONG_TYPE = "wrong_type"
@@ -35,8 +36,12 @@ class Reason(StrEnum):
     IMAGE_URL_NOT_FETCHED = "image_url_not_fetched"
     PATH_OUTSIDE_INPUT = "path_outside_input"
     IMAGE_NOT_FOUND = "image_not_found"
+    IMAGE_UNREADABLE = "image_unreadable"
     COST_OUT_OF_RANGE = "cost_out_of_range"
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
+    #: No rule names the failure: the pipeline met an error of its own on this record (a bug to
+    #: report). The record is kept as a dead letter, never dropped, and the run goes on.
+    INTERNAL_ERROR = "internal_error"
 
 
 class ContractViolation(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 import pyarrow as pa
@@ -79,36 +80,74 @@ def collapse_duplicates(events: pa.Table) -> Deduplicated:
     return Deduplicated(ordered.filter(pa.array(starts)), conflicts, collapsed)
 
 
-def split_stored_conflicts(
-    events: pa.Table, stored: Mapping[str, bytes | None]
-) -> tuple[pa.Table, list[DeadLetter]]:
-    """Apply the duplicate rule against rows an earlier run stored.
+#: The column, added before rate limiting, that says an event's audit row is already stored (by a
+#: run of the same inputs): the audit sink expects no insert for it.
+STORED = "_stored"
 
-    ``stored`` maps event ids already in the audit trail to their payload fingerprints. An event
-    whose stored fingerprint equals its own is an identical replay and stays (the keyed sinks
-    change nothing); one whose fingerprint differs is a ``conflicting_duplicate``. A stored row
-    without a fingerprint (written before fingerprints were kept) is never called conflicting.
+
+class Verdict(IntEnum):
+    """What the rows an audit store holds say of an event with the same ``event_id``."""
+
+    NEW = 0  #: nothing stored under its event_id
+    REPLAY = 1  #: stored with its payload by a run of the same inputs: process it again, in place
+    ELSEWHERE = 2  #: stored with its payload by a run of other inputs: a duplicate, collapsed
+    CONFLICT = 3  #: stored with another payload: a conflicting_duplicate
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """What the audit trail holds of an event: its payload fingerprint and the fingerprint of the
+    inputs whose run stored it (either ``None`` on rows stored before they were kept)."""
+
+    payload_fingerprint: bytes | None
+    inputs_fingerprint: str | None
+
+
+def judge_against_store(
+    events: pa.Table, stored: Mapping[str, StoredEvent], inputs_fingerprint: str
+) -> np.ndarray:
+    """The :class:`Verdict` on each event (an int8 array) from the rows stored under its event_id.
+
+    Event ids compare exactly (Arrow compares bytes). A stored row without a payload fingerprint
+    never conflicts; one without an inputs fingerprint counts as a run of these inputs, so a
+    rerun rewrites what that run wrote instead of losing it.
+
+    >>> t = pa.table({"event_id": ["a", "b", "c", "d", "e"], FINGERPRINT: [b"1", b"1", b"1", b"1", b"1"]})
+    >>> stored = {"b": StoredEvent(b"1", "in-1"), "c": StoredEvent(b"1", "in-2"),
+    ...           "d": StoredEvent(b"2", "in-1"), "e": StoredEvent(None, None), "B": StoredEvent(b"1", "in-2")}
+    >>> [Verdict(v).name for v in judge_against_store(t, stored, "in-1")]
+    ['NEW', 'REPLAY', 'ELSEWHERE', 'CONFLICT', 'REPLAY']
     """
+    verdicts = np.full(events.num_rows, Verdict.NEW, dtype=np.int8)
     if not stored or events.num_rows == 0:
-        return events, []
-    stored_ids = pa.array(list(stored), pa.string())
-    stored_fingerprints = pa.array(list(stored.values()), pa.binary(16))
-    # The stored fingerprint of each event's id: NULL where not stored, or stored without one.
-    theirs = pc.take(stored_fingerprints, pc.index_in(events.column("event_id"), value_set=stored_ids))
-    mask = pc.fill_null(pc.not_equal(theirs, events.column(FINGERPRINT)), False)
-    if not pc.any(mask).as_py():
-        return events, []
-    rejected = events.filter(mask).select(["source", "line_no", RAW, "event_id", "event_time"])
-    letters = [
+        return verdicts
+    at = pc.index_in(events.column("event_id"), value_set=pa.array(list(stored), pa.string()))
+    found = pc.is_valid(at).to_numpy(zero_copy_only=False)
+    rows = list(stored.values())
+    payloads = pc.take(pa.array([r.payload_fingerprint for r in rows], pa.binary()), at)
+    inputs = pc.take(pa.array([r.inputs_fingerprint for r in rows], pa.string()), at)
+    ours = pc.fill_null(pc.equal(inputs, inputs_fingerprint), True).to_numpy(zero_copy_only=False)
+    mine = events.column(FINGERPRINT).cast(pa.binary())
+    differs = pc.fill_null(pc.not_equal(payloads, mine), False).to_numpy(zero_copy_only=False)
+    verdicts[found & ~differs & ours] = Verdict.REPLAY
+    verdicts[found & ~differs & ~ours] = Verdict.ELSEWHERE
+    verdicts[found & differs] = Verdict.CONFLICT
+    return verdicts
+
+
+def stored_conflicts(events: pa.Table, rows: np.ndarray, why: str) -> list[DeadLetter]:
+    """``conflicting_duplicate`` dead letters for ``rows`` of ``events``; ``why`` completes
+    "event_id 'x' was stored by ..."."""
+    rejected = events.take(pa.array(rows, pa.int64())).select(["source", "line_no", RAW, "event_id", "event_time"])
+    return [
         DeadLetter(
             source=row["source"],
             line_no=row["line_no"],
             raw=row[RAW],
             reason=Reason.CONFLICTING_DUPLICATE,
-            detail=f"event_id {row['event_id'][:128]!r} was stored by an earlier run with another payload",
+            detail=f"event_id {row['event_id'][:128]!r} was stored by {why} with another payload",
             event_id=row["event_id"],
             event_time=row["event_time"],
         )
         for row in rejected.to_pylist()
     ]
-    return events.filter(pc.invert(mask)), letters

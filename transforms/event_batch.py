@@ -10,19 +10,29 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.cost import COST_MAX, PriceBook, event_cost
-from transforms.dead_letter import ContractViolation, DeadLetter, Reason
+from transforms.dead_letter import RAW_KEEP_BYTES, ContractViolation, DeadLetter, Reason
 from transforms.hashing import ContentHasher
-from transforms.validate import EventRules, ImageRef, parse_record, salvage_identity, validate_event
+from transforms.validate import (
+    EventRules,
+    ImageRef,
+    json_bytes,
+    metadata_json,
+    parse_record,
+    salvage_identity,
+    validate_event,
+)
+
+log = logging.getLogger("aiep.enrich")
 
 #: Reads a path image relative to the input's folder; raises ContractViolation when it may not.
 ImageLoader = Callable[[str], bytes]
@@ -35,8 +45,10 @@ ORDER, RAW, FINGERPRINT, SHARD = "_order", "_raw", "_fingerprint", "_shard"
 class InputRecords:
     """One batch of input records from one source, in input order.
 
-    ``parsed`` is set by tabular sources (CSV, Parquet) that parse rows themselves; an entry may
-    be a ContractViolation for a row the source could not decode. JSONL leaves it ``None``.
+    ``parsed`` is set by tabular sources (CSV, Parquet) that parse rows themselves; JSONL leaves it
+    ``None``. ``rejected`` maps the index of a record the source could not even read as a record
+    (a line past the size limit, a row that does not decode) to its violation; its ``raws`` entry
+    holds what was kept of it (at most ``RAW_KEEP_BYTES + 1`` bytes, so a reader never holds more).
     """
 
     source: str
@@ -45,6 +57,7 @@ class InputRecords:
     raws: list[bytes]
     parsed: list[Any] | None = None
     blank_lines: int = 0
+    rejected: Mapping[int, ContractViolation] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -101,72 +114,91 @@ def enrich_records(
     Returns:
         The events that passed, and a dead letter for each record that did not.
     """
-    rules, hasher, prices = settings.rules, settings.hasher, settings.prices
+    rules = settings.rules
     rows: list[tuple[Any, ...]] = []  # one tuple per event, in _ROW_COLUMNS order
     dead: list[DeadLetter] = []
-    parsed = records.parsed
+    parsed, rejected = records.parsed, records.rejected
     for i, raw in enumerate(records.raws):
         obj: Any = None
         try:
+            if i in rejected:
+                raise rejected[i]
             obj = parsed[i] if parsed is not None else parse_record(raw, rules)
-            if isinstance(obj, ContractViolation):
-                raise obj
-            event = validate_event(obj, rules)
-            image_bytes = _image_bytes(event.image, load_image, rules)
-            price = prices.price_in_force(event.model, event.event_time.date())
-            cost = None
-            if price is not None:
-                cost = event_cost(price, event.input_tokens, event.output_tokens, event.images)
-                if cost > COST_MAX:
-                    raise ContractViolation(
-                        Reason.COST_OUT_OF_RANGE, f"cost {cost} exceeds DECIMAL(10,6) ({COST_MAX})"
-                    )
+            rows.append(_event_row(obj, raw, records.line_nos[i], settings, load_image))
         except ContractViolation as violation:
-            event_id, event_time = salvage_identity(obj, rules)
-            dead.append(
-                DeadLetter(
-                    source=records.source,
-                    line_no=records.line_nos[i],
-                    raw=raw,
-                    reason=violation.reason,
-                    detail=violation.detail,
-                    event_id=event_id,
-                    event_time=event_time,
-                )
-            )
-            continue
-
-        output_hash = hasher.text(event.output_text)
-        image_hash = None
-        if image_bytes is not None:
-            if output_hash is None:
-                output_hash = hasher.data(image_bytes)
-            else:
-                image_hash = hasher.data(image_bytes)
-        rows.append(
-            (
-                event.event_id,
-                event.event_time,
-                event.user_id,
-                event.operation_type,
-                event.model,
-                event.ai_tier,
-                image_bytes is not None,
-                hasher.text(event.input_text),
-                output_hash,
-                image_hash,
-                event.input_tokens,
-                event.output_tokens,
-                event.images,
-                cost,
-                None if event.metadata is None else orjson.dumps(event.metadata).decode(),
-                records.line_nos[i],
-                raw,
-                hashlib.blake2b(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS), digest_size=16).digest(),
-                zlib.crc32(event.event_id.encode("utf-8")) % settings.shards,
-            )
-        )
+            dead.append(_dead_letter(records, i, obj, violation.reason, violation.detail, rules))
+        except Exception as exc:  # no rule names it: keep the record as a dead letter, go on
+            log.warning("%s:%d: %s", records.source, records.line_nos[i], _describe(exc))
+            dead.append(_dead_letter(records, i, obj, Reason.INTERNAL_ERROR, _describe(exc), rules))
     return EnrichedBatch(_as_table(rows, records, settings, schema), dead)
+
+
+def _event_row(
+    obj: Any, raw: bytes, line_no: int, settings: EnrichSettings, load_image: ImageLoader
+) -> tuple[Any, ...]:
+    """Validate, resolve the image, price and hash one parsed record: its row in ``_ROW_COLUMNS``."""
+    rules, hasher = settings.rules, settings.hasher
+    event = validate_event(obj, rules)
+    image_bytes = _image_bytes(event.image, load_image, rules)
+    price = settings.prices.price_in_force(event.model, event.event_time.date())
+    cost = None
+    if price is not None:
+        cost = event_cost(price, event.input_tokens, event.output_tokens, event.images)
+        if cost > COST_MAX:
+            raise ContractViolation(
+                Reason.COST_OUT_OF_RANGE, f"cost {cost} exceeds DECIMAL(10,6) ({COST_MAX})"
+            )
+    metadata = metadata_json(event.metadata, rules)
+    fingerprint = hashlib.blake2b(json_bytes(obj, rules, sort_keys=True), digest_size=16).digest()
+    output_hash = hasher.text(event.output_text)
+    image_hash = None
+    if image_bytes is not None:
+        if output_hash is None:
+            output_hash = hasher.data(image_bytes)
+        else:
+            image_hash = hasher.data(image_bytes)
+    return (
+        event.event_id,
+        event.event_time,
+        event.user_id,
+        event.operation_type,
+        event.model,
+        event.ai_tier,
+        image_bytes is not None,
+        hasher.text(event.input_text),
+        output_hash,
+        image_hash,
+        event.input_tokens,
+        event.output_tokens,
+        event.images,
+        cost,
+        metadata,
+        line_no,
+        # A dead letter keeps at most RAW_KEEP_BYTES of a record: carrying more (a 13 MB inline
+        # image) through the shuffles would only cost memory. One byte more says "it was cut".
+        raw[: RAW_KEEP_BYTES + 1],
+        fingerprint,
+        zlib.crc32(event.event_id.encode("utf-8")) % settings.shards,
+    )
+
+
+def _dead_letter(
+    records: InputRecords, i: int, obj: Any, reason: Reason, detail: str, rules: EventRules
+) -> DeadLetter:
+    event_id, event_time = salvage_identity(obj, rules)
+    return DeadLetter(
+        source=records.source,
+        line_no=records.line_nos[i],
+        raw=records.raws[i],
+        reason=reason,
+        detail=detail,
+        event_id=event_id,
+        event_time=event_time,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 _ROW_COLUMNS = (

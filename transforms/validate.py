@@ -8,6 +8,7 @@ through :class:`EventRules`; nothing here restates them. A record that breaks a 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class EventRules:
     image_mimes: frozenset[str]
     image_max_bytes: int
     max_record_bytes: int
+    max_depth: int
 
     @classmethod
     def from_json_schema(cls, schema: Mapping[str, Any]) -> EventRules:
@@ -65,6 +67,7 @@ class EventRules:
             image_max_bytes=image_max,
             # A record may carry two max-length texts and a base64 image (4/3 of its bytes).
             max_record_bytes=image_max * 4 // 3 + 8 * max_lengths["input.text"] + (1 << 20),
+            max_depth=int(schema["x-max-depth"]),
         )
 
 
@@ -104,6 +107,9 @@ def parse_record(raw: bytes, rules: EventRules) -> Any:
     >>> parse_record(b'{"a": 1', rules)
     Traceback (most recent call last):
     transforms.dead_letter.ContractViolation: malformed_json: unexpected end of data: line 1 column 8 (char 7)
+    >>> parse_record(b'{"a": ' + b'9' * 5000 + b'}', rules)
+    Traceback (most recent call last):
+    transforms.dead_letter.ContractViolation: out_of_range: an integer of 5000 digits does not fit 64 bits
     """
     if len(raw) > rules.max_record_bytes:
         raise ContractViolation(
@@ -112,34 +118,118 @@ def parse_record(raw: bytes, rules: EventRules) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as bad:
-            raise ContractViolation(Reason.INVALID_UTF8, str(bad)) from None
-        # orjson refuses integers beyond 64 bits and escaped lone surrogates; the stdlib reads
-        # both, so the rule can name the real problem instead of a misleading "malformed".
-        try:
-            obj = json.loads(raw, parse_constant=_reject_constant)
-        except ValueError:
-            raise ContractViolation(Reason.MALFORMED_JSON, str(exc)) from None
-        try:
-            orjson.dumps(obj)
-        except TypeError as unfit:
-            if "surrogates" in str(unfit):
-                raise ContractViolation(Reason.INVALID_UTF8, "a string escapes a lone surrogate") from None
-            raise ContractViolation(
-                Reason.OUT_OF_RANGE, "an integer in the record does not fit 64 bits"
-            ) from None
-        return obj
+        first_error = str(exc)
+    # orjson refuses what the stdlib reads (integers beyond 64 bits, escaped lone surrogates,
+    # numbers past a double's range, deep nesting): parse again so the rule can name the real
+    # problem instead of a misleading "malformed". Only bad records come here.
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        raise ContractViolation(Reason.INVALID_UTF8, str(bad)) from None
+    try:
+        obj = json.loads(raw, parse_constant=_reject_constant, parse_int=_integer, parse_float=_finite)
+    except _NumberOutOfRange as exc:
+        raise ContractViolation(Reason.OUT_OF_RANGE, str(exc)) from None
+    except RecursionError:
+        raise ContractViolation(Reason.NESTING_TOO_DEEP, _too_deep(rules)) from None
+    except ValueError:
+        if first_error.startswith("depth limit exceeded"):
+            raise ContractViolation(Reason.NESTING_TOO_DEEP, _too_deep(rules)) from None
+        raise ContractViolation(Reason.MALFORMED_JSON, first_error) from None
+    json_bytes(obj, rules)  # what it can't carry, named by its rule
+    if first_error.startswith("depth limit exceeded"):
+        raise ContractViolation(Reason.NESTING_TOO_DEEP, _too_deep(rules))
+    return obj
+
+
+class _NumberOutOfRange(ValueError):
+    pass
+
+
+def _integer(text: str) -> int:
+    # The stdlib refuses integers of over 4,300 digits as a ValueError ("malformed"): name the range.
+    if len(text) > 20:
+        raise _NumberOutOfRange(f"an integer of {len(text.lstrip('-'))} digits does not fit 64 bits")
+    return int(text)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NumberOutOfRange(f"the number {text[:50]} is beyond a double's range")
+    return value
 
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _too_deep(rules: EventRules) -> str:
+    return f"the record nests deeper than {rules.max_depth} levels"
+
+
+def json_bytes(value: Any, rules: EventRules, *, sort_keys: bool = False) -> bytes:
+    """``value`` (parsed from a record) as JSON text; what JSON or the contract can't carry is a
+    ContractViolation naming its rule: nesting too deep, an integer beyond 64 bits, a lone
+    surrogate, a value of a type JSON has no word for."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
+    except orjson.JSONEncodeError as exc:
+        message = str(exc)
+    if "Recursion limit" in message:
+        raise ContractViolation(Reason.NESTING_TOO_DEEP, _too_deep(rules))
+    if "64-bit" in message:
+        raise ContractViolation(Reason.OUT_OF_RANGE, "an integer in the record does not fit 64 bits")
+    if "surrogates" in message:
+        raise ContractViolation(Reason.INVALID_UTF8, "a string escapes a lone surrogate")
+    raise ContractViolation(Reason.WRONG_TYPE, f"the record holds a value JSON cannot carry: {message}")
+
+
+def nesting_depth(value: Any, stop_after: int) -> int:
+    """Levels of objects and arrays in ``value`` (a scalar is 0), counted up to ``stop_after + 1``.
+
+    >>> nesting_depth({"a": [1, {"b": []}]}, stop_after=10)
+    4
+    """
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if type(node) is dict:
+            children: Any = node.values()
+        elif type(node) is list:
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > stop_after:
+            break
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def metadata_json(metadata: dict[str, Any] | None, rules: EventRules) -> str | None:
+    """The event's metadata as JSON text (what ``events/`` keeps), within the contract's depth."""
+    if metadata is None:
+        return None
+    text = json_bytes(metadata, rules)
+    # Each level of nesting takes two characters, so short metadata can't be too deep.
+    inner = rules.max_depth - 1  # the event itself is the first level
+    if len(text) >= 2 * inner and nesting_depth(metadata, inner) > inner:
+        raise ContractViolation(Reason.NESTING_TOO_DEEP, _too_deep(rules))
+    return text.decode()
+
+
 def _parse_time(text: str) -> datetime:
+    """The UTC time of an RFC 3339 timestamp with a zone.
+
+    Raises ValueError for text that is not one, and OverflowError for one that is but lies
+    outside what a datetime holds (year 0, or an offset that moves it past year 9999).
+    """
     if not _RFC3339.match(text):
         raise ValueError(f"not an RFC 3339 timestamp with a zone: {text!r}")
+    if text.startswith("0000"):
+        raise OverflowError("year 0 is out of range")
     return datetime.fromisoformat(text.upper().replace(" ", "T")).astimezone(UTC)
 
 
@@ -293,12 +383,14 @@ def event_time_of(obj: Mapping[str, Any], rules: EventRules) -> datetime:
     value = obj["event_time"]
     if type(value) is not str:
         raise ContractViolation(Reason.WRONG_TYPE, f"event_time must be a string, got {_kind(value)}")
+    low, high = rules.time_range
     try:
         when = _parse_time(value)
     except ValueError as exc:
         raise ContractViolation(Reason.INVALID_TIMESTAMP, str(exc)[:300]) from None
-    low, high = rules.time_range
-    if not low <= when <= high:
+    except OverflowError:
+        when = None
+    if when is None or not low <= when <= high:
         raise ContractViolation(
             Reason.TIMESTAMP_OUT_OF_RANGE,
             f"event_time {value} is outside [{low:%Y-%m-%dT%H:%M:%SZ}, {high:%Y-%m-%dT%H:%M:%SZ}]",
