@@ -138,7 +138,8 @@ def root_cause(exc: BaseException) -> BaseException:
         inner = getattr(current, "orig", None) or current
         if isinstance(inner, (pymysql.err.MySQLError, sqlite3.Error)):
             return inner
-        current = current.__cause__ or current.__context__
+        # ``raise … from None`` means the context is not the cause: stop there.
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return seen[-1] if seen else exc
 
 

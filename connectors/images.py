@@ -42,12 +42,11 @@ class FolderImageLoader:
             raise ContractViolation(Reason.IMAGE_NOT_FOUND, f"no file {shown}") from None
         except OSError as exc:
             raise ContractViolation(Reason.IMAGE_UNREADABLE, f"{shown}: {exc.strerror}") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise ContractViolation(Reason.IMAGE_UNREADABLE, f"{shown} is {_kind(mode)}, not a regular file")
         with os.fdopen(fd, "rb") as fh:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                raise ContractViolation(
-                    Reason.IMAGE_UNREADABLE, f"{shown} is {_kind(mode)}, not a regular file"
-                )
             try:
                 data = fh.read(self.max_bytes + 1)
             except OSError as exc:

@@ -31,14 +31,21 @@ UNKNOWN = UserProfile(tier=None, prefs=None)
 class UserDirectory:
     """Batched, TTL-cached reads of ``users``; a missing user is cached as unknown too.
 
-    Malformed ``personalization_prefs`` (not JSON, or JSON that is not an object) are logged once
-    per lookup and ignored for that user; they never fail the run.
+    Malformed ``personalization_prefs`` (not JSON, or JSON that is not an object) and an
+    ``ai_tier`` that is not one of ``tiers`` (an application that added a tier to its enum) are
+    logged once per lookup and ignored for that user; they never fail the run.
     """
 
     def __init__(
-        self, engine: sa.Engine, ttl_seconds: float = 300.0, max_users: int = 200_000, retry_attempts: int = 8
+        self,
+        engine: sa.Engine,
+        ttl_seconds: float = 300.0,
+        max_users: int = 200_000,
+        retry_attempts: int = 8,
+        tiers: frozenset[str] = frozenset({"free", "pro", "enterprise"}),
     ) -> None:
         self._engine = engine
+        self._tiers = tiers
         self._retry_attempts = retry_attempts
         self._cache: cachetools.TTLCache[int, UserProfile] = cachetools.TTLCache(max_users, ttl_seconds)
         # Untyped columns: values come back as the driver gives them, so a malformed prefs value
@@ -57,7 +64,9 @@ class UserDirectory:
             chunk = missing[start : start + LOOKUP_CHUNK]
             rows = fetch_all(self._engine, self._query, {"ids": chunk}, self._retry_attempts)
             fetched = {
-                int(row.id): UserProfile(row.ai_tier, _prefs(row.id, row.personalization_prefs))
+                int(row.id): UserProfile(
+                    self._tier(row.id, row.ai_tier), _prefs(row.id, row.personalization_prefs)
+                )
                 for row in rows
             }
             for uid in chunk:
@@ -65,6 +74,13 @@ class UserDirectory:
                 self._cache[uid] = profile
                 found[uid] = profile
         return found
+
+
+    def _tier(self, user_id: int, value: Any) -> str | None:
+        if value is None or value in self._tiers:
+            return value
+        log.warning("user %s: ai_tier %r is not one of %s; ignored", user_id, value, sorted(self._tiers))
+        return None
 
 
 def _prefs(user_id: int, value: Any) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ import schemas
 from connectors import audit_store
 from connectors.config import PipelineConfig, load_config
 from connectors.parquet_sink import remove_stale_parts
-from connectors.sources import InputFile, discover_inputs, plan_splits
+from connectors.sources import InputError, InputFile, discover_inputs, plan_splits
 from pipelines import progress
 from pipelines.stages import RunPlan
 
@@ -180,6 +180,8 @@ def _run_engine(request, splits, plan, total_bytes: int, on_progress) -> dict[st
         return beam.run(splits, plan, list(request.engine_args))
     except Exception as exc:  # the engine wraps a step's error in its own; report the root cause
         root = audit_store.root_cause(exc)
+        if isinstance(root, InputError):  # an input unusable as a whole, found as it was read
+            raise RunError(str(root)) from exc
         raise RunError(f"pipeline failed: {audit_store.describe_error(root)}") from exc
     finally:
         done.set()

@@ -111,7 +111,10 @@ class SpineSteps:
     def _users(self) -> UserDirectory:
         config = self.plan.config
         return UserDirectory(
-            self._engine, ttl_seconds=config.users_ttl_seconds, retry_attempts=config.audit_retry_attempts
+            self._engine,
+            ttl_seconds=config.users_ttl_seconds,
+            retry_attempts=config.audit_retry_attempts,
+            tiers=frozenset(config.quotas),
         )
 
     def read(self, split: InputSplit) -> Iterable[InputRecords]:

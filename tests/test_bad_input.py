@@ -43,6 +43,20 @@ def line(obj: Any) -> bytes:
 
 TEN_MB = 10 * 1024 * 1024
 
+
+def nested(levels: int) -> Any:
+    """A JSON value of ``levels`` nested objects around a number."""
+    value: Any = 1
+    for _ in range(levels):
+        value = {"x": value}
+    return value
+
+
+def with_raw_metadata(event_id: str, metadata_json: bytes) -> bytes:
+    """A valid event whose metadata is the given JSON text, spliced in unparsed."""
+    return line(event(event_id, metadata=0)).replace(b'"metadata": 0', b'"metadata": ' + metadata_json)
+
+
 # (case id, raw line, expected reason, is the JSON value checkable by the JSON Schema?)
 CASES: list[tuple[str, bytes, str, bool]] = [
     ("truncated_json", b'{"event_id": "b-json", "event_time": ', "malformed_json", False),
@@ -181,6 +195,68 @@ CASES: list[tuple[str, bytes, str, bool]] = [
         "cost_out_of_range",
         False,
     ),
+    # Records that used to raise inside the pipeline and end the whole run: each is now its own
+    # dead letter, with the reason of the rule it breaks.
+    # The event is the first level: metadata of 128 levels makes a record 129 deep, one past the limit.
+    ("record_129_levels_deep", line(event("b-deep1", metadata=nested(128))), "nesting_too_deep", False),
+    ("metadata_300_levels_deep", line(event("b-deep2", metadata=nested(300))), "nesting_too_deep", False),
+    (
+        "metadata_2000_levels_deep",
+        with_raw_metadata("b-deep3", b"[" * 2000 + b"]" * 2000),
+        "nesting_too_deep",
+        False,
+    ),
+    (
+        "metadata_100000_levels_deep",
+        with_raw_metadata("b-deep4", b"[" * 100_000 + b"]" * 100_000),
+        "nesting_too_deep",
+        False,
+    ),
+    ("integer_of_5000_digits", with_raw_metadata("b-int", b"9" * 5000), "out_of_range", False),
+    ("number_beyond_a_double", with_raw_metadata("b-inf", b"1e400"), "out_of_range", False),
+    (
+        "offset_moves_time_past_year_9999",
+        line(event("b-time7", event_time="9999-12-31T23:00:00-05:00")),
+        "timestamp_out_of_range",
+        False,
+    ),
+    (
+        "offset_moves_time_before_year_1",
+        line(event("b-time8", event_time="0001-01-01T00:30:00+01:00")),
+        "timestamp_out_of_range",
+        False,
+    ),
+    ("year_zero", line(event("b-time9", event_time="0000-06-01T00:00:00Z")), "timestamp_out_of_range", False),
+    (
+        "image_symlink_loop",
+        line(event("b-img7", output={"image": {"path": "images/loop-a.png"}})),
+        "image_unreadable",
+        False,
+    ),
+    (
+        "image_name_too_long",
+        line(event("b-img8", output={"image": {"path": "images/" + "n" * 300 + ".png"}})),
+        "image_unreadable",
+        False,
+    ),
+    (
+        "image_is_a_fifo",  # opening a FIFO for reading waits for a writer: the run must not hang
+        line(event("b-img9", output={"image": {"path": "images/fifo.png"}})),
+        "image_unreadable",
+        False,
+    ),
+    (
+        "image_is_a_directory",
+        line(event("b-img10", output={"image": {"path": "images/folder.png"}})),
+        "image_unreadable",
+        False,
+    ),
+    (
+        "image_path_with_nul",
+        line(event("b-img11", output={"image": {"path": "images/ok.png\u0000.txt"}})),
+        "invalid_image",
+        False,
+    ),
 ]
 
 VALID = [
@@ -207,6 +283,10 @@ def bad_run(tmp_path_factory: pytest.TempPathFactory, png_bytes: bytes) -> dict[
     (data / "images" / "ok.png").write_bytes(png_bytes)
     (root / "outside.png").write_bytes(png_bytes)
     os.symlink(root / "outside.png", data / "images" / "escape.png")
+    os.symlink("loop-b.png", data / "images" / "loop-a.png")
+    os.symlink("loop-a.png", data / "images" / "loop-b.png")
+    os.mkfifo(data / "images" / "fifo.png")
+    (data / "images" / "folder.png").mkdir()
     valid = [dict(v) for v in VALID]
     valid[4]["output"] = {
         "text": "caption",

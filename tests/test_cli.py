@@ -451,11 +451,8 @@ def test_against_an_earlier_run_a_differing_copy_conflicts_and_an_identical_one_
     summary = run_pipeline([second], out).summary()
     # e2 is an identical replay of what the first input stored: it changes nothing, so it is not
     # written to Parquet a second time (DESIGN.md, duplicates against stored rows).
-    assert (summary["events_processed"], summary["events_dead_lettered"], summary["duplicates_collapsed"]) == (
-        1,
-        1,
-        1,
-    )
+    counts = ("events_processed", "events_dead_lettered", "duplicates_collapsed")
+    assert [summary[name] for name in counts] == [1, 1, 1]
     assert summary["dead_letters_by_reason"] == {"conflicting_duplicate": 1}
     events = read_dataset(out, "events", "event_id")
     assert [(e["event_id"], e["source"]) for e in events] == [

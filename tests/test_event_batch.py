@@ -49,10 +49,25 @@ field_values = {
     "metadata": json_values,
 }
 events = st.fixed_dictionaries({}, optional=field_values)
+
+def _spliced(event: dict[str, Any], metadata: bytes) -> bytes:
+    return json.dumps({**event, "metadata": 0}).encode().replace(b'"metadata": 0', b'"metadata": ' + metadata)
+
+
+#: Metadata that breaks the parsers' own limits: nesting around orjson's and the contract's depth
+#: limits (and past the stdlib's recursion limit), integers of any number of digits, huge exponents.
+hostile_metadata = st.one_of(
+    st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n),
+    st.integers(1, 400).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
+    st.integers(1, 6000).map(lambda n: b"9" * n),
+    st.integers(300, 400).map(lambda n: f"1e{n}".encode()),
+    st.integers(-400, -300).map(lambda n: f"-1e{-n}".encode()),
+)
 lines = st.one_of(
     events.map(lambda e: json.dumps(e).encode()),
     json_values.map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=40),
+    st.builds(_spliced, events, hostile_metadata),
 )
 
 
@@ -106,3 +121,33 @@ def test_a_record_larger_than_any_valid_event_is_line_too_long() -> None:
     batch = enrich_records(InputRecords("f", 0, [7], [huge]), SETTINGS, no_images, SCHEMA)
     (letter,) = batch.dead_letters
     assert (letter.reason, letter.line_no, letter.raw) == (Reason.LINE_TOO_LONG, 7, huge)
+
+
+def _nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = {"x": value}
+    return value
+
+
+def test_a_record_may_nest_exactly_as_deep_as_the_contract_allows() -> None:
+    depth = SETTINGS.rules.max_depth  # the event object is the first level
+    allowed = _valid(event_id="deep-ok", metadata=_nested(depth - 1))
+    too_deep = _valid(event_id="deep-no", metadata=_nested(depth))
+    batch = enrich_records(InputRecords("f", 0, [1, 2], [allowed, too_deep]), SETTINGS, no_images, SCHEMA)
+    assert batch.events.column("event_id").to_pylist() == ["deep-ok"]
+    assert json.loads(batch.events.column("metadata")[0].as_py()) == _nested(depth - 1)
+    (letter,) = batch.dead_letters
+    assert (letter.line_no, letter.reason) == (2, Reason.NESTING_TOO_DEEP)
+
+
+def test_an_unexpected_error_on_one_record_is_its_dead_letter_not_the_runs() -> None:
+    def broken_loader(path: str) -> bytes:
+        raise OSError(5, "Input/output error")  # what a failing disk raises mid-read
+
+    image = _valid(event_id="img", output={"image": {"path": "a.png"}})
+    batch = enrich_records(InputRecords("f", 0, [1, 2], [image, _valid()]), SETTINGS, broken_loader, SCHEMA)
+    assert batch.events.num_rows == 1
+    (letter,) = batch.dead_letters
+    assert (letter.reason, letter.event_id) == (Reason.INTERNAL_ERROR, "img")
+    assert "OSError" in letter.detail and "Input/output error" in letter.detail

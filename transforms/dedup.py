@@ -114,7 +114,8 @@ def judge_against_store(
 
     >>> t = pa.table({"event_id": ["a", "b", "c", "d", "e"], FINGERPRINT: [b"1", b"1", b"1", b"1", b"1"]})
     >>> stored = {"b": StoredEvent(b"1", "in-1"), "c": StoredEvent(b"1", "in-2"),
-    ...           "d": StoredEvent(b"2", "in-1"), "e": StoredEvent(None, None), "B": StoredEvent(b"1", "in-2")}
+    ...           "d": StoredEvent(b"2", "in-1"), "e": StoredEvent(None, None),
+    ...           "B": StoredEvent(b"1", "in-2")}
     >>> [Verdict(v).name for v in judge_against_store(t, stored, "in-1")]
     ['NEW', 'REPLAY', 'ELSEWHERE', 'CONFLICT', 'REPLAY']
     """
@@ -138,7 +139,8 @@ def judge_against_store(
 def stored_conflicts(events: pa.Table, rows: np.ndarray, why: str) -> list[DeadLetter]:
     """``conflicting_duplicate`` dead letters for ``rows`` of ``events``; ``why`` completes
     "event_id 'x' was stored by ..."."""
-    rejected = events.take(pa.array(rows, pa.int64())).select(["source", "line_no", RAW, "event_id", "event_time"])
+    columns = ["source", "line_no", RAW, "event_id", "event_time"]
+    rejected = events.take(pa.array(rows, pa.int64())).select(columns)
     return [
         DeadLetter(
             source=row["source"],
