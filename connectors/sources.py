@@ -192,7 +192,10 @@ def bounded_lines(
 
 def too_long(consumed: int, limit: int) -> ContractViolation:
     """The violation of a record cut while it was read."""
-    return ContractViolation(Reason.LINE_TOO_LONG, f"{consumed} bytes or more; the limit is {limit}")
+    return ContractViolation(
+        Reason.LINE_TOO_LONG,
+        f"{consumed} bytes read for one record (line ends included); the limit is {limit}",
+    )
 
 
 def read_split(split: InputSplit, batch_lines: int, max_record_bytes: int) -> Iterator[InputRecords]:

@@ -50,6 +50,7 @@ field_values = {
 }
 events = st.fixed_dictionaries({}, optional=field_values)
 
+
 def _spliced(event: dict[str, Any], metadata: bytes) -> bytes:
     return json.dumps({**event, "metadata": 0}).encode().replace(b'"metadata": 0', b'"metadata": ' + metadata)
 

@@ -1,0 +1,103 @@
+"""A pricing table or a config file that is wrong is never used: the run refuses before it starts,
+with one line naming the file and the row and column (or key) at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas import PRICING_COLUMNS
+from tests.conftest import run_cli, run_pipeline
+
+HEADER = ",".join(PRICING_COLUMNS)
+EVENT = (
+    '{"event_id": "e1", "event_time": "2025-07-01T00:00:00Z", "user_id": 1, "operation_type": "chat", '
+    '"model": "gpt-4o", "usage": {"input_tokens": 1000}}\n'
+)
+
+
+def refused(tmp_path: Path, config_text: str, pricing: str | bytes | None = None) -> str:
+    """Run with this config (and pricing table); assert it fails in one line; return that line."""
+    if pricing is not None:
+        table = tmp_path / "prices.csv"
+        table.write_bytes(pricing if isinstance(pricing, bytes) else pricing.encode())
+        config_text = '[pricing]\npath = "prices.csv"\n' + config_text
+    config = tmp_path / "config.toml"
+    config.write_text(config_text)
+    (tmp_path / "in.jsonl").write_text(EVENT)
+    result = run_cli("run", "--input", tmp_path / "in.jsonl", "--out", tmp_path / "out", "--config", config)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "out" / "events").exists()  # refused before anything was written
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        # A row cut short: its missing cells are not prices of 0.
+        ("gpt-4o,2024-05-13", "row 2, column input_per_1k_usd: the cell is missing"),
+        ("gpt-4o,2024-05-13,0.005,0.015", "row 2, column per_image_usd: the cell is missing"),
+        ("gpt-4o,2024-05-13,0.005,0.015,,extra", "row 2: 6 cells, but the header has 5"),
+        ("gpt-4o,2024-13-01,0.005,0.015,", "row 2 (model 'gpt-4o'), column effective_from: '2024-13-01'"),
+        ("gpt-4o,2024-05-13,0.0.5,0.015,", "row 2 (model 'gpt-4o'), column input_per_1k_usd: '0.0.5'"),
+        ("gpt-4o,2024-05-13,0.005,-1,", "column output_per_1k_usd: '-1' is not a finite amount >= 0"),
+        (",2024-05-13,0.005,0.015,", "row 2, column model: the model name is empty"),
+        ("m,2024-05-13,1,1,\nm,2024-05-13,2,2,", "rows 2 and 3: model 'm' has two prices from 2024-05-13"),
+    ],
+)
+def test_a_bad_pricing_row_names_the_file_row_and_column(tmp_path: Path, rows: str, expected: str) -> None:
+    line = refused(tmp_path, "", f"{HEADER}\n{rows}\n")
+    assert line.startswith(f"error: pricing table {str(tmp_path / 'prices.csv')!r}: ")
+    assert expected in line
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("model,effective_from,input_per_1k_usd,output_per_1k_usd", "no column 'per_image_usd'"),
+        (HEADER + ",model", "column 'model' appears twice"),
+        (HEADER.replace("per_image_usd", "per_img_usd"), "unknown column 'per_img_usd'"),
+    ],
+)
+def test_a_bad_pricing_header_is_refused(tmp_path: Path, header: str, expected: str) -> None:
+    line = refused(tmp_path, "", f"{header}\ngpt-4o,2024-05-13,0.005,0.015,\n")
+    assert "row 1 (the header)" in line and expected in line
+
+
+def test_a_pricing_table_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    (tmp_path / "prices.csv").write_bytes(
+        b"\xef\xbb\xbf" + f"{HEADER}\ngpt-4o,2024-05-13,0.005,0.015,\n".encode()
+    )
+    config = tmp_path / "config.toml"
+    config.write_bytes(b'\xef\xbb\xbf[pricing]\npath = "prices.csv"\n')  # the config may carry one too
+    (tmp_path / "in.jsonl").write_text(EVENT)
+    summary = run_pipeline([tmp_path / "in.jsonl"], tmp_path / "out", "--config", config).summary()
+    assert (summary["events_processed"], summary["cost_total"]) == (1, "0.005000")
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (
+            "[rate_limit]\nwindow_seconds = 1000000000000000",
+            "rate_limit.window_seconds must be between 1 and",
+        ),
+        ("[rate_limit]\nwindow_seconds = 0", "rate_limit.window_seconds must be between 1 and"),
+        ("[pipeline]\nshards = 100000000", "pipeline.shards must be between 1 and 65536"),
+        ("[pipeline]\nbatch_size = -1", "pipeline.batch_size must be between 1 and"),
+        ("[audit]\nretry_attempts = 0", "audit.retry_attempts must be between 1 and 100"),
+        ("[rate_limit]\nquotas = { free = -1 }", "rate_limit.quotas.free must be an integer between 0 and"),
+        ("[rate_limit]\nquotas = { gold = 5 }", "rate_limit.quotas must name exactly the tiers"),
+        ("[pipeline]\nshards = true", "pipeline.shards must be int, got True"),
+        ("[pipeline]\nshard = 4", "unknown key pipeline.shard"),
+        ("[pipelines]\nshards = 4", "unknown section [pipelines]"),
+        ("[pipeline\nshards = 4", "is not valid TOML"),
+    ],
+)
+def test_a_bad_config_value_names_the_file_and_key(tmp_path: Path, config: str, expected: str) -> None:
+    line = refused(tmp_path, config)
+    assert line.startswith(f"error: config {str(tmp_path / 'config.toml')!r}")
+    assert expected in line
