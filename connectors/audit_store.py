@@ -204,19 +204,20 @@ def _alembic_config() -> Config:
 MIGRATION_LOCK_SECONDS = 300
 
 
-def upgrade(engine: sa.Engine) -> str:
-    """Apply every migration not yet applied; return the version now in force.
+def upgrade(engine: sa.Engine, revision: str = "head") -> str:
+    """Apply every migration not yet applied (up to ``revision``); return the version now in force.
 
     Safe when several processes start on one fresh store at once: migrations run under a lock
     (a named server lock on MySQL, a file lock beside a SQLite file), so one migrates and the
     others then find the schema up to date.
     """
-    if current_version(engine) == head_version():
-        return head_version()
+    target = head_version() if revision == "head" else revision
+    if current_version(engine) == target:
+        return target
     config = _alembic_config()
     with _migration_lock(engine), engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+        command.upgrade(config, target)
     return current_version(engine) or ""
 
 
@@ -444,7 +445,8 @@ class AuditWriter:
             raise AuditRowsLost(
                 f"the audit store inserted {inserted} of {new.num_rows} new rows and holds nothing under "
                 f"{lost.size} of their event ids (e.g. {ids[int(lost[0])].as_py()[:128]!r}): does a "
-                "collation or trigger compare event ids loosely? Run `db upgrade`."
+                "collation or a trigger compare event ids loosely? (migration 0004 gives "
+                "ai_audit_trail.event_id a binary one)"
             )
         outcome.stored_elsewhere.extend(ids.filter(pa.array(verdicts == Verdict.ELSEWHERE)).to_pylist())
         outcome.conflicting.extend(ids.filter(pa.array(verdicts == Verdict.CONFLICT)).to_pylist())

@@ -75,7 +75,6 @@ class UserDirectory:
                 found[uid] = profile
         return found
 
-
     def _tier(self, user_id: int, value: Any) -> str | None:
         if value is None or value in self._tiers:
             return value

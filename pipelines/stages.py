@@ -7,7 +7,6 @@ between these steps and turns the counts into its own metrics.
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -55,8 +54,9 @@ Counts = dict[str, int]
 Keyed = tuple[str, pa.Table]
 
 #: Internal columns events carry to the audit sink and no further: the payload fingerprint (for
-#: the audit trail), the raw record (for a conflict found at write time) and the stored flag.
-_CARRIED = (FINGERPRINT, RAW, STORED)
+#: the audit trail), the raw record and input position (for a conflict found at write time) and
+#: the stored flag.
+_CARRIED = (FINGERPRINT, RAW, ORDER, STORED)
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class SpineSteps:
         """Apply the duplicate rule to every copy of a shard's event_ids, then against the rows an
         earlier run stored; re-split by user."""
         result = collapse_duplicates(pa.concat_tables(tables))
-        events = result.events.drop_columns([SHARD, ORDER])
+        events = result.events.drop_columns([SHARD])
         verdicts = np.zeros(events.num_rows, dtype=np.int8)
         if self.plan.compare_with_store:
             stored = self._audit.stored_events(events.column("event_id").to_pylist())
@@ -219,13 +219,12 @@ class SpineSteps:
         return f"{self.plan.fingerprint}-{suffix}"
 
     def _dead_letter_groups(self, letters: list[DeadLetter]) -> list[Keyed]:
-        """Dead letters keyed by (source, bucket of lines), so each bucket becomes one file."""
+        """Dead letters keyed by (input position, bucket of lines): each bucket becomes one file."""
         if not letters:
             return []
         groups: dict[str, list[DeadLetter]] = {}
         for letter in letters:
-            source_key = zlib.crc32(letter.source.encode("utf-8"))
-            key = f"{source_key:08x}-{letter.line_no // DEAD_LETTER_BUCKET_LINES:04d}"
+            key = f"{letter.source_order:04d}-{letter.line_no // DEAD_LETTER_BUCKET_LINES:04d}"
             groups.setdefault(key, []).append(letter)
         schema = schemas.arrow_schema("dead_letter")
         return [(key, dead_letter_table(group, schema)) for key, group in sorted(groups.items())]

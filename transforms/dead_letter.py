@@ -64,6 +64,9 @@ class DeadLetter:
     detail: str
     event_id: str | None = None
     event_time: datetime | None = None
+    #: The input's position on the command line: dead letters are filed by it, not by its name,
+    #: so a rerun of the same inputs spelt differently writes the same files.
+    source_order: int = 0
 
 
 def dead_letter_table(letters: list[DeadLetter], schema: pa.Schema) -> pa.Table:

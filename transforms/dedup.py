@@ -59,7 +59,7 @@ def collapse_duplicates(events: pa.Table) -> Deduplicated:
     conflicts = []
     if conflict_rows.size:
         rejected = ordered.take(pa.array(conflict_rows)).select(
-            ["source", "line_no", RAW, "event_id", "event_time"]
+            ["source", "line_no", RAW, "event_id", "event_time", ORDER]
         )
         kept_at = ordered.take(pa.array(first[conflict_rows])).select(["source", "line_no"])
         for row, keeper in zip(rejected.to_pylist(), kept_at.to_pylist(), strict=True):
@@ -75,6 +75,7 @@ def collapse_duplicates(events: pa.Table) -> Deduplicated:
                     ),
                     event_id=row["event_id"],
                     event_time=row["event_time"],
+                    source_order=row[ORDER],
                 )
             )
     return Deduplicated(ordered.filter(pa.array(starts)), conflicts, collapsed)
@@ -139,7 +140,7 @@ def judge_against_store(
 def stored_conflicts(events: pa.Table, rows: np.ndarray, why: str) -> list[DeadLetter]:
     """``conflicting_duplicate`` dead letters for ``rows`` of ``events``; ``why`` completes
     "event_id 'x' was stored by ..."."""
-    columns = ["source", "line_no", RAW, "event_id", "event_time"]
+    columns = ["source", "line_no", RAW, "event_id", "event_time", ORDER]
     rejected = events.take(pa.array(rows, pa.int64())).select(columns)
     return [
         DeadLetter(
@@ -150,6 +151,7 @@ def stored_conflicts(events: pa.Table, rows: np.ndarray, why: str) -> list[DeadL
             detail=f"event_id {row['event_id'][:128]!r} was stored by {why} with another payload",
             event_id=row["event_id"],
             event_time=row["event_time"],
+            source_order=row[ORDER],
         )
         for row in rejected.to_pylist()
     ]

@@ -194,6 +194,7 @@ def _dead_letter(
         detail=detail,
         event_id=event_id,
         event_time=event_time,
+        source_order=records.source_order,
     )
 
 
