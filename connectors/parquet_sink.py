@@ -61,3 +61,16 @@ def remove_stale_parts(out_dir: Path, datasets: list[str], fingerprint: str, old
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
     return removed
+
+
+def remove_temporary_files(out_dir: Path, datasets: list[str]) -> list[Path]:
+    """Delete the hidden temporary files a killed run left (a Parquet file written, not renamed).
+
+    Call it only while holding the output directory's lock: then no other run is writing one.
+    """
+    removed = []
+    for dataset in datasets:
+        for path in (out_dir / dataset).glob("dt=*/.part-*.tmp"):
+            path.unlink()
+            removed.append(path)
+    return removed

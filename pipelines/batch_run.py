@@ -23,7 +23,7 @@ import filelock
 import schemas
 from connectors import audit_store
 from connectors.config import PipelineConfig, load_config
-from connectors.parquet_sink import remove_stale_parts
+from connectors.parquet_sink import remove_stale_parts, remove_temporary_files
 from connectors.sources import InputError, InputFile, discover_inputs, plan_splits
 from pipelines import progress
 from pipelines.stages import RunPlan
@@ -52,7 +52,7 @@ def _prepare_out_dir(out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"")
-        probe.unlink()
+        probe.unlink(missing_ok=True)  # a run holding the lock may have cleared it
     except OSError as exc:
         raise RunError(f"output directory {str(out_dir)!r} is not writable: {exc.strerror}") from None
 
@@ -115,8 +115,11 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]: 
     started = datetime.now(UTC)
     started_clock = time.time()  # as file modification times record it
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    # Holding the lock, any staging folder left here is a killed run's: nothing will read it.
+    # Holding the lock, any staging folder or temporary file left here is a killed run's.
     shutil.rmtree(out_dir / "_staging", ignore_errors=True)
+    remove_temporary_files(out_dir, schemas.dataset_names())
+    for leftover in [*out_dir.glob("_runs/.*.json.tmp"), *out_dir.glob(".write-probe-*")]:
+        leftover.unlink()
     staging = out_dir / "_staging" / run_id
     audit_url = request.audit_url or audit_store.default_url(out_dir)
     try:

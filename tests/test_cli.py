@@ -235,6 +235,19 @@ def test_multi_process_workers_give_the_same_outputs(
     assert _dataset_rows(out) == _dataset_rows(default_run["out"])
 
 
+@pytest.mark.slow
+def test_bundles_run_three_times_give_the_outputs_of_one_pass(
+    generated: dict[str, Any], default_run: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "repeat"
+    summary = run_pipeline([generated["source"]], out, "--", "--direct_runner_bundle_repeat=3").summary()
+    assert _dataset_rows(out) == _dataset_rows(default_run["out"])
+    counts = ("events_read", "events_processed", "events_dead_lettered", "duplicates_collapsed", "cost_total")
+    assert {k: summary[k] for k in counts} == {k: default_run["summary"][k] for k in counts}
+    with sqlite3.connect(out / "audit.sqlite") as con:
+        assert con.execute("SELECT count(*) FROM ai_audit_trail").fetchone()[0] == summary["events_processed"]
+
+
 def test_stdin_input_gives_the_same_events(
     generated: dict[str, Any], default_run: dict[str, Any], tmp_path: Path
 ) -> None:
