@@ -12,7 +12,7 @@ STAMP       = $(VENV)/.installed
 
 export HF_HUB_OFFLINE = 1
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format fuzz crash-loop clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,17 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -n 2 --durations=10
+
+# Outside `make test`: 10^5 generated hostile records through the first stage (FUZZ_SEED varies it).
+FUZZ_CASES ?= 100000
+FUZZ_SEED  ?= 0
+fuzz: $(STAMP)
+	$(PY) tests/fuzz_first_stage.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)
+
+# Outside `make test`: the kill -9 loop on a larger input (each kill point, then a rerun).
+CRASH_EVENTS ?= 200000
+crash-loop: $(STAMP)
+	AIEP_CRASH_EVENTS=$(CRASH_EVENTS) $(VENV)/bin/pytest -n 2 tests/test_kill_loop.py
 
 clean:
 	rm -rf $(VENV) $(OUT) sample .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -347,8 +347,9 @@ def validate_event(obj: Any, rules: EventRules) -> ValidEvent:
     operation_type = _string(obj, "operation_type", rules)
     model = _string(obj, "model", rules)
 
+    # An optional field is absent or of its type: JSON null is neither (as the JSON Schema says).
     tier = obj.get("ai_tier")
-    if tier is not None:
+    if "ai_tier" in obj:
         if type(tier) is not str:
             raise ContractViolation(Reason.WRONG_TYPE, f"ai_tier must be a string, got {_kind(tier)}")
         if tier not in rules.tiers:
@@ -356,7 +357,7 @@ def validate_event(obj: Any, rules: EventRules) -> ValidEvent:
                 Reason.UNKNOWN_TIER, f"ai_tier {tier[:50]!r} not in {sorted(rules.tiers)}"
             )
     metadata = obj.get("metadata")
-    if metadata is not None and type(metadata) is not dict:
+    if "metadata" in obj and type(metadata) is not dict:
         raise ContractViolation(Reason.WRONG_TYPE, f"metadata must be an object, got {_kind(metadata)}")
 
     output = _object(obj, "output", rules)
