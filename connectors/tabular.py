@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import math
 import re
 import zlib
@@ -23,22 +24,14 @@ from collections.abc import Iterator
 from datetime import date, datetime, time
 from decimal import Decimal
 from functools import cache
-from typing import Any
+from typing import IO, Any, cast
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
-from connectors.sources import (
-    BOM,
-    BatchBuilder,
-    InputError,
-    InputFile,
-    LineStream,
-    bounded_lines,
-    too_long,
-)
+from connectors.sources import BatchBuilder, InputError, InputFile, too_long
 from transforms.dead_letter import RAW_KEEP_BYTES, ContractViolation, Reason
 from transforms.event_batch import InputRecords
 
@@ -100,15 +93,17 @@ class _RecordTooLong(Exception):
 
 
 class _CsvLines:
-    """The physical lines of a CSV input as ``csv.reader`` pulls them, decoded.
+    """The lines of a CSV input as ``csv.reader`` pulls them, decoded.
 
-    It remembers the raw bytes of the record being read (``start`` begins a new one) and stops a
-    record that grows past ``limit`` bytes, so neither a long line nor an unclosed quote that
-    swallows the rest of the file is ever held whole.
+    Lines end at ``\\n``, ``\\r\\n`` or a lone ``\\r``, as the csv module expects; a byte order mark
+    is skipped; bytes that are not UTF-8 stay visible (surrogateescape) so that the row, not the
+    file, is rejected. It remembers the raw bytes of the record being read (``start`` begins a new
+    one) and stops a record that grows past ``limit`` bytes, so neither a long line nor an unclosed
+    quote that swallows the rest of the file is ever held whole.
     """
 
-    def __init__(self, stream: LineStream, limit: int) -> None:
-        self._lines = bounded_lines(stream, limit)
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self._text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
         self.limit = limit
         self.line_no = 0  # physical lines read so far
         self.start()
@@ -120,26 +115,29 @@ class _CsvLines:
         self.size = 0
 
     def raw(self) -> bytes:
-        """The bytes of the record read since ``start`` (cut when it was too long)."""
-        return b"".join(self.parts).rstrip(b"\r\n")
+        """The bytes of the record read since ``start`` (its first ``RAW_KEEP_BYTES + 1`` at most)."""
+        return b"".join(self.parts)[: RAW_KEEP_BYTES + 1].rstrip(b"\r\n")
 
     def __iter__(self) -> _CsvLines:
         return self
 
     def __next__(self) -> str:
-        line, consumed, cut = next(self._lines)
+        line = self._text.readline(self.limit + 1)  # characters: never fewer than bytes
+        if not line:
+            raise StopIteration
         self.line_no += 1
-        if self.line_no == 1 and line.startswith(BOM):
-            line = line[len(BOM) :]
-        self.size += consumed
-        if self.size <= RAW_KEEP_BYTES:
-            self.parts.append(line)
-        elif sum(map(len, self.parts)) <= RAW_KEEP_BYTES:
-            self.parts.append(line[: RAW_KEEP_BYTES + 1])
-        if cut or self.size > self.limit:
+        data = line.encode("utf-8", "surrogateescape")
+        self.size += len(data)
+        if self.size - len(data) <= RAW_KEEP_BYTES:
+            self.parts.append(data)
+        if len(line) > self.limit and not line.endswith(("\n", "\r")):
+            while chunk := self._text.readline(1 << 20):  # skip the rest of the line unheld
+                self.size += len(chunk.encode("utf-8", "surrogateescape"))
+                if chunk.endswith(("\n", "\r")):
+                    break
+        if self.size > self.limit:
             raise _RecordTooLong
-        # surrogateescape keeps invalid UTF-8 visible so the row, not the file, is rejected.
-        return line.decode("utf-8", "surrogateescape")
+        return line
 
 
 def _csv_cell(column: str, cell: str) -> Any:
@@ -156,7 +154,7 @@ def read_csv(file: InputFile, batch_lines: int, max_record_bytes: int) -> Iterat
     csv.field_size_limit(max(csv.field_size_limit(), max_record_bytes))
     try:
         with gzip.open(file.path, "rb") if file.gzip else open(file.path, "rb") as stream:
-            lines = _CsvLines(stream, max_record_bytes)
+            lines = _CsvLines(cast(IO[bytes], stream), max_record_bytes)  # GzipFile reads like one
             yield from _csv_batches(file, lines, batch_lines)
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise InputError(f"cannot read CSV input {file.name!r}: {exc}") from None

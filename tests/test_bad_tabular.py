@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import io
 import math
 from datetime import UTC, datetime
@@ -75,7 +76,7 @@ def test_csv_bad_rows_are_dead_letters_and_the_rest_is_processed(tmp_path: Path,
         head,
         f"c-1,{valid},hello,,",
         f"c-image,{valid},draw,{inline},image/png",
-        f"c-cr,{valid},split\rhere,,",  # a stray carriage return in an unquoted cell
+        f'c-quote,{valid},"a ""quoted"" line\rand another",,',  # a CR inside quotes is text
         "c-short,2025-07-01T09:00:00Z,7",  # too few cells
         "",  # a blank line: no record
         f"c-2,{valid},hello,,",
@@ -87,12 +88,24 @@ def test_csv_bad_rows_are_dead_letters_and_the_rest_is_processed(tmp_path: Path,
 
     summary = run_pipeline([path], tmp_path / "out").summary()
     events, dead = outcome(tmp_path / "out")
-    assert events == ["c-1", "c-2", "c-image"]
-    assert dead[4][0] == "malformed_row" and "new-line" in dead[4][1]
-    assert dead[5] == ("malformed_row", "row has 3 cells; the header has 8")
-    assert dead[8] == ("malformed_row", "row has 6 cells; the header has 8")
+    assert events == ["c-1", "c-2", "c-image", "c-quote"]
+    texts = {e["event_id"]: e["input_hash"] for e in read_dataset(tmp_path / "out", "events", "event_id")}
+    assert texts["c-quote"] == hashlib.sha256(b'a "quoted" line\rand another').hexdigest()
+    # The quoted CR ends a physical line: line numbers count lines, as an editor shows them.
+    assert dead[6] == ("malformed_row", "row has 3 cells; the header has 8")
+    assert dead[9] == ("malformed_row", "row has 6 cells; the header has 8")
     assert summary["blank_lines"] == 1
     assert summary["events_read"] == summary["events_processed"] + summary["events_dead_lettered"] == 6
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_csv_lines_may_end_in_any_of_the_three_ways(tmp_path: Path, newline: str) -> None:
+    text = csv_text([csv_row("n-1"), csv_row("n-2")], COLUMNS).replace("\n", newline)
+    path = tmp_path / "in.csv"
+    path.write_bytes(text.encode())
+    run_pipeline([path], tmp_path / "out")
+    events = {e["event_id"]: e["line_no"] for e in read_dataset(tmp_path / "out", "events", "event_id")}
+    assert events == {"n-1": 2, "n-2": 3}
 
 
 def test_a_csv_record_past_the_size_limit_is_cut_while_read(tmp_path: Path) -> None:
