@@ -33,12 +33,16 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="validate, deduplicate, hash, price and rate-limit events from files; "
         "write Parquet and the audit store",
+        usage="%(prog)s --input PATH [PATH ...] --out DIR [--engine {beam}] [--audit-db URL] "
+        "[--config FILE] [--no-progress] [-- BEAM_OPTIONS ...]",
         description=(
             "Run the pipeline over input files. Arguments after `--` are passed to the engine "
             "as pipeline options, e.g. `-- --runner=FlinkRunner --flink_master=host:8081`."
         ),
         epilog="Exit status: 0 on success (dead letters are data, not failure); 1 when the run "
-        "cannot do its job (unreadable input, unwritable output, unusable audit store); 2 on bad flags.",
+        "cannot do its job (an input unreadable or unusable as a whole, unwritable output, an "
+        "unusable audit store or one that did not keep rows it was given, a bad config or pricing "
+        "table, another run holding the output's lock); 2 on bad flags.",
     )
     run.add_argument(
         "--input",
@@ -59,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
         "--audit-db",
         metavar="URL",
         default=None,
-        help="audit store URL (default: sqlite:///<DIR>/audit.sqlite)",
+        help="audit store URL (default: sqlite:///<DIR>/audit.sqlite); mysql+pymysql://USER@HOST:PORT/DB "
+        "takes its password from $AIEP_MYSQL_PASSWORD or percent-encoded in the URL",
     )
     run.add_argument(
         "--config",
@@ -124,21 +129,28 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_db(args: argparse.Namespace) -> int:
     from connectors import audit_store
+    from connectors.database_url import redact
 
-    shown = audit_store.redact(args.audit_db)
+    shown = redact(args.audit_db)
     try:
-        engine = audit_store.open_engine(args.audit_db)
-        before = audit_store.current_version(engine)
+        engine = audit_store.open_engine(args.audit_db, create=args.db_command == "upgrade")
         if args.db_command == "upgrade":
-            after = audit_store.upgrade(engine)
-            change = "already up to date" if before == after else f"upgraded from {before or 'empty'}"
-            print(f"{shown}: schema version {after} ({change})")
+            done = audit_store.upgrade(engine)
+            change = (
+                "already up to date"
+                if done.before == done.after
+                else f"upgraded from {done.before or 'empty'}"
+            )
+            print(f"{shown}: schema version {done.after} ({change})")
         else:
+            before = audit_store.current_version(engine)
             head = audit_store.head_version()
             state = "up to date" if before == head else "needs `db upgrade`"
             print(f"{shown}: schema version {before or 'none'}; newest {head} ({state})")
     except Exception as exc:  # a driver error of any kind: report it in one line, redacted
-        print(f"error: audit store {shown}: {audit_store.describe_error(exc)}", file=sys.stderr)
+        print(
+            f"error: audit store {shown}: {audit_store.describe_error(exc, args.audit_db)}", file=sys.stderr
+        )
         return EXIT_FAILED
     return 0
 

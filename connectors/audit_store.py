@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,11 +30,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import mysql, sqlite
 
 import schemas
+from connectors.database_url import hide_secrets, resolve_url
 from connectors.retry import transient_retry
 from transforms.dedup import STORED, StoredEvent, Verdict, judge_against_store
 from transforms.event_batch import FINGERPRINT
-
-MYSQL_PASSWORD_ENV = "AIEP_MYSQL_PASSWORD"
 
 log = logging.getLogger("aiep.audit")
 
@@ -69,65 +66,6 @@ def default_url(out_dir: Path) -> str:
     return f"sqlite:///{out_dir.resolve() / 'audit.sqlite'}"
 
 
-#: Query parameters whose value is a secret (``?password=…`` reaches the driver like the URL's own).
-_SECRET_PARAMS = re.compile(r"(?i)([?&](?:password|passwd|pwd|secret|token|api_key)=)[^&]*")
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced, for logs, errors and summaries; never raises.
-
-    Everything between the user and the host (the last ``@``) is hidden, however malformed the
-    URL: a password that was not percent-encoded may hold ``@``, ``:``, ``/`` or ``#`` itself.
-    Secret query parameters are hidden too.
-
-    >>> redact("mysql+pymysql://app:s3cr%40t@db:3306/prod")
-    'mysql+pymysql://app:***@db:3306/prod'
-    >>> redact("mysql+pymysql://root:Secret@Part2@host/db")
-    'mysql+pymysql://root:***@host/db'
-    >>> redact("mysql+pymysql://u@h/db?charset=utf8mb4&password=x")
-    'mysql+pymysql://u@h/db?charset=utf8mb4&password=***'
-    """
-    userinfo, host = _split_userinfo(url)
-    if userinfo is not None and ":" in userinfo:
-        scheme = url.partition("://")[0]
-        url = f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
-    return _SECRET_PARAMS.sub(r"\1***", url)
-
-
-def _split_userinfo(url: str) -> tuple[str | None, str]:
-    """``(user[:password], everything after it)``, split at the URL's *last* ``@``; ``None`` when
-    the URL names no user (``sqlite:///path`` has no authority, whatever its path holds)."""
-    _, separator, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not separator or not at or rest.startswith("/"):
-        return None, rest
-    return userinfo, host
-
-
-def resolve_url(url: str) -> sa.URL:
-    """Parse ``url``; a MySQL URL without a password takes it from ``$AIEP_MYSQL_PASSWORD``.
-
-    A password in the URL itself must be percent-encoded (``p%40ss`` for ``p@ss``): a raw ``@``,
-    ``/``, ``?`` or ``#`` in it would move the host, so such a URL is refused (ValueError, with the
-    URL redacted) instead of connecting somewhere else.
-    """
-    userinfo, _ = _split_userinfo(url)
-    if userinfo is not None and any(mark in userinfo for mark in "@/?#"):
-        raise ValueError(
-            f"the user or password in {redact(url)} holds a raw '@', '/', '?' or '#': percent-encode it "
-            f"(%40 for @) or leave it out and set ${MYSQL_PASSWORD_ENV}"
-        )
-    try:
-        parsed = sa.make_url(url)
-    except Exception:  # SQLAlchemy's messages quote the whole URL, password included
-        raise ValueError(f"not a database URL: {redact(url)}") from None
-    if parsed.get_backend_name() in ("mysql", "mariadb") and parsed.password is None:
-        password = os.environ.get(MYSQL_PASSWORD_ENV)
-        if password:
-            parsed = parsed.set(password=password)
-    return parsed
-
-
 def root_cause(exc: BaseException) -> BaseException:
     """The database driver's error behind ``exc`` (through engine and SQLAlchemy wrappers), else
     the innermost explicit cause."""
@@ -143,24 +81,38 @@ def root_cause(exc: BaseException) -> BaseException:
     return seen[-1] if seen else exc
 
 
-def describe_error(exc: BaseException) -> str:
-    """A one-line, password-free description of a database error."""
+def describe_error(exc: BaseException, url: str | None = None) -> str:
+    """A one-line description of a database error, with the password of ``url`` hidden."""
     inner = getattr(exc, "orig", None) or exc
     args: tuple[Any, ...] = tuple(getattr(inner, "args", ()))
     if len(args) >= 2 and isinstance(args[0], int):
-        return f"{type(inner).__name__} ({args[0]}) {args[1]}"
-    text = str(inner).splitlines()[0] if str(inner) else ""
-    return f"{type(inner).__name__}: {text}"[:300]
+        text = f"{type(inner).__name__} ({args[0]}) {args[1]}"
+    else:
+        text = f"{type(inner).__name__}: {inner}".rstrip(": ")
+    # One line: a server may quote a name that holds a newline.
+    return hide_secrets(" ".join(text.split()), url)[:500]
 
 
-def open_engine(url: str) -> sa.Engine:
-    """An engine for ``url``.
+def open_engine(url: str, create: bool = True) -> sa.Engine:
+    """An engine for ``url``; with ``create=False`` a SQLite file that does not exist is an error
+    (FileNotFoundError) instead of a new, empty store.
 
     MySQL/MariaDB sessions use UTC (``time_zone = '+00:00'``, so TIMESTAMPs are stored as given)
     and ``utf8mb4``; SQLite gets WAL and a busy timeout so parallel workers can write.
     """
     parsed = resolve_url(url)
+    if not create and parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).exists():
+        raise FileNotFoundError(f"no audit store at {parsed.database}")
     if parsed.get_backend_name() in ("mysql", "mariadb"):
+        connect_args: dict[str, Any] = {
+            "charset": "utf8mb4",
+            # TRADITIONAL: a value that does not fit is an error, never silently cut or changed.
+            "init_command": "SET time_zone = '+00:00', sql_mode = 'TRADITIONAL'",
+            "connect_timeout": 10,
+        }
+        if parsed.password and not parsed.password.isascii():
+            # PyMySQL sends a str password as Latin-1; servers store what clients send, UTF-8.
+            connect_args["password"] = parsed.password.encode("utf-8")
         return sa.create_engine(
             parsed,
             # Positional parameters: batches bind tuples, not a dict per row (measured ~15% of the
@@ -171,12 +123,7 @@ def open_engine(url: str) -> sa.Engine:
             # return would only meet sockets a failure already closed, and log them as errors.
             pool_reset_on_return=None,
             pool_recycle=3600,
-            connect_args={
-                "charset": "utf8mb4",
-                # TRADITIONAL: a value that does not fit is an error, never silently cut or changed.
-                "init_command": "SET time_zone = '+00:00', sql_mode = 'TRADITIONAL'",
-                "connect_timeout": 10,
-            },
+            connect_args=connect_args,
         )
     engine = sa.create_engine(parsed, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
@@ -204,21 +151,34 @@ def _alembic_config() -> Config:
 MIGRATION_LOCK_SECONDS = 300
 
 
-def upgrade(engine: sa.Engine, revision: str = "head") -> str:
-    """Apply every migration not yet applied (up to ``revision``); return the version now in force.
+@dataclass(frozen=True)
+class SchemaUpgrade:
+    """What ``upgrade`` found and left: the versions before and after (``None``: an empty store)."""
+
+    before: str | None
+    after: str
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> SchemaUpgrade:
+    """Apply every migration not yet applied (up to ``revision``).
 
     Safe when several processes start on one fresh store at once: migrations run under a lock
     (a named server lock on MySQL, a file lock beside a SQLite file), so one migrates and the
-    others then find the schema up to date.
+    others then find the schema up to date (``before`` is read under the lock, so each process
+    reports what it did itself).
     """
     target = head_version() if revision == "head" else revision
-    if current_version(engine) == target:
-        return target
+    before = current_version(engine)
+    if before == target:
+        return SchemaUpgrade(before, target)
     config = _alembic_config()
-    with _migration_lock(engine), engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, target)
-    return current_version(engine) or ""
+    with _migration_lock(engine):
+        before = current_version(engine)
+        if before != target:
+            with engine.begin() as conn:
+                config.attributes["connection"] = conn
+                command.upgrade(config, target)
+    return SchemaUpgrade(before, current_version(engine) or "")
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,10 +65,10 @@ class PipelineConfig:
         """The HMAC key for ``hmac-sha256`` mode, from the environment; ``None`` for sha256."""
         if self.hash_mode == "sha256":
             return None
-        key = os.environ.get(HMAC_KEY_ENV, "")
+        key = os.environb.get(HMAC_KEY_ENV.encode(), b"")  # the key's bytes, whatever they are
         if not key:
             raise ConfigError(f"hashing.mode = {self.hash_mode} needs the key in ${HMAC_KEY_ENV}")
-        return key.encode("utf-8")
+        return key
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def load_config(path: Path | None) -> PipelineConfig:
         return _checked(PipelineConfig(), "defaults")
     where = f"config {str(path)!r}"
     try:
-        doc = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+        doc = tomllib.loads(_read_regular_file(path, "config").decode("utf-8-sig"))
     except OSError as exc:
         raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
@@ -124,8 +125,10 @@ def load_config(path: Path | None) -> PipelineConfig:
     values: dict[str, Any] = {}
     for section, body in doc.items():
         keys = _SECTIONS.get(section)
-        if keys is None or not isinstance(body, dict):
+        if keys is None:
             raise ConfigError(f"{where}: unknown section [{section}]; expected {sorted(_SECTIONS)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: {section} must be a table ([{section}]), got {body!r}")
         for name, value in body.items():
             key = keys.get(name)
             if key is None:
@@ -162,17 +165,30 @@ def _checked(config: PipelineConfig, where: str) -> PipelineConfig:
     if config.hash_mode not in HASH_MODES:
         raise ConfigError(f"{where}: hashing.mode must be one of {HASH_MODES}, got {config.hash_mode!r}")
     _check_pricing(config.pricing_path)
-    config.hmac_key()  # fail now, not in a worker, when the key is missing
+    try:
+        config.hmac_key()  # fail now, not in a worker, when the key is missing
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     return config
+
+
+def _read_regular_file(path: Path, what: str) -> bytes:
+    """The bytes of ``path``; a FIFO or device is refused (reading one could wait forever)."""
+    try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{what} {str(path)!r} is not a regular file")
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
 
 
 def _check_pricing(path: Path) -> None:
     """Load the pricing table once here, so a bad row fails the run before it starts."""
     where = f"pricing table {str(path)!r}"
+    _read_regular_file(path, "pricing table")
     try:
         PriceBook.from_rows(schemas.pricing_rows(path))
-    except FileNotFoundError:
-        raise ConfigError(f"{where} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {where}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:

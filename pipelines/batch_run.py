@@ -23,6 +23,7 @@ import filelock
 import schemas
 from connectors import audit_store
 from connectors.config import PipelineConfig, load_config
+from connectors.database_url import redact
 from connectors.parquet_sink import remove_stale_parts, remove_temporary_files
 from connectors.sources import InputError, InputFile, discover_inputs, plan_splits
 from pipelines import progress
@@ -127,12 +128,12 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]: 
         fingerprint = inputs_fingerprint(files)
         try:
             engine = audit_store.open_engine(audit_url)
-            schema_version = audit_store.upgrade(engine)
+            schema_version = audit_store.upgrade(engine).after
             stored_before = audit_store.has_audit_rows(engine)
             engine.dispose()
         except Exception as exc:  # any driver error: the store is unusable for this run
             raise RunError(
-                f"audit store {audit_store.redact(audit_url)} is unusable: {audit_store.describe_error(exc)}"
+                f"audit store {redact(audit_url)} is unusable: {audit_store.describe_error(exc, audit_url)}"
             ) from exc
         config = with_shards_for(config, sum(f.size for f in files))
         plan = RunPlan(
@@ -185,7 +186,7 @@ def _run_engine(request, splits, plan, total_bytes: int, on_progress) -> dict[st
         root = audit_store.root_cause(exc)
         if isinstance(root, InputError):  # an input unusable as a whole, found as it was read
             raise RunError(str(root)) from exc
-        raise RunError(f"pipeline failed: {audit_store.describe_error(root)}") from exc
+        raise RunError(f"pipeline failed: {audit_store.describe_error(root, plan.audit_url)}") from exc
     finally:
         done.set()
         if reporter:
@@ -235,7 +236,7 @@ def _summary(
         ],
         "inputs_fingerprint": fingerprint,
         "out_dir": str(request.out_dir.resolve()),
-        "audit_db": audit_store.redact(audit_url),
+        "audit_db": redact(audit_url),
         "audit_schema_version": schema_version,
         "config": {
             "quotas": config.quotas,

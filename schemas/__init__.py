@@ -89,15 +89,27 @@ def pricing_rows(path: Path | None = None) -> list[dict[str, str]]:
         if problem:
             raise ValueError(f"row 1 (the header): {problem}")
         rows = []
-        for row_no, cells in enumerate(reader, start=2):
-            if len(cells) < len(header):
-                raise ValueError(
-                    f"row {row_no}, column {header[len(cells)]}: the cell is missing (row {cells!r});"
-                    " an empty cell means 0, a missing one is an error"
-                )
-            if len(cells) > len(header):
-                raise ValueError(f"row {row_no}: {len(cells)} cells, but the header has {len(header)}")
-            rows.append(dict(zip(header, cells, strict=True)))
+        row_no, blank = 1, None
+        try:
+            for row_no, cells in enumerate(reader, start=2):
+                if not cells:  # blank lines may end the table, not interrupt it
+                    blank = blank or row_no
+                    continue
+                if blank:
+                    raise ValueError(f"row {blank} is empty; rows must follow one another")
+                if len(cells) < len(header):
+                    raise ValueError(
+                        f"row {row_no}, column {header[len(cells)]}: the cell is missing (row {cells!r});"
+                        " an empty cell means 0, a missing one is an error"
+                    )
+                if len(cells) > len(header):
+                    columns = ", ".join(header)
+                    raise ValueError(
+                        f"row {row_no}: {len(cells)} cells, but the header has {len(header)}: {columns}"
+                    )
+                rows.append(dict(zip(header, cells, strict=True)))
+        except csv.Error as exc:
+            raise ValueError(f"row {row_no + 1}: {exc}") from None
     return rows
 
 

@@ -3,6 +3,7 @@ with one line naming the file and the row and column (or key) at fault."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -43,9 +44,17 @@ def refused(tmp_path: Path, config_text: str, pricing: str | bytes | None = None
         ("gpt-4o,2024-05-13,0.005,0.015,,extra", "row 2: 6 cells, but the header has 5"),
         ("gpt-4o,2024-13-01,0.005,0.015,", "row 2 (model 'gpt-4o'), column effective_from: '2024-13-01'"),
         ("gpt-4o,2024-05-13,0.0.5,0.015,", "row 2 (model 'gpt-4o'), column input_per_1k_usd: '0.0.5'"),
-        ("gpt-4o,2024-05-13,0.005,-1,", "column output_per_1k_usd: '-1' is not a finite amount >= 0"),
+        ("gpt-4o,2024-05-13,0.005,-1,", "column output_per_1k_usd: '-1' is not an amount in USD"),
         (",2024-05-13,0.005,0.015,", "row 2, column model: the model name is empty"),
         ("m,2024-05-13,1,1,\nm,2024-05-13,2,2,", "rows 2 and 3: model 'm' has two prices from 2024-05-13"),
+        # Amounts that would be rounded, take minutes to scale, or were typos: refused, never used.
+        ("m,2024-05-13,0.0025000000000000000000000000001,,", "at most 18 decimal places"),
+        ("m,2024-05-13,1e-999999,,", "at most 18 decimal places"),
+        ("m,2024-05-13,1E+999999999,,", "an amount of at most 1000000 USD"),
+        ("m,2024-05-13,1_000,,", "column input_per_1k_usd: '1_000' is not an amount in USD"),
+        ("m,2024-05-13,\u0660.\u0665,,", "is not an amount in USD"),  # Arabic-Indic digits
+        ("m,2024-05-13,Infinity,,", "is not an amount in USD"),
+        ("m,2024-05-13,1,1,\n\nm,2024-06-01,1,1,", "row 3 is empty; rows must follow one another"),
     ],
 )
 def test_a_bad_pricing_row_names_the_file_row_and_column(tmp_path: Path, rows: str, expected: str) -> None:
@@ -101,3 +110,34 @@ def test_a_bad_config_value_names_the_file_and_key(tmp_path: Path, config: str, 
     line = refused(tmp_path, config)
     assert line.startswith(f"error: config {str(tmp_path / 'config.toml')!r}")
     assert expected in line
+
+
+def test_prices_in_exponent_notation_and_trailing_blank_lines_are_fine(tmp_path: Path) -> None:
+    (tmp_path / "prices.csv").write_text(f"{HEADER}\ngpt-4o,2024-05-13,5e-3,1.50E-2,\n\n\n")
+    config = tmp_path / "config.toml"
+    config.write_text('[pricing]\npath = "prices.csv"\n')
+    (tmp_path / "in.jsonl").write_text(EVENT)
+    summary = run_pipeline([tmp_path / "in.jsonl"], tmp_path / "out", "--config", config).summary()
+    assert summary["cost_total"] == "0.005000"
+
+
+@pytest.mark.parametrize("which", ["config", "pricing"])
+def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(tmp_path: Path, which: str) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    config = tmp_path / "fifo" if which == "config" else tmp_path / "config.toml"
+    if which == "pricing":
+        config.write_text('[pricing]\npath = "fifo"\n')
+    (tmp_path / "in.jsonl").write_text(EVENT)
+    result = run_cli("run", "--input", tmp_path / "in.jsonl", "--out", tmp_path / "out", "--config", config)
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith(f"{str(tmp_path / 'fifo')!r} is not a regular file")
+
+
+def test_hmac_mode_without_a_key_names_the_config_file(tmp_path: Path) -> None:
+    line = refused(tmp_path, '[hashing]\nmode = "hmac-sha256"\n')
+    where = f"config {str(tmp_path / 'config.toml')!r}"
+    assert line == f"error: {where}: hashing.mode = hmac-sha256 needs the key in $AIEP_HMAC_KEY"
+
+
+def test_a_section_that_is_not_a_table_says_so(tmp_path: Path) -> None:
+    assert "pipeline must be a table ([pipeline]), got 5" in refused(tmp_path, "pipeline = 5\n")

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.audit_store import redact, resolve_url
-from tests.conftest import run_cli
+from connectors.database_url import redact, resolve_url
+from tests.conftest import MySQLDatabase, read_dataset, run_cli
 
 #: Characters that break a URL when a password holds them raw.
 AWKWARD = "@:/%#?&=+ !\\\"'"
@@ -41,6 +41,10 @@ def test_redaction_never_shows_a_raw_password(secret: str) -> None:
         ),
         ("sqlite:////data/a@b:c/audit.sqlite", "sqlite:////data/a@b:c/audit.sqlite"),
         ("not a url at all", "not a url at all"),
+        ("app:Secret@db/x", "app:***@db/x"),  # the scheme forgotten
+        ("mysql+pymysql:/app:Secret@db/x", "mysql+pymysql:/app:***@db/x"),  # one slash
+        ("mysql+pymysql:///app:Secret@db/x", "mysql+pymysql:///app:***@db/x"),  # three
+        ("mysql+pymysql://app@db/x?pass%77ord=Secret", "mysql+pymysql://app@db/x?pass%77ord=***"),
     ],
 )
 def test_redaction_of_malformed_urls(url: str, expected: str) -> None:
@@ -60,6 +64,11 @@ def test_a_raw_at_in_the_password_is_refused_not_sent_to_another_host() -> None:
         "mysql+pymysql://root:a@:/%#b@127.0.0.1:3306/aiep_nowhere",
         "mysql+pymysql://root:Secret.Part2@127.0.0.1:notaport/aiep_nowhere",
         "mysql+pymysql://nobody@127.0.0.1:3306/aiep_nowhere?password=Secret.Part2",
+        "mysql+pymysql://nobody@127.0.0.1:3306/aiep_nowhere?pass%77ord=Secret.Part2",
+        "nobody:Secret.Part2@127.0.0.1/aiep_nowhere",
+        "mysql+pymysql:///nobody:Secret.Part2@127.0.0.1:3306/aiep_nowhere",
+        "mysql+pymysql://nobody:Secret.Part2@127.0.0.1:3306",  # no database
+        "mysql+pymysql://nobody:Secret.Part2@127.0.0.1:3306/aiep%0Anowhere",  # a newline in a name
     ],
 )
 @pytest.mark.parametrize("command", ["run", "db upgrade", "db status"])
@@ -76,3 +85,55 @@ def test_a_malformed_url_fails_in_one_line_that_shows_no_part_of_the_password(
     assert "Traceback" not in everything and len(result.stderr.strip().splitlines()) == 1, everything
     for part in ("Secret", "Part2", "a@:", "%#b"):
         assert part not in everything, everything
+
+
+def test_an_in_memory_sqlite_store_is_refused_up_front(tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text("{}\n")
+    result = run_cli(
+        "run", "--input", tmp_path / "in.jsonl", "--out", tmp_path / "out", "--audit-db", "sqlite://"
+    )
+    assert result.returncode == 1 and "in-memory SQLite store" in result.stderr.strip().splitlines()[-1]
+
+
+def test_db_status_of_a_missing_sqlite_file_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    result = run_cli("db", "status", "--audit-db", f"sqlite:///{tmp_path / 'nope.sqlite'}")
+    assert result.returncode == 1 and "no audit store at" in result.stderr
+    assert not (tmp_path / "nope.sqlite").exists()
+
+
+def test_a_password_beyond_ascii_logs_in(mysql_db: MySQLDatabase, tmp_path: Path) -> None:
+    password = "p\u00e4ssw\u00f6rd\u20ac\u2713"
+    mysql_db.query(f"ALTER USER '{mysql_db.user}'@'%%' IDENTIFIED BY %s", password)
+    mysql_db.query(f"GRANT ALL ON `{mysql_db.name}`.* TO '{mysql_db.user}'@'%'")
+    mysql_db.password = password
+    for env, target in (({}, mysql_db.url()), ({"AIEP_MYSQL_PASSWORD": password}, mysql_db.url(False))):
+        result = run_cli("db", "upgrade", "--audit-db", target, env=env)
+        assert result.returncode == 0, result.stderr
+        assert password not in result.stdout + result.stderr
+
+
+def test_a_hmac_key_that_is_not_utf8_is_used_as_its_bytes(tmp_path: Path) -> None:
+    import hashlib
+    import hmac
+    import os
+
+    key = b"\xff\xfe-raw-key"
+    (tmp_path / "in.jsonl").write_text(
+        '{"event_id": "k", "event_time": "2025-07-01T00:00:00Z", "user_id": 1, "operation_type": "chat", '
+        '"model": "gpt-4o", "input": {"text": "hi"}}\n'
+    )
+    (tmp_path / "hmac.toml").write_text('[hashing]\nmode = "hmac-sha256"\n')
+    env = {k: v for k, v in os.environ.items()} | {"AIEP_HMAC_KEY": os.fsdecode(key)}
+    result = run_cli(
+        "run",
+        "--input",
+        tmp_path / "in.jsonl",
+        "--out",
+        tmp_path / "out",
+        "--config",
+        tmp_path / "hmac.toml",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    (row,) = read_dataset(tmp_path / "out", "events", "event_id")
+    assert row["input_hash"] == hmac.new(key, b"hi", hashlib.sha256).hexdigest()

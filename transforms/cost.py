@@ -7,9 +7,15 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import Context, Decimal, InvalidOperation
+from decimal import Context, Decimal
 
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z", re.ASCII)
+_AMOUNT = re.compile(r"\d+(\.\d+)?([eE][+-]?\d+)?\Z", re.ASCII)
+
+#: Bounds on a price that keep every event's cost exact in integer arithmetic: a price past
+#: them is a typo (or an attack), not a tariff.
+PRICE_MAX = Decimal(1_000_000)
+PRICE_PLACES = 18
 
 #: DECIMAL(10,6): the audit trail's cost column.
 COST_PLACES = 6
@@ -35,7 +41,8 @@ class Price:
         amounts = (self.input_per_1k, self.output_per_1k, self.per_image)
         scale = max(0, *(-int(a.as_tuple().exponent) for a in amounts))
         object.__setattr__(self, "scale", scale)
-        object.__setattr__(self, "units", tuple(int(a.scaleb(scale)) for a in amounts))
+        # The wide context: the default one rounds past 28 digits, and these must stay exact.
+        object.__setattr__(self, "units", tuple(int(a.scaleb(scale, context=_WIDE)) for a in amounts))
 
 
 class PriceBook:
@@ -129,14 +136,23 @@ def _price(row: Mapping[str, str], row_no: int) -> Price:
     amounts = []
     for column in ("input_per_1k_usd", "output_per_1k_usd", "per_image_usd"):
         text = cell(column)
-        try:
-            value = Decimal(text) if text else Decimal(0)
-        except InvalidOperation:
-            raise fail(column, "an amount in USD") from None
-        if not value.is_finite() or value < 0:
-            raise fail(column, "a finite amount >= 0")
+        if text and not _AMOUNT.match(text):
+            raise fail(column, "an amount in USD (digits, a point, an optional exponent; >= 0)")
+        value = Decimal(text) if text else Decimal(0)
+        if value > PRICE_MAX or _decimal_places(value) > PRICE_PLACES:
+            raise fail(
+                column, f"an amount of at most {PRICE_MAX} USD with at most {PRICE_PLACES} decimal places"
+            )
         amounts.append(value)
     return Price(model, effective_from, *amounts)
+
+
+def _decimal_places(value: Decimal) -> int:
+    """Places after the point that a digit other than 0 needs (``1.50`` has 1), counted exactly."""
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite: the pattern admits no NaN or Infinity
+    trailing = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return max(0, -(exponent + trailing)) if any(digits) else 0
 
 
 def event_cost(price: Price, input_tokens: int, output_tokens: int, images: int) -> Decimal:

@@ -1,0 +1,85 @@
+"""Upgrading a store that already holds rows keeps them, resumes after an interruption, and says
+truthfully what each process did."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connectors.audit_store import head_version, open_engine, upgrade
+from tests.conftest import ROOT, MySQLDatabase, run_cli
+
+
+def seeded_store(kind: str, tmp_path: Path, db: MySQLDatabase) -> str:
+    """A store at the seed's schema whose audit trail the application already filled."""
+    url = f"sqlite:///{tmp_path / 'legacy.sqlite'}" if kind == "sqlite" else db.root_url
+    engine = open_engine(url)
+    upgrade(engine, "0001_seed")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO ai_audit_trail (user_id, operation_type, cost) "
+            "VALUES (1, 'chat', 0.5), (2, 'image', 1.25)"
+        )
+    engine.dispose()
+    return url
+
+
+def audit_rows(kind: str, tmp_path: Path, db: MySQLDatabase) -> list[tuple[object, ...]]:
+    sql = "SELECT id, event_id, user_id, operation_type FROM ai_audit_trail ORDER BY id"
+    if kind == "sqlite":
+        with sqlite3.connect(tmp_path / "legacy.sqlite") as con:
+            return [tuple(r) for r in con.execute(sql)]
+    return [tuple(r) for r in db.query(sql)]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mariadb"])
+def test_rows_stored_before_the_pipeline_survive_every_migration(
+    tmp_path: Path, mysql_db: MySQLDatabase, kind: str
+) -> None:
+    url = seeded_store(kind, tmp_path, mysql_db)
+    result = run_cli("db", "upgrade", "--audit-db", url)
+    assert result.returncode == 0, result.stderr
+    assert f"schema version {head_version()} (upgraded from 0001_seed)" in result.stdout
+    assert audit_rows(kind, tmp_path, mysql_db) == [
+        (1, "legacy-audit-row-1", 1, "chat"),
+        (2, "legacy-audit-row-2", 2, "image"),
+    ]
+
+
+def test_a_migration_interrupted_halfway_on_mysql_resumes(tmp_path: Path, mysql_db: MySQLDatabase) -> None:
+    url = seeded_store("mariadb", tmp_path, mysql_db)
+    # MySQL commits each DDL statement: an upgrade killed inside 0002 leaves some columns behind,
+    # under the old version number.
+    mysql_db.query(
+        "ALTER TABLE ai_audit_trail ADD COLUMN event_id VARCHAR(128) NULL, ADD COLUMN model VARCHAR(100)"
+    )
+    result = run_cli("db", "upgrade", "--audit-db", url)
+    assert result.returncode == 0, result.stderr
+    assert [r[1] for r in audit_rows("mariadb", tmp_path, mysql_db)] == [
+        "legacy-audit-row-1",
+        "legacy-audit-row-2",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mariadb"])
+def test_of_processes_upgrading_one_fresh_store_at_once_one_says_it_migrated(
+    tmp_path: Path, mysql_db: MySQLDatabase, kind: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite'}" if kind == "sqlite" else mysql_db.root_url
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "runner.py"), "db", "upgrade", "--audit-db", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
+    assert sum("(upgraded from empty)" in out for out in outputs) == 1, outputs
+    assert sum("(already up to date)" in out for out in outputs) == 3, outputs
