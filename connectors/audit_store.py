@@ -87,6 +87,8 @@ def describe_error(exc: BaseException, url: str | None = None) -> str:
     args: tuple[Any, ...] = tuple(getattr(inner, "args", ()))
     if len(args) >= 2 and isinstance(args[0], int):
         text = f"{type(inner).__name__} ({args[0]}) {args[1]}"
+        if isinstance(inner, OSError) and inner.filename:
+            text += f": {inner.filename}"
     else:
         text = f"{type(inner).__name__}: {inner}".rstrip(": ")
     # One line: a server may quote a name that holds a newline.

@@ -41,8 +41,16 @@ class InputFile:
     format: str
     gzip: bool
     size: int
-    sha256: str
+    sha256: str  # of the file's bytes, as sha256sum prints it
     base_dir: str
+    #: sha256 of what a gzip input inflates to (``None`` otherwise): one content, one identity,
+    #: compressed or not.
+    content_sha256: str | None = None
+
+    @property
+    def content_hash(self) -> str:
+        """The hash of the content the pipeline reads: the input's identity, whatever its path."""
+        return self.content_sha256 or self.sha256
 
 
 @dataclass(frozen=True)
@@ -75,12 +83,13 @@ def discover_inputs(patterns: list[str], stdin_spool: Path) -> list[InputFile]:
     Raises InputError naming the pattern that matched nothing or the file that can't be read.
     """
     files: list[InputFile] = []
-    seen: set[str] = set()
+    seen: set[tuple[int, int]] = set()  # (device, inode): one file, however its path is spelt or linked
+    stdin_seen = False
     for pattern in patterns:
         if pattern == "-":
-            if STDIN_NAME in seen:
+            if stdin_seen:
                 raise InputError("stdin ('-') given twice")
-            seen.add(STDIN_NAME)
+            stdin_seen = True
             stdin_spool.parent.mkdir(parents=True, exist_ok=True)
             with stdin_spool.open("wb") as spool:
                 shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
@@ -91,11 +100,12 @@ def discover_inputs(patterns: list[str], stdin_spool: Path) -> list[InputFile]:
             raise InputError(f"no input matches {pattern!r}")
         for match in matches:
             path = os.path.abspath(match)
-            if os.path.realpath(path) in seen:  # one file, however its path is spelt, is read once
-                continue
-            seen.add(os.path.realpath(path))
             if not os.path.isfile(path):
                 raise InputError(f"input {match!r} is not a readable file")
+            info = os.stat(path)
+            if (info.st_dev, info.st_ino) in seen:  # read once
+                continue
+            seen.add((info.st_dev, info.st_ino))
             fmt, compressed = _format_of(path)
             files.append(_fingerprint(len(files), path, match, fmt, compressed, os.path.dirname(path)))
     if not files:
@@ -104,15 +114,24 @@ def discover_inputs(patterns: list[str], stdin_spool: Path) -> list[InputFile]:
 
 
 def _fingerprint(order: int, path: str, name: str, fmt: str, compressed: bool, base_dir: str) -> InputFile:
-    digest = hashlib.sha256()
     try:
         with open(path, "rb") as fh:
-            while block := fh.read(1 << 22):
-                digest.update(block)
+            file_hash = _sha256(fh)
         size = os.path.getsize(path)
-    except OSError as exc:
-        raise InputError(f"cannot read input {name!r}: {exc.strerror}") from None
-    return InputFile(order, path, name, fmt, compressed, size, digest.hexdigest(), base_dir)
+        content_hash = None
+        if compressed:
+            with gzip.open(path, "rb") as inflated:
+                content_hash = _sha256(inflated)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"cannot read input {name!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    return InputFile(order, path, name, fmt, compressed, size, file_hash, base_dir, content_hash)
+
+
+def _sha256(stream: Any) -> str:
+    digest = hashlib.sha256()
+    while block := stream.read(1 << 22):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 def plan_splits(files: list[InputFile], split_bytes: int) -> list[InputSplit]:

@@ -63,12 +63,12 @@ def inputs_fingerprint(files: list[InputFile]) -> str:
 
     It names the run's output files and marks the audit rows the run stores, so a rerun of the
     same contents replaces its outputs however the paths are spelt (relative or absolute, ``./``,
-    ``//``, through a symlink, a copy elsewhere, stdin). The order counts: it decides which of two
-    differing copies of an event is kept.
+    ``//``, through a symlink, a copy elsewhere, stdin) and whether they are gzipped or not. The
+    order counts: it decides which of two differing copies of an event is kept.
     """
     digest = hashlib.sha256()
     for file in files:
-        digest.update(f"{file.format}\t{file.gzip}\t{file.sha256}\n".encode())
+        digest.update(f"{file.format}\t{file.content_hash}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -231,7 +231,14 @@ def _summary(
         ),
         "events_per_second": round(read / seconds) if seconds > 0 else None,
         "inputs": [
-            {"path": f.name, "format": f.format, "gzip": f.gzip, "size": f.size, "sha256": f.sha256}
+            {
+                "path": f.name,
+                "format": f.format,
+                "gzip": f.gzip,
+                "size": f.size,
+                "sha256": f.sha256,
+                "content_sha256": f.content_hash,
+            }
             for f in files
         ],
         "inputs_fingerprint": fingerprint,
