@@ -30,6 +30,8 @@ class FolderImageLoader:
         shown = repr(relative[:200])
         if "\x00" in relative:
             raise ContractViolation(Reason.INVALID_IMAGE, f"output.image.path {shown} holds a NUL byte")
+        if relative.endswith(("/", os.sep)):
+            raise ContractViolation(Reason.IMAGE_NOT_FOUND, f"{shown} names a folder, not a file")
         if os.path.isabs(relative):
             raise ContractViolation(Reason.PATH_OUTSIDE_INPUT, f"{shown} is not relative")
         root = os.path.realpath(self.base_dir)

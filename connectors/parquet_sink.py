@@ -33,8 +33,9 @@ def write_partitioned(
         return []
     dates = partition_dates(table.column(time_column))
     written = []
-    for dt in sorted(pc.unique(dates).to_pylist()):
-        part = table.filter(pc.equal(dates, dt))
+    days = sorted(pc.unique(dates).to_pylist())
+    for dt in days:
+        part = table if len(days) == 1 else table.filter(pc.equal(dates, dt))  # one day: no copy
         folder = out_dir / dataset / f"dt={dt}"
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"part-{stem}.parquet"

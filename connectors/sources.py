@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from transforms.dead_letter import RAW_KEEP_BYTES, ContractViolation, Reason
+from transforms.dead_letter import RAW_KEEP_BYTES, ContractViolation, Reason, storable
 from transforms.event_batch import InputRecords
+from transforms.validate import EventRules
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 STDIN_NAME = "<stdin>"
@@ -107,7 +108,9 @@ def discover_inputs(patterns: list[str], stdin_spool: Path) -> list[InputFile]:
                 continue
             seen.add((info.st_dev, info.st_ino))
             fmt, compressed = _format_of(path)
-            files.append(_fingerprint(len(files), path, match, fmt, compressed, os.path.dirname(path)))
+            # The name as given, storable as text even when the path's bytes are not UTF-8.
+            name = storable(match)
+            files.append(_fingerprint(len(files), path, name, fmt, compressed, os.path.dirname(path)))
     if not files:
         raise InputError("no inputs given")
     return files
@@ -217,21 +220,21 @@ def too_long(consumed: int, limit: int) -> ContractViolation:
     )
 
 
-def read_split(split: InputSplit, batch_lines: int, max_record_bytes: int) -> Iterator[InputRecords]:
+def read_split(split: InputSplit, batch_lines: int, rules: EventRules) -> Iterator[InputRecords]:
     """Read one split as batches of at most ``batch_lines`` records (and about ``BATCH_BYTES``), in
-    order; a record over ``max_record_bytes`` is cut while it is read and rejected as
+    order; a record over ``rules.max_record_bytes`` is cut while it is read and rejected as
     ``line_too_long``."""
     file = split.file
     if file.format == "jsonl":
-        yield from _read_jsonl(split, batch_lines, max_record_bytes)
+        yield from _read_jsonl(split, batch_lines, rules.max_record_bytes)
     elif file.format == "csv":
-        from connectors.tabular import read_csv
+        from connectors.csv_source import read_csv
 
-        yield from read_csv(file, batch_lines, max_record_bytes)
+        yield from read_csv(file, batch_lines, rules.max_record_bytes)
     else:
-        from connectors.tabular import read_parquet
+        from connectors.parquet_source import read_parquet
 
-        yield from read_parquet(file, batch_lines, max_record_bytes)
+        yield from read_parquet(file, batch_lines, rules)
 
 
 def _read_jsonl(split: InputSplit, batch_lines: int, limit: int) -> Iterator[InputRecords]:

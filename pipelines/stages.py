@@ -119,7 +119,7 @@ class SpineSteps:
 
     def read(self, split: InputSplit) -> Iterable[InputRecords]:
         """Batches of raw records from one input split."""
-        return read_split(split, self.plan.config.batch_size, self._settings.rules.max_record_bytes)
+        return read_split(split, self.plan.config.batch_size, self._settings.rules)
 
     def enrich(self, records: InputRecords) -> tuple[list[tuple[int, pa.Table]], list[Keyed], Counts]:
         """Validate, hash and price; split valid events by ``event_id`` shard."""

@@ -273,7 +273,7 @@ def check_file(file: InputFile, sample: random.Random) -> int:
     read = blank = events = dead = 0
     tables = []
     for split in plan_splits([file], split_bytes=1 << 16):
-        for records in read_split(split, batch_lines=257, max_record_bytes=SETTINGS.rules.max_record_bytes):
+        for records in read_split(split, batch_lines=257, rules=SETTINGS.rules):
             batch = enrich_records(records, SETTINGS, no_images, IN_FLIGHT)
             check_batch(records, batch.events.num_rows, batch.dead_letters, sample, batch.events)
             read += len(records.raws)

@@ -213,6 +213,15 @@ CASES: list[tuple[str, bytes, str, bool]] = [
         False,
     ),
     ("integer_of_5000_digits", with_raw_metadata("b-int", b"9" * 5000), "out_of_range", False),
+    # orjson would read these as inexact floats: two events differing in them would collapse.
+    (
+        "integer_2_pow_64",
+        with_raw_metadata("b-int2", b'{"order": 18446744073709551616}'),
+        "out_of_range",
+        False,
+    ),
+    ("integer_below_int64", with_raw_metadata("b-int3", b"-9223372036854775809"), "out_of_range", False),
+    ("user_id_1e17_not_exact", line(event("b-range4", user_id=1e17)), "out_of_range", False),
     ("number_beyond_a_double", with_raw_metadata("b-inf", b"1e400"), "out_of_range", False),
     (
         "offset_moves_time_past_year_9999",
@@ -272,6 +281,7 @@ VALID = [
     ),
     event("ok-5", output={"text": "caption", "image": {"base64": "PNG", "mime": "image/png"}}),
     event("ok-dup"),
+    event("ok-6", user_id=42.0, usage={"input_tokens": 1e2}),  # numbers with a zero fraction are integers
 ]
 
 

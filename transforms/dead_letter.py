@@ -70,17 +70,33 @@ class DeadLetter:
 
 
 def dead_letter_table(letters: list[DeadLetter], schema: pa.Schema) -> pa.Table:
-    """Columnar form of ``letters`` in the ``dead_letter`` dataset's schema."""
-    return pa.Table.from_pydict(
-        {
-            "source": [d.source for d in letters],
-            "line_no": [d.line_no for d in letters],
-            "raw": [d.raw[:RAW_KEEP_BYTES] for d in letters],
-            "raw_truncated": [len(d.raw) > RAW_KEEP_BYTES for d in letters],
-            "reason": [str(d.reason) for d in letters],
-            "detail": [d.detail for d in letters],
-            "event_id": [d.event_id for d in letters],
-            "event_time": [d.event_time for d in letters],
-        },
-        schema=schema,
-    )
+    """Columnar form of ``letters`` in the ``dead_letter`` dataset's schema.
+
+    Text that quotes bad input (a detail naming a CSV column whose name is not UTF-8, say) is
+    made storable: a byte that is not UTF-8 is written as ``\\xNN``, never a reason to fail.
+
+    >>> letter = DeadLetter("in.csv", 2, b"x", Reason.UNKNOWN_FIELD, "x\\udcff is not in the contract")
+    >>> dead_letter_table([letter], pa.schema([("detail", pa.string())])).column("detail")[0].as_py()
+    'x\\\\xff is not in the contract'
+    """
+    columns = {
+        "source": [storable(d.source) for d in letters],
+        "line_no": [d.line_no for d in letters],
+        "raw": [d.raw[:RAW_KEEP_BYTES] for d in letters],
+        "raw_truncated": [len(d.raw) > RAW_KEEP_BYTES for d in letters],
+        "reason": [str(d.reason) for d in letters],
+        "detail": [storable(d.detail) for d in letters],
+        "event_id": [None if d.event_id is None else storable(d.event_id) for d in letters],
+        "event_time": [d.event_time for d in letters],
+    }
+    return pa.Table.from_pydict({name: columns[name] for name in schema.names}, schema=schema)
+
+
+def storable(text: str) -> str:
+    """``text`` as valid UTF-8: bytes that were not (carried as surrogates) become ``\\xNN``."""
+    if text.isascii():
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -21,6 +21,8 @@ import orjson
 from transforms.dead_letter import ContractViolation, Reason
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+#: A run of 19 digits may be an integer past 64 bits, which orjson would read as a float.
+_LONG_DIGITS = re.compile(rb"\d{19}")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII)
 
 
@@ -115,13 +117,16 @@ def parse_record(raw: bytes, rules: EventRules) -> Any:
         raise ContractViolation(
             Reason.LINE_TOO_LONG, f"{len(raw)} bytes; the limit is {rules.max_record_bytes}"
         )
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        first_error = str(exc)
-    # orjson refuses what the stdlib reads (integers beyond 64 bits, escaped lone surrogates,
-    # numbers past a double's range, deep nesting): parse again so the rule can name the real
-    # problem instead of a misleading "malformed". Only bad records come here.
+    first_error = ""
+    if not _LONG_DIGITS.search(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            first_error = str(exc)
+    # orjson refuses what the stdlib reads (escaped lone surrogates, numbers past a double's
+    # range, deep nesting), and reads an integer beyond 64 bits as an inexact float: parse with
+    # the stdlib so the rule can name the real problem instead of a misleading "malformed" or a
+    # silently changed number. Only records with such a number, or bad ones, come here.
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as bad:
@@ -132,10 +137,10 @@ def parse_record(raw: bytes, rules: EventRules) -> Any:
         raise ContractViolation(Reason.OUT_OF_RANGE, str(exc)) from None
     except RecursionError:
         raise ContractViolation(Reason.NESTING_TOO_DEEP, _too_deep(rules)) from None
-    except ValueError:
+    except ValueError as exc:
         if first_error.startswith("depth limit exceeded"):
             raise ContractViolation(Reason.NESTING_TOO_DEEP, _too_deep(rules)) from None
-        raise ContractViolation(Reason.MALFORMED_JSON, first_error) from None
+        raise ContractViolation(Reason.MALFORMED_JSON, first_error or str(exc)) from None
     json_bytes(obj, rules)  # what it can't carry, named by its rule
     if first_error.startswith("depth limit exceeded"):
         raise ContractViolation(Reason.NESTING_TOO_DEEP, _too_deep(rules))
@@ -166,6 +171,11 @@ def _reject_constant(name: str) -> None:
 
 def _too_deep(rules: EventRules) -> str:
     return f"the record nests deeper than {rules.max_depth} levels"
+
+
+def nesting_too_deep(rules: EventRules) -> ContractViolation:
+    """The violation of a record nested past the contract's depth (for readers that meet one)."""
+    return ContractViolation(Reason.NESTING_TOO_DEEP, _too_deep(rules))
 
 
 def json_bytes(value: Any, rules: EventRules, *, sort_keys: bool = False) -> bytes:
@@ -260,7 +270,7 @@ def _optional_text(part: Mapping[str, Any], name: str, rules: EventRules) -> str
 def _count(usage: Mapping[str, Any], key: str) -> int:
     value = usage.get(key, 0)
     if type(value) is not int:
-        _reject_non_integer(f"usage.{key}", value)
+        value = _integral(f"usage.{key}", value)
     if value < 0:
         raise ContractViolation(Reason.NEGATIVE_COUNT, f"usage.{key} is {value}; must be >= 0")
     if value >= 1 << 63:
@@ -268,10 +278,17 @@ def _count(usage: Mapping[str, Any], key: str) -> int:
     return int(value)
 
 
-def _reject_non_integer(name: str, value: object) -> None:
-    # orjson reads an integer literal beyond 64 bits as a float: name the range, not the type.
-    if type(value) is float and value.is_integer() and abs(value) >= 2**63:
-        raise ContractViolation(Reason.OUT_OF_RANGE, f"{name} {value:.0f} does not fit 64 bits")
+#: Beyond this, a JSON number with a fraction part (``1e17``) no longer names one integer exactly.
+_EXACT_FLOAT = 2**53
+
+
+def _integral(name: str, value: object) -> int:
+    """An integer field given as a number with a zero fraction (``1.0``, ``1e2``) is that integer,
+    as JSON Schema says; one too large to be exact is out of range; anything else the wrong type."""
+    if type(value) is float and value.is_integer():
+        if abs(value) < _EXACT_FLOAT:
+            return int(value)
+        raise ContractViolation(Reason.OUT_OF_RANGE, f"{name} {value:.0f} is too large to be exact")
     raise ContractViolation(Reason.WRONG_TYPE, f"{name} must be an integer, got {_kind(value)}")
 
 
@@ -340,7 +357,7 @@ def validate_event(obj: Any, rules: EventRules) -> ValidEvent:
     event_time = event_time_of(obj, rules)
     user_id = obj["user_id"]
     if type(user_id) is not int:
-        _reject_non_integer("user_id", user_id)
+        user_id = _integral("user_id", user_id)
     low, high = rules.user_id_range
     if not low <= user_id <= high:
         raise ContractViolation(Reason.OUT_OF_RANGE, f"user_id {user_id} is outside [{low}, {high}]")

@@ -1,0 +1,180 @@
+"""CSV inputs (``.csv``, ``.csv.gz``): a header row, then one event per row.
+
+A cell is text, so columns the contract types as integers are read as integers when they are
+ASCII digits (and left as text, to be rejected as ``wrong_type``, when not). Lines end at ``\\n``,
+``\\r\\n`` or a lone ``\\r``; a byte order mark is skipped; blank lines carry no record.
+
+A row that can't become an event is a dead letter of its own: cells that don't parse (an unclosed
+quote is ``malformed_row``, and swallows the rest of the file as CSV says it must), a cell count
+that differs from the header's, bytes that are not UTF-8, a record past the size limit (cut while
+it is read: one ``line_too_long``, then reading resumes after the record). Only a file without a
+readable header, or whose header names a column twice, ends the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+import zlib
+from collections.abc import Iterator
+from typing import IO, Any, cast
+
+from connectors.sources import BatchBuilder, InputError, InputFile, too_long
+from connectors.tabular import integer_columns, unflatten, unique_columns
+from transforms.dead_letter import RAW_KEEP_BYTES, ContractViolation, Reason
+from transforms.event_batch import InputRecords
+
+_INTEGER = re.compile(r"[+-]?\d+\Z", re.ASCII)
+_UNCLOSED = "a quote opened in this record is never closed: the record runs to the end of the file"
+#: Digits of the longest integer a 64-bit field can hold (with a sign: 20 characters).
+_INTEGER_DIGITS = 20
+
+
+class _RecordTooLong(Exception):
+    """Raised through ``csv.reader`` when the record it is reading grows past the limit."""
+
+
+class _CsvLines:
+    """The lines of a CSV input as ``csv.reader`` pulls them, decoded.
+
+    Bytes that are not UTF-8 stay visible (surrogateescape) so that the row, not the file, is
+    rejected. It keeps the first bytes of the record being read (``start`` begins a new one) and
+    whether a quote is open at its end, and stops a record that grows past ``limit`` bytes, so
+    neither a long line nor a quote that never closes is ever held whole.
+    """
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self._text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        self.limit = limit
+        self.line_no = 0  # physical lines read so far
+        self.start()
+
+    def start(self) -> None:
+        """A new record begins with the next line."""
+        self.first_line = self.line_no + 1
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.quote_open = False  # an odd number of '"' so far: the record goes on past the line
+
+    def raw(self) -> bytes:
+        """The bytes of the record read since ``start`` (its first ``RAW_KEEP_BYTES + 1`` at most)."""
+        return b"".join(self.parts)[: RAW_KEEP_BYTES + 1].rstrip(b"\r\n")
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._line()
+        if not line:
+            raise StopIteration
+        if self.size > self.limit:
+            raise _RecordTooLong
+        return line
+
+    def skip_record(self) -> None:
+        """Read on, holding nothing, to the end of the record that grew too long."""
+        while self.quote_open and self._line(keep=False):
+            pass
+
+    def _line(self, keep: bool = True) -> str:
+        """The next line ("" at the end of the input), its bytes and quotes accounted for."""
+        line = self._text.readline(self.limit + 1)  # characters: never fewer than bytes
+        if not line:
+            return line
+        self.line_no += 1
+        self._account(line, keep)
+        if len(line) > self.limit and not line.endswith(("\n", "\r")):
+            while chunk := self._text.readline(1 << 20):  # the rest of the line, unheld
+                self._account(chunk, keep=False)
+                if chunk.endswith(("\n", "\r")):
+                    break
+        return line
+
+    def _account(self, text: str, keep: bool) -> None:
+        data = text.encode("utf-8", "surrogateescape")
+        if keep and self.size <= RAW_KEEP_BYTES:
+            self.parts.append(data)
+        self.size += len(data)
+        self.quote_open ^= text.count('"') % 2 == 1
+
+
+def read_csv(file: InputFile, batch_lines: int, max_record_bytes: int) -> Iterator[InputRecords]:
+    """Read a CSV input (header row first) as batches of parsed records."""
+    # A cell may hold a whole record (an inline image): the record limit is the only field limit.
+    csv.field_size_limit(max(csv.field_size_limit(), max_record_bytes))
+    try:
+        with gzip.open(file.path, "rb") if file.gzip else open(file.path, "rb") as stream:
+            lines = _CsvLines(cast(IO[bytes], stream), max_record_bytes)  # GzipFile reads like one
+            yield from _csv_batches(file, lines, batch_lines)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise InputError(f"cannot read CSV input {file.name!r}: {exc}") from None
+
+
+def _csv_batches(file: InputFile, lines: _CsvLines, batch_lines: int) -> Iterator[InputRecords]:
+    # strict: a quote still open at the end of the file is an error, not a cell that ate the rest.
+    reader = csv.reader(lines, strict=True)
+    header: list[str] = []
+    batch = BatchBuilder(file)
+    while not header:  # blank lines before the header carry nothing
+        try:
+            header = next(reader)
+        except StopIteration:
+            break
+        except (csv.Error, _RecordTooLong) as exc:
+            raise InputError(f"CSV input {file.name!r} has no readable header row: {exc}") from None
+        if not header:
+            batch.blank_lines += 1
+    unique_columns(header, file.name)
+    while header:
+        lines.start()
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except _RecordTooLong:
+            batch.add(lines.first_line, lines.raw(), too_long(lines.size, lines.limit))
+            lines.skip_record()
+            reader = csv.reader(lines, strict=True)  # the old one is inside the record it gave up
+        except csv.Error as exc:
+            detail = _UNCLOSED if str(exc) == "unexpected end of data" else f"cells do not parse: {exc}"
+            batch.add(lines.first_line, lines.raw(), ContractViolation(Reason.MALFORMED_ROW, detail))
+            reader = csv.reader(lines, strict=True)
+        else:
+            if cells:
+                _add_row(batch, lines.first_line, lines.raw(), header, cells)
+            else:  # a blank line carries no record; counted, not dead-lettered
+                batch.blank_lines += 1
+        if batch.full(batch_lines):
+            yield batch.records(parsed=True)
+            batch = BatchBuilder(file)
+    if batch.raws or batch.blank_lines:
+        yield batch.records(parsed=True)
+
+
+def _add_row(batch: BatchBuilder, line_no: int, raw: bytes, header: list[str], cells: list[str]) -> None:
+    try:
+        if any("\udc80" <= ch <= "\udcff" for cell in cells for ch in cell):
+            raise ContractViolation(Reason.INVALID_UTF8, "the row holds bytes that are not UTF-8")
+        if len(cells) != len(header):
+            raise ContractViolation(
+                Reason.MALFORMED_ROW, f"row has {len(cells)} cells; the header has {len(header)}"
+            )
+        event = unflatten({column: _cell(column, cell) for column, cell in zip(header, cells, strict=True)})
+    except ContractViolation as violation:
+        batch.add(line_no, raw, violation)
+    else:
+        batch.add(line_no, raw, parsed=event)
+
+
+def _cell(column: str, cell: str) -> Any:
+    if cell == "":
+        return None
+    if column in integer_columns() and _INTEGER.match(cell):
+        if len(cell.lstrip("+-")) > _INTEGER_DIGITS:
+            raise ContractViolation(
+                Reason.OUT_OF_RANGE, f"{column} is an integer of {len(cell)} digits; it does not fit 64 bits"
+            )
+        return int(cell)
+    return cell
