@@ -322,12 +322,11 @@ class AuditRowsLost(RuntimeError):
 
 @dataclass
 class AuditOutcome:
-    """What one ``AuditWriter.write`` did: rows inserted, and the events other runs had stored."""
+    """What one ``AuditWriter.write`` did: rows inserted, and events another run stored otherwise."""
 
     inserted: int = 0
-    #: Stored meanwhile, with the same payload, by a run of other inputs: duplicates to collapse.
-    stored_elsewhere: list[str] = field(default_factory=list)
-    #: Stored meanwhile, with another payload, by another run: conflicting duplicates.
+    #: Stored meanwhile, with another payload, by another run: conflicting duplicates. (One stored
+    #: meanwhile with the same payload is the same event: this run writes it to its Parquet too.)
     conflicting: list[str] = field(default_factory=list)
 
 
@@ -335,10 +334,10 @@ class AuditWriter:
     """One ``ai_audit_trail`` row per event, keyed by ``event_id``: a stored event is kept as is.
 
     Every batch is checked: when the database inserts fewer rows than the batch holds new events,
-    the rows it skipped are read back and compared exactly. One stored by another run with the
-    same payload is a duplicate, one with another payload a conflict (``AuditOutcome``); one
-    that is not there at all means the store loses events (a loose collation, a trigger), and
-    the write fails with ``AuditRowsLost`` instead of reporting success.
+    the rows it skipped are read back and compared exactly. One stored meanwhile by another run
+    with the same payload is the same event; one with another payload is a conflict
+    (``AuditOutcome``); one that is not there at all means the store loses events (a loose
+    collation, a trigger), and the write fails with ``AuditRowsLost`` instead of reporting success.
     """
 
     def __init__(
@@ -410,7 +409,6 @@ class AuditWriter:
                 "collation or a trigger compare event ids loosely? (migration 0004 gives "
                 "ai_audit_trail.event_id a binary one)"
             )
-        outcome.stored_elsewhere.extend(ids.filter(pa.array(verdicts == Verdict.ELSEWHERE)).to_pylist())
         outcome.conflicting.extend(ids.filter(pa.array(verdicts == Verdict.CONFLICT)).to_pylist())
 
 

@@ -9,10 +9,12 @@ renamed, so a reader never sees half a file.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 #: The partition value Hive, Spark and DuckDB read as NULL.
@@ -75,3 +77,20 @@ def remove_temporary_files(out_dir: Path, datasets: list[str]) -> list[Path]:
             path.unlink()
             removed.append(path)
     return removed
+
+
+def held_event_ids(out_dir: Path, wanted: Mapping[str, Sequence[str]]) -> set[str]:
+    """Which of the ``wanted`` event ids (grouped by the inputs fingerprint whose run stored them)
+    the ``events`` dataset under ``out_dir`` holds in that run's files.
+
+    Only the ``event_id`` column of those runs' files is read, filtered to the ids asked for.
+    """
+    held: set[str] = set()
+    for fingerprint, ids in wanted.items():
+        files = sorted(str(p) for p in (out_dir / "events").glob(f"dt=*/part-{fingerprint}-*.parquet"))
+        if files and ids:
+            found = ds.dataset(files, format="parquet").to_table(
+                columns=["event_id"], filter=pc.field("event_id").isin(list(ids))
+            )
+            held.update(found.column("event_id").to_pylist())
+    return held

@@ -22,12 +22,20 @@ import schemas
 from connectors.audit_store import AuditWriter, open_engine
 from connectors.config import PipelineConfig
 from connectors.images import FolderImageLoader
-from connectors.parquet_sink import write_partitioned
+from connectors.parquet_sink import held_event_ids, write_partitioned
 from connectors.sources import InputSplit, read_split
 from connectors.users import UserDirectory
 from transforms.cost import PriceBook
 from transforms.dead_letter import DeadLetter, dead_letter_table
-from transforms.dedup import STORED, Verdict, collapse_duplicates, judge_against_store, stored_conflicts
+from transforms.dedup import (
+    CONTEXT,
+    STORED,
+    StoredEvent,
+    Verdict,
+    collapse_duplicates,
+    judge_against_store,
+    stored_conflicts,
+)
 from transforms.event_batch import (
     FINGERPRINT,
     ORDER,
@@ -137,31 +145,53 @@ class SpineSteps:
         result = collapse_duplicates(pa.concat_tables(tables))
         events = result.events.drop_columns([SHARD])
         verdicts = np.zeros(events.num_rows, dtype=np.int8)
+        held = np.zeros(events.num_rows, dtype=bool)
         if self.plan.compare_with_store:
             stored = self._audit.stored_events(events.column("event_id").to_pylist())
             verdicts = judge_against_store(events, stored, self.plan.fingerprint)
+            held = self._held_here(events, verdicts, stored)
         conflicts = stored_conflicts(events, np.flatnonzero(verdicts == Verdict.CONFLICT), "an earlier run")
-        keep = (verdicts == Verdict.NEW) | (verdicts == Verdict.REPLAY)
-        events = events.filter(pa.array(keep)).append_column(
-            STORED, pa.array(verdicts[keep] == Verdict.REPLAY)
+        keep = verdicts != Verdict.CONFLICT
+        events = (
+            events.filter(pa.array(keep))
+            .append_column(STORED, pa.array(verdicts[keep] != Verdict.NEW))
+            .append_column(CONTEXT, pa.array(held[keep]))
         )
         by_user = list(split_by_shard(events, user_shard(events, self.plan.config.shards)))
-        counts = {
-            "duplicates_collapsed": result.collapsed + int(np.count_nonzero(verdicts == Verdict.ELSEWHERE))
-        }
+        counts = {"duplicates_collapsed": result.collapsed + int(np.count_nonzero(held))}
         return by_user, self._dead_letter_groups(result.conflicts + conflicts), counts
+
+    def _held_here(
+        self, events: pa.Table, verdicts: np.ndarray, stored: dict[str, StoredEvent]
+    ) -> np.ndarray:
+        """Which events a run of other inputs stored *and* wrote into this output directory: those
+        are duplicates here. One it stored but never wrote here (it was killed before its Parquet,
+        or wrote into another directory) is written by this run."""
+        rows = np.flatnonzero(verdicts == Verdict.ELSEWHERE)
+        held = np.zeros(events.num_rows, dtype=bool)
+        if not rows.size:
+            return held
+        ids = events.column("event_id").take(pa.array(rows)).to_pylist()
+        wanted: dict[str, list[str]] = {}
+        for event_id in ids:
+            wanted.setdefault(str(stored[event_id].inputs_fingerprint), []).append(event_id)
+        found = held_event_ids(self.out_dir, wanted)
+        held[rows] = [event_id in found for event_id in ids]
+        return held
 
     def rate_limit(self, tables: Iterable[pa.Table]) -> tuple[pa.Table, pa.Table]:
         """Resolve one user shard's tiers from the users table, then flag events past quota; rows
         come out in a deterministic order, in the events dataset's schema plus the internal
-        columns the audit sink needs."""
+        columns the audit sink needs. Events this output already holds count towards their
+        window's quota, then are left out."""
         events = pa.concat_tables(tables)
         untiered = pc.unique(pc.filter(events.column("user_id"), pc.is_null(events.column("ai_tier"))))
         profiles = self._users.profiles(untiered.to_pylist())
         events = resolve_tiers(events, {uid: p.tier for uid, p in profiles.items()}, DEFAULT_TIER)
         limits = RateLimits(self.plan.config.quotas, self.plan.config.window_seconds)
         result = apply_rate_limits(events, limits, schemas.arrow_schema("rate_limit_violations"))
-        ordered = result.events.sort_by(
+        written = result.events.filter(pc.invert(result.events.column(CONTEXT)))
+        ordered = written.sort_by(
             [("user_id", "ascending"), ("event_time", "ascending"), ("event_id", "ascending")]
         )
         schema = schemas.arrow_schema("events")
@@ -173,25 +203,22 @@ class SpineSteps:
     def write_events(self, shard: int, events: pa.Table) -> tuple[list[Keyed], Counts]:
         """Write one user shard's events to the audit store, then to Parquet.
 
-        The audit store comes first: an event another run stored meanwhile (a concurrent run over
-        other inputs) is then left out of this run's Parquet, as a duplicate or a conflict.
+        The audit store comes first: an event another run stored meanwhile with another payload
+        (a concurrent run over other inputs) is then left out of this run's Parquet, as a
+        conflicting duplicate.
         """
         outcome = self._audit.write(events)
         conflicts: list[DeadLetter] = []
-        if outcome.stored_elsewhere or outcome.conflicting:
-            ids = events.column("event_id")
-            clash = pc.is_in(ids, value_set=pa.array(outcome.conflicting, pa.string()))
-            conflicts = stored_conflicts(
-                events, np.flatnonzero(clash.to_numpy(zero_copy_only=False)), "another run at the same time"
-            )
-            dropped = pa.array(outcome.stored_elsewhere + outcome.conflicting, pa.string())
-            events = events.filter(pc.invert(pc.is_in(ids, value_set=dropped)))
+        if outcome.conflicting:
+            clash = pc.is_in(events.column("event_id"), value_set=pa.array(outcome.conflicting, pa.string()))
+            rows = np.flatnonzero(clash.to_numpy(zero_copy_only=False))
+            conflicts = stored_conflicts(events, rows, "another run at the same time")
+            events = events.filter(pc.invert(clash))
         parquet = events.drop_columns(list(_CARRIED))
         write_partitioned(parquet, self.out_dir, "events", self._stem(f"{shard:04d}"), "event_time")
         cost = pc.sum(parquet.column("cost")).as_py()
         counts = {
             "audit_rows_inserted": outcome.inserted,
-            "duplicates_collapsed": len(outcome.stored_elsewhere),
             "events_processed": parquet.num_rows,
             "rate_limited": pc.sum(parquet.column("rate_limited")).as_py() or 0,
             "unpriced_events": parquet.column("cost").null_count,

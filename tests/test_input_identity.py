@@ -114,3 +114,52 @@ def test_inputs_in_another_order_are_another_run(workspace: Path) -> None:
         for name in ("o1", "o2")
     }
     assert fingerprint["o1"] != fingerprint["o2"]
+
+
+def test_events_a_killed_run_stored_but_never_wrote_are_written_by_the_next_run(workspace: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    data = workspace / "data" / "x.jsonl"
+    (workspace / "b.jsonl").write_text("".join(event_line(f"b{i}") for i in range(5)))
+    out = workspace / "out"
+    killed = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "kill_at.py"), "connectors.audit_store:BatchWriter._execute",
+         "after", "1", "--", "run", "--input", str(data), "--out", str(out)],
+        cwd=ROOT, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    assert 0 < audit_count(out) < 60  # stored, but none of it in Parquet yet
+    # The next run covers those events among other inputs: it writes what the killed run stored.
+    run_pipeline([data, workspace / "b.jsonl"], out)
+    events = [e["event_id"] for e in read_dataset(out, "events", "event_id")]
+    assert sorted(events) == sorted([f"e{i}" for i in range(60)] + [f"b{i}" for i in range(5)])
+
+
+def test_one_store_and_two_output_directories_each_hold_their_inputs_events(workspace: Path) -> None:
+    store = f"sqlite:///{workspace / 'shared.sqlite'}"
+    source = workspace / "data" / "x.jsonl"
+    run_pipeline([source], workspace / "one", "--audit-db", store)
+    second = run_pipeline([source], workspace / "two", "--audit-db", store).summary()
+    assert second["audit_rows_inserted"] == 0 and second["events_processed"] == 60
+    for out in (workspace / "one", workspace / "two"):
+        assert sorted(e["event_id"] for e in read_dataset(out, "events", "event_id")) == sorted(
+            f"e{i}" for i in range(60)
+        )
+
+
+def test_events_an_earlier_run_wrote_still_count_towards_their_windows_quota(tmp_path: Path) -> None:
+    config = tmp_path / "quota.toml"
+    config.write_text("[rate_limit]\nquotas = { free = 6 }\n")
+    lines = [event_line(f"q{i:02d}", user_id=7, event_time=f"2025-07-01T00:00:{i:02d}Z") for i in range(15)]
+    (tmp_path / "first.jsonl").write_text("".join(lines[:10]))
+    (tmp_path / "both.jsonl").write_text("".join(lines))
+    out = tmp_path / "out"
+    run_pipeline([tmp_path / "first.jsonl"], out, "--config", config)
+    later = run_pipeline([tmp_path / "both.jsonl"], out, "--config", config).summary()
+    assert later["duplicates_collapsed"] == 10 and later["rate_limited"] == 5  # all five new ones
+    limited = {e["event_id"] for e in read_dataset(out, "events", "event_id") if e["rate_limited"]}
+    assert limited == {f"q{i:02d}" for i in range(6, 15)}  # as one run over all fifteen would say

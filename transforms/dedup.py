@@ -81,9 +81,12 @@ def collapse_duplicates(events: pa.Table) -> Deduplicated:
     return Deduplicated(ordered.filter(pa.array(starts)), conflicts, collapsed)
 
 
-#: The column, added before rate limiting, that says an event's audit row is already stored (by a
-#: run of the same inputs): the audit sink expects no insert for it.
+#: The column, added before rate limiting, that says an event's audit row is already stored: the
+#: audit sink expects no insert for it.
 STORED = "_stored"
+#: The column that marks an event this output directory already holds from a run of other
+#: inputs: it counts towards its window's rate limit, then goes no further.
+CONTEXT = "_context"
 
 
 class Verdict(IntEnum):
@@ -91,7 +94,9 @@ class Verdict(IntEnum):
 
     NEW = 0  #: nothing stored under its event_id
     REPLAY = 1  #: stored with its payload by a run of the same inputs: process it again, in place
-    ELSEWHERE = 2  #: stored with its payload by a run of other inputs: a duplicate, collapsed
+    ELSEWHERE = (
+        2  #: stored with its payload by a run of other inputs (a duplicate where that run's output holds it)
+    )
     CONFLICT = 3  #: stored with another payload: a conflicting_duplicate
 
 
