@@ -92,12 +92,14 @@ CONTEXT = "_context"
 class Verdict(IntEnum):
     """What the rows an audit store holds say of an event with the same ``event_id``."""
 
-    NEW = 0  #: nothing stored under its event_id
-    REPLAY = 1  #: stored with its payload by a run of the same inputs: process it again, in place
-    ELSEWHERE = (
-        2  #: stored with its payload by a run of other inputs (a duplicate where that run's output holds it)
-    )
-    CONFLICT = 3  #: stored with another payload: a conflicting_duplicate
+    #: Nothing stored under its event_id.
+    NEW = 0
+    #: Stored with its payload by a run of the same inputs: process it again, in place.
+    REPLAY = 1
+    #: Stored with its payload by a run of other inputs: a duplicate where that run's output holds it.
+    ELSEWHERE = 2
+    #: Stored with another payload: a conflicting_duplicate.
+    CONFLICT = 3
 
 
 @dataclass(frozen=True)
