@@ -179,6 +179,24 @@ def image_not_found(event: dict[str, Any], variant: int, rng: random.Random) -> 
     return _set(event, "output.image", {"path": path})
 
 
+def image_unreadable(event: dict[str, Any], variant: int, rng: random.Random) -> bytes:
+    """A path image that names something there that is not a file: the images folder itself."""
+    return _set(event, "output.image", {"path": ("images", "images/.")[variant % 2]})
+
+
+def nesting_too_deep(event: dict[str, Any], variant: int, rng: random.Random) -> bytes:
+    """Metadata nested one level past the contract's depth, or far past it (arrays, spliced in
+    as text: past orjson's own limit, no library would write it)."""
+    depth = _rules().max_depth  # the event is the first level: metadata this deep is one too many
+    if variant % 2 == 0:
+        metadata: Any = "leaf"
+        for _ in range(depth):
+            metadata = {"k": metadata}
+        return _set(event, "metadata", metadata)
+    levels = depth * 10
+    return _set(event, "metadata", 0).replace(b'"metadata":0', b'"metadata":' + b"[" * levels + b"]" * levels)
+
+
 #: Makers whose lines need nothing beside the JSONL, by the reason the pipeline must give
 #: their lines, in the order lines cycle through.
 INLINE_MAKERS: dict[Reason, BadLineMaker] = {
@@ -196,12 +214,14 @@ INLINE_MAKERS: dict[Reason, BadLineMaker] = {
     Reason.UNKNOWN_TIER: unknown_tier,
     Reason.UNKNOWN_FIELD: unknown_field,
     Reason.INVALID_IMAGE: invalid_image,
+    Reason.NESTING_TOO_DEEP: nesting_too_deep,
 }
 #: Makers that need image files beside the JSONL (``images=True``).
 FILE_IMAGE_MAKERS: dict[Reason, BadLineMaker] = {
     Reason.PATH_OUTSIDE_INPUT: path_outside_input,
     Reason.IMAGE_URL_NOT_FETCHED: image_url_not_fetched,
     Reason.IMAGE_NOT_FOUND: image_not_found,
+    Reason.IMAGE_UNREADABLE: image_unreadable,
 }
 
 

@@ -47,8 +47,10 @@ def folder_loader(folder: Path) -> ImageLoader:
         target = (base / path).resolve()
         if not target.is_relative_to(base):
             raise ContractViolation(Reason.PATH_OUTSIDE_INPUT, f"{path} leaves {base}")
+        if not target.exists():
+            raise ContractViolation(Reason.IMAGE_NOT_FOUND, f"{path} is not in {base}")
         if not target.is_file():
-            raise ContractViolation(Reason.IMAGE_NOT_FOUND, f"{path} is not a file in {base}")
+            raise ContractViolation(Reason.IMAGE_UNREADABLE, f"{path} is not a regular file in {base}")
         return target.read_bytes()
 
     return load
