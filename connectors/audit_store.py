@@ -32,7 +32,7 @@ from sqlalchemy.dialects import mysql, sqlite
 import schemas
 from connectors.database_url import hide_secrets, resolve_url
 from connectors.retry import transient_retry
-from transforms.dedup import STORED, StoredEvent, Verdict, judge_against_store
+from transforms.dedup import STORED, Verdict, judge_against_store
 from transforms.event_batch import FINGERPRINT
 
 log = logging.getLogger("aiep.audit")
@@ -355,25 +355,19 @@ class AuditWriter:
         self._engine = engine
         self._retry_attempts = retry_attempts
         self.inputs_fingerprint = inputs_fingerprint
-        stored = sa.table(
-            "ai_audit_trail",
-            sa.column("event_id"),
-            sa.column("payload_fingerprint"),
-            sa.column("inputs_fingerprint"),
+        stored = sa.table("ai_audit_trail", sa.column("event_id"), sa.column("payload_fingerprint"))
+        self._stored_query = sa.select(stored.c.event_id, stored.c.payload_fingerprint).where(
+            stored.c.event_id.in_(sa.bindparam("ids", expanding=True))
         )
-        self._stored_query = sa.select(
-            stored.c.event_id, stored.c.payload_fingerprint, stored.c.inputs_fingerprint
-        ).where(stored.c.event_id.in_(sa.bindparam("ids", expanding=True)))
 
-    def stored_events(self, event_ids: list[str]) -> dict[str, StoredEvent]:
-        """What the audit trail holds of each of ``event_ids`` (absent: nothing stored)."""
-        found: dict[str, StoredEvent] = {}
+    def stored_fingerprints(self, event_ids: list[str]) -> dict[str, bytes | None]:
+        """The ``payload_fingerprint`` of each of ``event_ids`` the audit trail holds (absent:
+        nothing stored; ``None``: stored before fingerprints were kept)."""
+        found: dict[str, bytes | None] = {}
         for start in range(0, len(event_ids), LOOKUP_CHUNK):
             chunk = event_ids[start : start + LOOKUP_CHUNK]
             rows = fetch_all(self._engine, self._stored_query, {"ids": chunk}, self._retry_attempts)
-            found.update(
-                (row[0], StoredEvent(None if row[1] is None else bytes(row[1]), row[2])) for row in rows
-            )
+            found.update((row[0], None if row[1] is None else bytes(row[1])) for row in rows)
         return found
 
     def write(self, events: pa.Table) -> AuditOutcome:
@@ -400,7 +394,7 @@ class AuditWriter:
 
     def _account_for_skipped(self, new: pa.Table, inserted: int, outcome: AuditOutcome) -> None:
         ids = new.column("event_id")
-        verdicts = judge_against_store(new, self.stored_events(ids.to_pylist()), self.inputs_fingerprint)
+        verdicts = judge_against_store(new, self.stored_fingerprints(ids.to_pylist()))
         lost = np.flatnonzero(verdicts == Verdict.NEW)
         if lost.size:
             raise AuditRowsLost(

@@ -69,21 +69,24 @@ def _is_secret_param(name: str) -> bool:
 def resolve_url(url: str) -> sa.URL:
     """Parse ``url``; a MySQL URL without a password takes it from ``$AIEP_MYSQL_PASSWORD``.
 
-    Raises ValueError (its message redacted) for a URL that is not one, for a password holding a
-    raw ``@`` (it would move the host: percent-encode it, ``%40``), for a MySQL URL that names no
-    host or no database, and for an in-memory SQLite store (it would vanish between connections).
+    Raises ValueError (its message redacted) for a URL that is not one, for a user or password
+    holding a raw ``@`` (or a raw ``/`` in the user), which could send the connection to another
+    host (percent-encode it: ``%40``), for a MySQL URL that names no host or no database, and for
+    an in-memory SQLite store (it would vanish between connections). A raw ``:``, ``/``, ``?`` or
+    ``#`` in a password is read as it is.
     """
     try:
         parsed = sa.make_url(url)
     except Exception:  # SQLAlchemy's messages quote the whole URL, password included
         raise ValueError(f"not a database URL: {redact(url)}") from None
     shown = redact(url)
-    if parsed.host and "@" in parsed.host:
-        raise ValueError(
-            f"the password in {shown} holds a raw '@', which would send the connection to another host: "
-            f"percent-encode it (%40 for @) or leave it out and set ${MYSQL_PASSWORD_ENV}"
-        )
     backend = parsed.get_backend_name()
+    if backend != "sqlite" and _ambiguous(url, parsed):
+        raise ValueError(
+            f"the user or password in {shown} holds a raw '@' (or a '/' before one), so the URL could "
+            f"name another host: percent-encode it (%40 for @, %2F for /) or leave the password out "
+            f"and set ${MYSQL_PASSWORD_ENV}"
+        )
     if backend in ("mysql", "mariadb"):
         if not parsed.host:
             raise ValueError(f"{shown} names no host: expected mysql+pymysql://USER@HOST:PORT/DATABASE")
@@ -96,6 +99,14 @@ def resolve_url(url: str) -> sa.URL:
             f"{shown} is an in-memory SQLite store, gone with each connection: use sqlite:///PATH"
         )
     return parsed
+
+
+def _ambiguous(url: str, parsed: sa.URL) -> bool:
+    """Whether the URL's ``@`` may not be where its authority ends: more than one before the query,
+    or one that the parser put in the host or the database name (a raw ``/`` in the user)."""
+    return (
+        url.partition("?")[0].count("@") > 1 or "@" in (parsed.host or "") or "@" in (parsed.database or "")
+    )
 
 
 def hide_secrets(text: str, url: str | None) -> str:

@@ -79,15 +79,20 @@ def remove_temporary_files(out_dir: Path, datasets: list[str]) -> list[Path]:
     return removed
 
 
-def held_event_ids(out_dir: Path, wanted: Mapping[str, Sequence[str]]) -> set[str]:
-    """Which of the ``wanted`` event ids (grouped by the inputs fingerprint whose run stored them)
-    the ``events`` dataset under ``out_dir`` holds in that run's files.
+def held_event_ids(out_dir: Path, wanted: Mapping[str, Sequence[str]], other_than: str) -> set[str]:
+    """Which of the ``wanted`` event ids (grouped by their ``dt`` partition) the ``events`` dataset
+    under ``out_dir`` holds in files not named by the fingerprint ``other_than``.
 
-    Only the ``event_id`` column of those runs' files is read, filtered to the ids asked for.
+    An event can only be in its own day's partition, so only those folders are read, and of their
+    files only the ``event_id`` column, filtered to the ids asked for.
     """
     held: set[str] = set()
-    for fingerprint, ids in wanted.items():
-        files = sorted(str(p) for p in (out_dir / "events").glob(f"dt=*/part-{fingerprint}-*.parquet"))
+    for dt, ids in wanted.items():
+        files = sorted(
+            str(path)
+            for path in (out_dir / "events" / f"dt={dt}").glob("part-*.parquet")
+            if not path.name.startswith(f"part-{other_than}-")
+        )
         if files and ids:
             found = ds.dataset(files, format="parquet").to_table(
                 columns=["event_id"], filter=pc.field("event_id").isin(list(ids))

@@ -22,7 +22,7 @@ import schemas
 from connectors.audit_store import AuditWriter, open_engine
 from connectors.config import PipelineConfig
 from connectors.images import FolderImageLoader
-from connectors.parquet_sink import held_event_ids, write_partitioned
+from connectors.parquet_sink import held_event_ids, partition_dates, write_partitioned
 from connectors.sources import InputSplit, read_split
 from connectors.users import UserDirectory
 from transforms.cost import PriceBook
@@ -30,7 +30,6 @@ from transforms.dead_letter import DeadLetter, dead_letter_table
 from transforms.dedup import (
     CONTEXT,
     STORED,
-    StoredEvent,
     Verdict,
     collapse_duplicates,
     judge_against_store,
@@ -147,9 +146,9 @@ class SpineSteps:
         verdicts = np.zeros(events.num_rows, dtype=np.int8)
         held = np.zeros(events.num_rows, dtype=bool)
         if self.plan.compare_with_store:
-            stored = self._audit.stored_events(events.column("event_id").to_pylist())
-            verdicts = judge_against_store(events, stored, self.plan.fingerprint)
-            held = self._held_here(events, verdicts, stored)
+            stored = self._audit.stored_fingerprints(events.column("event_id").to_pylist())
+            verdicts = judge_against_store(events, stored)
+            held = self._held_here(events, verdicts)
         conflicts = stored_conflicts(events, np.flatnonzero(verdicts == Verdict.CONFLICT), "an earlier run")
         keep = verdicts != Verdict.CONFLICT
         events = (
@@ -161,21 +160,22 @@ class SpineSteps:
         counts = {"duplicates_collapsed": result.collapsed + int(np.count_nonzero(held))}
         return by_user, self._dead_letter_groups(result.conflicts + conflicts), counts
 
-    def _held_here(
-        self, events: pa.Table, verdicts: np.ndarray, stored: dict[str, StoredEvent]
-    ) -> np.ndarray:
-        """Which events a run of other inputs stored *and* wrote into this output directory: those
-        are duplicates here. One it stored but never wrote here (it was killed before its Parquet,
-        or wrote into another directory) is written by this run."""
-        rows = np.flatnonzero(verdicts == Verdict.ELSEWHERE)
+    def _held_here(self, events: pa.Table, verdicts: np.ndarray) -> np.ndarray:
+        """Which stored events this output directory already holds in files of other inputs'
+        runs: those are duplicates here. One stored but held nowhere here (its run was killed
+        before its Parquet, or wrote into another directory) is written by this run, and one held
+        only in this run's own files is rewritten in place."""
+        rows = np.flatnonzero(verdicts == Verdict.STORED)
         held = np.zeros(events.num_rows, dtype=bool)
         if not rows.size:
             return held
-        ids = events.column("event_id").take(pa.array(rows)).to_pylist()
+        stored = events.take(pa.array(rows))
+        days = partition_dates(stored.column("event_time")).to_pylist()
+        ids = stored.column("event_id").to_pylist()
         wanted: dict[str, list[str]] = {}
-        for event_id in ids:
-            wanted.setdefault(str(stored[event_id].inputs_fingerprint), []).append(event_id)
-        found = held_event_ids(self.out_dir, wanted)
+        for day, event_id in zip(days, ids, strict=True):
+            wanted.setdefault(day, []).append(event_id)
+        found = held_event_ids(self.out_dir, wanted, other_than=self.plan.fingerprint)
         held[rows] = [event_id in found for event_id in ids]
         return held
 

@@ -15,7 +15,6 @@ import schemas
 from tests.conftest import enrich_settings
 from transforms.dead_letter import Reason
 from transforms.dedup import (
-    StoredEvent,
     Verdict,
     collapse_duplicates,
     judge_against_store,
@@ -78,6 +77,17 @@ def test_identical_copy_with_keys_in_another_order_collapses() -> None:
     assert result.conflicts == []
     assert result.events.num_rows == 1
     assert kept_at(result.events) == {"e1": ("a.jsonl", 1, line(first))}
+
+
+def test_copies_differing_only_in_how_an_integer_is_written_collapse() -> None:
+    first = event("n1")
+    second = {
+        **event("n1"),
+        "user_id": float(first["user_id"]),
+        "usage": {"input_tokens": 12.0, "output_tokens": 30},
+    }
+    result = collapse_duplicates(enrich([line(first), line(second)]))
+    assert (result.events.num_rows, len(result.conflicts), result.collapsed) == (1, 0, 1)
 
 
 def test_copy_equal_after_parsing_collapses() -> None:
@@ -248,28 +258,21 @@ def test_duplicate_rule_holds_whatever_the_batch_order(
     assert table.num_rows == result.events.num_rows + len(result.conflicts) + result.collapsed
 
 
-def test_against_stored_rows_the_payload_and_the_storing_inputs_decide() -> None:
-    events = enrich([line(event(i)) for i in ("same", "other", "legacy", "new", "elsewhere", "Same")])
+def test_against_stored_rows_only_a_differing_payload_conflicts() -> None:
+    events = enrich([line(event(i)) for i in ("same", "other", "legacy", "new", "Same")])
     mine = dict(
         zip(events.column("event_id").to_pylist(), events.column(FINGERPRINT).to_pylist(), strict=True)
     )
-    stored = {
-        "same": StoredEvent(mine["same"], "these-inputs"),
-        "other": StoredEvent(b"\x00" * 16, "these-inputs"),
-        "legacy": StoredEvent(None, None),
-        "elsewhere": StoredEvent(mine["elsewhere"], "other-inputs"),
-        "unrelated": StoredEvent(b"\x01" * 16, "other-inputs"),
-    }
-    verdicts = judge_against_store(events, stored, "these-inputs")
+    stored = {"same": mine["same"], "other": b"\x00" * 16, "legacy": None, "unrelated": b"\x01" * 16}
+    verdicts = judge_against_store(events, stored)
     assert [Verdict(v) for v in verdicts] == [
-        Verdict.REPLAY,  # same payload, stored by these inputs: processed again, in place
+        Verdict.STORED,
         Verdict.CONFLICT,
-        Verdict.REPLAY,  # stored before fingerprints were kept: never a conflict
+        Verdict.STORED,  # stored before fingerprints were kept: never a conflict
         Verdict.NEW,
-        Verdict.ELSEWHERE,  # same payload, stored by other inputs: a duplicate
         Verdict.NEW,  # event ids compare exactly: "Same" is not "same"
     ]
     (letter,) = stored_conflicts(events, [1], "an earlier run")
     assert (letter.event_id, letter.reason, letter.line_no) == ("other", Reason.CONFLICTING_DUPLICATE, 2)
     assert letter.raw == line(event("other")) and "earlier run" in letter.detail
-    assert not judge_against_store(events, {}, "these-inputs").any()
+    assert not judge_against_store(events, {}).any()

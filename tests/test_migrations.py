@@ -3,6 +3,7 @@ truthfully what each process did."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -83,3 +84,20 @@ def test_of_processes_upgrading_one_fresh_store_at_once_one_says_it_migrated(
     assert all(proc.returncode == 0 for proc in procs)
     assert sum("(upgraded from empty)" in out for out in outputs) == 1, outputs
     assert sum("(already up to date)" in out for out in outputs) == 3, outputs
+
+
+def test_an_event_whose_id_is_a_legacy_rows_is_a_conflict_not_lost(
+    tmp_path: Path, mysql_db: MySQLDatabase
+) -> None:
+    url = seeded_store("sqlite", tmp_path, mysql_db)
+    assert run_cli("db", "upgrade", "--audit-db", url).returncode == 0
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        '{"event_id": "legacy-audit-row-1", "event_time": "2025-07-01T00:00:00Z", "user_id": 99, '
+        '"operation_type": "image", "model": "gpt-4o"}\n'
+    )
+    result = run_cli("run", "--input", source, "--out", tmp_path / "out", "--audit-db", url)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(next((tmp_path / "out" / "_runs").glob("*.json")).read_text())
+    assert summary["dead_letters_by_reason"] == {"conflicting_duplicate": 1}
+    assert audit_rows("sqlite", tmp_path, mysql_db)[0] == (1, "legacy-audit-row-1", 1, "chat")

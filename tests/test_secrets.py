@@ -69,6 +69,8 @@ def test_a_raw_at_in_the_password_is_refused_not_sent_to_another_host() -> None:
         "mysql+pymysql:///nobody:Secret.Part2@127.0.0.1:3306/aiep_nowhere",
         "mysql+pymysql://nobody:Secret.Part2@127.0.0.1:3306",  # no database
         "mysql+pymysql://nobody:Secret.Part2@127.0.0.1:3306/aiep%0Anowhere",  # a newline in a name
+        "mysql+pymysql://root:Secret@127.0.0.2/Part2@127.0.0.1:3306/aiep_nowhere",  # '@' and '/' raw
+        "mysql+pymysql://ro/ot:Secret.Part2@127.0.0.1:3306/aiep_nowhere",  # a '/' in the user
     ],
 )
 @pytest.mark.parametrize("command", ["run", "db upgrade", "db status"])
@@ -137,3 +139,22 @@ def test_a_hmac_key_that_is_not_utf8_is_used_as_its_bytes(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     (row,) = read_dataset(tmp_path / "out", "events", "event_id")
     assert row["input_hash"] == hmac.new(key, b"hi", hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql+pymysql://root:Secret@127.0.0.2/Part2@127.0.0.1:3306/db",
+        "mysql+pymysql://root:Sec@ret/Part2@127.0.0.1/db",
+        "mysql+pymysql://ro/ot:Secret@127.0.0.1:3306/db",
+    ],
+)
+def test_a_url_that_could_name_another_host_is_refused_before_connecting(url: str) -> None:
+    with pytest.raises(ValueError, match="percent-encode") as raised:
+        resolve_url(url)
+    assert "Secret" not in str(raised.value) and "Part2" not in str(raised.value)
+
+
+def test_raw_slash_colon_and_hash_in_a_password_are_read_as_they_are() -> None:
+    parsed = resolve_url("mysql+pymysql://app:a/b:c#d?e@db.internal:3306/governance")
+    assert (parsed.password, parsed.host, parsed.database) == ("a/b:c#d?e", "db.internal", "governance")

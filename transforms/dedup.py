@@ -90,57 +90,34 @@ CONTEXT = "_context"
 
 
 class Verdict(IntEnum):
-    """What the rows an audit store holds say of an event with the same ``event_id``."""
+    """What the audit trail says of an event with the same ``event_id``."""
 
     #: Nothing stored under its event_id.
     NEW = 0
-    #: Stored with its payload by a run of the same inputs: process it again, in place.
-    REPLAY = 1
-    #: Stored with its payload by a run of other inputs: a duplicate where that run's output holds it.
-    ELSEWHERE = 2
+    #: Stored with its payload: the same event. A duplicate where this output already holds it.
+    STORED = 1
     #: Stored with another payload: a conflicting_duplicate.
-    CONFLICT = 3
+    CONFLICT = 2
 
 
-@dataclass(frozen=True)
-class StoredEvent:
-    """What the audit trail holds of an event: its payload fingerprint and the fingerprint of the
-    inputs whose run stored it (either ``None`` on rows stored before they were kept)."""
+def judge_against_store(events: pa.Table, stored: Mapping[str, bytes | None]) -> np.ndarray:
+    """The :class:`Verdict` on each event (an int8 array) from the payload fingerprints stored
+    under its event_id (``stored``; ``None`` for a row stored before fingerprints were kept, which
+    never conflicts). Event ids compare exactly: Arrow compares bytes.
 
-    payload_fingerprint: bytes | None
-    inputs_fingerprint: str | None
-
-
-def judge_against_store(
-    events: pa.Table, stored: Mapping[str, StoredEvent], inputs_fingerprint: str
-) -> np.ndarray:
-    """The :class:`Verdict` on each event (an int8 array) from the rows stored under its event_id.
-
-    Event ids compare exactly (Arrow compares bytes). A stored row without a payload fingerprint
-    never conflicts; one without an inputs fingerprint counts as a run of these inputs, so a
-    rerun rewrites what that run wrote instead of losing it.
-
-    >>> t = pa.table({"event_id": ["a", "b", "c", "d", "e"], FINGERPRINT: [b"1", b"1", b"1", b"1", b"1"]})
-    >>> stored = {"b": StoredEvent(b"1", "in-1"), "c": StoredEvent(b"1", "in-2"),
-    ...           "d": StoredEvent(b"2", "in-1"), "e": StoredEvent(None, None),
-    ...           "B": StoredEvent(b"1", "in-2")}
-    >>> [Verdict(v).name for v in judge_against_store(t, stored, "in-1")]
-    ['NEW', 'REPLAY', 'ELSEWHERE', 'CONFLICT', 'REPLAY']
+    >>> t = pa.table({"event_id": ["a", "b", "c", "d"], FINGERPRINT: [b"1", b"1", b"1", b"1"]})
+    >>> [Verdict(v).name for v in judge_against_store(t, {"b": b"1", "c": b"2", "d": None, "A": b"1"})]
+    ['NEW', 'STORED', 'CONFLICT', 'STORED']
     """
     verdicts = np.full(events.num_rows, Verdict.NEW, dtype=np.int8)
     if not stored or events.num_rows == 0:
         return verdicts
     at = pc.index_in(events.column("event_id"), value_set=pa.array(list(stored), pa.string()))
     found = pc.is_valid(at).to_numpy(zero_copy_only=False)
-    rows = list(stored.values())
-    payloads = pc.take(pa.array([r.payload_fingerprint for r in rows], pa.binary()), at)
-    inputs = pc.take(pa.array([r.inputs_fingerprint for r in rows], pa.string()), at)
-    ours = pc.fill_null(pc.equal(inputs, inputs_fingerprint), True).to_numpy(zero_copy_only=False)
-    mine = events.column(FINGERPRINT).cast(pa.binary())
-    differs = pc.fill_null(pc.not_equal(payloads, mine), False).to_numpy(zero_copy_only=False)
-    verdicts[found & ~differs & ours] = Verdict.REPLAY
-    verdicts[found & ~differs & ~ours] = Verdict.ELSEWHERE
-    verdicts[found & differs] = Verdict.CONFLICT
+    theirs = pc.take(pa.array(list(stored.values()), pa.binary()), at)
+    differs = pc.fill_null(pc.not_equal(theirs, events.column(FINGERPRINT).cast(pa.binary())), False)
+    verdicts[found] = Verdict.STORED
+    verdicts[differs.to_numpy(zero_copy_only=False)] = Verdict.CONFLICT
     return verdicts
 
 

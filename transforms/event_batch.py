@@ -25,6 +25,7 @@ from transforms.hashing import ContentHasher
 from transforms.validate import (
     EventRules,
     ImageRef,
+    ValidEvent,
     json_bytes,
     metadata_json,
     parse_record,
@@ -149,7 +150,7 @@ def _event_row(
                 Reason.COST_OUT_OF_RANGE, f"cost {cost} exceeds DECIMAL(10,6) ({COST_MAX})"
             )
     metadata = metadata_json(event.metadata, rules)
-    fingerprint = hashlib.blake2b(json_bytes(obj, rules, sort_keys=True), digest_size=16).digest()
+    fingerprint = hashlib.blake2b(json_bytes(_canonical(obj, event), rules, sort_keys=True), digest_size=16)
     output_hash = hasher.text(event.output_text)
     image_hash = None
     if image_bytes is not None:
@@ -177,9 +178,21 @@ def _event_row(
         # A dead letter keeps at most RAW_KEEP_BYTES of a record: carrying more (a 13 MB inline
         # image) through the shuffles would only cost memory. One byte more says "it was cut".
         raw[: RAW_KEEP_BYTES + 1],
-        fingerprint,
+        fingerprint.digest(),
         zlib.crc32(event.event_id.encode("utf-8")) % settings.shards,
     )
+
+
+def _canonical(obj: dict[str, Any], event: ValidEvent) -> dict[str, Any]:
+    """The record as its fingerprint sees it: integer fields as integers, so that ``7`` and
+    ``7.0`` (one JSON number) are one payload."""
+    usage = obj.get("usage")
+    if type(obj["user_id"]) is int and not (usage and any(type(v) is not int for v in usage.values())):
+        return obj
+    canonical = {**obj, "user_id": event.user_id}
+    if usage:
+        canonical["usage"] = {key: int(value) for key, value in usage.items()}
+    return canonical
 
 
 def _dead_letter(

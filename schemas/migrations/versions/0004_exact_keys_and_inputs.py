@@ -9,9 +9,10 @@
   ``INSERT IGNORE`` dropped a distinct event as a "duplicate". (``utf8mb4_bin`` still pads
   spaces on MariaDB.) SQLite compares TEXT byte for byte already.
 - ``ai_audit_trail.inputs_fingerprint VARCHAR(64)``: the fingerprint (content, not path) of the
-  inputs whose run stored the row. A rerun of those inputs processes the event again (its
-  Parquet files are rewritten in place); a run over other inputs that meets the same event
-  collapses it, so no dataset holds an event twice. NULL on older rows: treated as the rerun's.
+  inputs whose run stored the row: which run an audit row came from. NULL on older rows.
+- Rows the application stored before the pipeline (given ``legacy-audit-row-<id>`` by 0002) get a
+  payload fingerprint of 16 zero bytes, which no event has: an input event that happens to carry
+  such an id is a conflicting duplicate, never silently taken for that row.
 
 Revision ID: 0004_exact_keys_and_inputs
 Revises: 0003_audit_payload_fingerprint
@@ -25,6 +26,12 @@ revision = "0004_exact_keys_and_inputs"
 down_revision = "0003_audit_payload_fingerprint"
 branch_labels = None
 depends_on = None
+
+#: As migration 0002 names the rows the application stored before the pipeline (a pipeline row
+#: always has a hash_mode).
+LEGACY_EVENT_ID_PREFIX = "legacy-audit-row-"
+#: The payload fingerprint of a row that holds no event's payload: no BLAKE2b digest is all zeros.
+NO_PAYLOAD = bytes(16)
 
 #: column -> (length, nullable) of every key and hash column made exact.
 EXACT_COLUMNS = {
@@ -58,6 +65,15 @@ def upgrade() -> None:
         fingerprint_type = sa.String(64)
     with op.batch_alter_table("ai_audit_trail") as batch:
         batch.add_column(sa.Column("inputs_fingerprint", fingerprint_type))
+    audit = sa.table(
+        "ai_audit_trail", sa.column("event_id"), sa.column("hash_mode"), sa.column("payload_fingerprint")
+    )
+    op.execute(
+        audit.update()
+        .where(audit.c.event_id.startswith(LEGACY_EVENT_ID_PREFIX, autoescape=True))
+        .where(audit.c.hash_mode.is_(None), audit.c.payload_fingerprint.is_(None))
+        .values(payload_fingerprint=sa.literal(NO_PAYLOAD, sa.LargeBinary()))
+    )
 
 
 def _charset(bind: sa.Connection, table: str) -> str | None:
