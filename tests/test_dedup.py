@@ -81,11 +81,7 @@ def test_identical_copy_with_keys_in_another_order_collapses() -> None:
 
 def test_copies_differing_only_in_how_an_integer_is_written_collapse() -> None:
     first = event("n1")
-    second = {
-        **event("n1"),
-        "user_id": float(first["user_id"]),
-        "usage": {"input_tokens": 12.0, "output_tokens": 30},
-    }
+    second = {**first, "user_id": 42.0, "usage": {"input_tokens": 12.0, "output_tokens": 3}}
     result = collapse_duplicates(enrich([line(first), line(second)]))
     assert (result.events.num_rows, len(result.conflicts), result.collapsed) == (1, 0, 1)
 
