@@ -36,12 +36,59 @@ class _RecordTooLong(Exception):
     """Raised through ``csv.reader`` when the record it is reading grows past the limit."""
 
 
+class _CellState:
+    """Whether a CSV record is inside a quoted cell at the point read so far, as ``csv.reader``
+    reads it: a quote opens a quoted cell only at the cell's start (elsewhere it is text), ``""``
+    inside one is a quote, and a line break inside one does not end the record. Fed in pieces."""
+
+    _BREAKS = re.compile(r'[",\r\n]')
+
+    def __init__(self) -> None:
+        self.quoted = False  # inside a quoted cell
+        self._cell_empty = True  # nothing read of the current cell yet
+        self._quote_pending = False  # the last piece ended on a quote inside a quoted cell
+
+    def feed(self, text: str) -> None:
+        """Read on through ``text``."""
+        i, n = 0, len(text)
+        if self._quote_pending and n:
+            self._quote_pending = False
+            if text[0] == '"':  # an escaped quote: still inside the cell
+                i = 1
+            else:
+                self.quoted, self._cell_empty = False, False
+        while i < n:
+            if self.quoted:
+                j = text.find('"', i)
+                if j < 0:
+                    return
+                if j + 1 == n:
+                    self._quote_pending = True
+                    return
+                if text[j + 1] == '"':
+                    i = j + 2
+                    continue
+                self.quoted, self._cell_empty, i = False, False, j + 1
+                continue
+            found = self._BREAKS.search(text, i)
+            if found is None:
+                self._cell_empty = False
+                return
+            j = found.start()
+            if text[j] == '"':
+                self.quoted = self._cell_empty and j == i
+                self._cell_empty = False
+            else:  # a comma or a line break: a new cell, or a new record, starts
+                self._cell_empty = True
+            i = j + 1
+
+
 class _CsvLines:
     """The lines of a CSV input as ``csv.reader`` pulls them, decoded.
 
     Bytes that are not UTF-8 stay visible (surrogateescape) so that the row, not the file, is
     rejected. It keeps the first bytes of the record being read (``start`` begins a new one) and
-    whether a quote is open at its end, and stops a record that grows past ``limit`` bytes, so
+    whether it is inside a quoted cell, and stops a record that grows past ``limit`` bytes, so
     neither a long line nor a quote that never closes is ever held whole.
     """
 
@@ -49,6 +96,7 @@ class _CsvLines:
         self._text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
         self.limit = limit
         self.line_no = 0  # physical lines read so far
+        self._after_cr = False  # the last read ended in "\r": a lone "\n" next is its CRLF's
         self.start()
 
     def start(self) -> None:
@@ -56,7 +104,7 @@ class _CsvLines:
         self.first_line = self.line_no + 1
         self.parts: list[bytes] = []
         self.size = 0
-        self.quote_open = False  # an odd number of '"' so far: the record goes on past the line
+        self.cells = _CellState()
 
     def raw(self) -> bytes:
         """The bytes of the record read since ``start`` (its first ``RAW_KEEP_BYTES + 1`` at most)."""
@@ -75,29 +123,37 @@ class _CsvLines:
 
     def skip_record(self) -> None:
         """Read on, holding nothing, to the end of the record that grew too long."""
-        while self.quote_open and self._line(keep=False):
+        while self.cells.quoted and self._line(keep=False):
             pass
 
     def _line(self, keep: bool = True) -> str:
         """The next line ("" at the end of the input), its bytes and quotes accounted for."""
-        line = self._text.readline(self.limit + 1)  # characters: never fewer than bytes
+        line = self._read(self.limit + 1)  # characters: never fewer than bytes
         if not line:
             return line
         self.line_no += 1
         self._account(line, keep)
         if len(line) > self.limit and not line.endswith(("\n", "\r")):
-            while chunk := self._text.readline(1 << 20):  # the rest of the line, unheld
+            while chunk := self._read(1 << 20):  # the rest of the line, unheld
                 self._account(chunk, keep=False)
                 if chunk.endswith(("\n", "\r")):
                     break
         return line
+
+    def _read(self, size: int) -> str:
+        text = self._text.readline(size)
+        if self._after_cr and text.startswith("\n"):  # a CRLF that the size limit split
+            self.size += 1
+            text = text[1:] or self._text.readline(size)
+        self._after_cr = text.endswith("\r")
+        return text
 
     def _account(self, text: str, keep: bool) -> None:
         data = text.encode("utf-8", "surrogateescape")
         if keep and self.size <= RAW_KEEP_BYTES:
             self.parts.append(data)
         self.size += len(data)
-        self.quote_open ^= text.count('"') % 2 == 1
+        self.cells.feed(text)
 
 
 def read_csv(file: InputFile, batch_lines: int, max_record_bytes: int) -> Iterator[InputRecords]:

@@ -18,6 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import read_dataset, run_cli, run_pipeline
 
@@ -331,3 +333,47 @@ def test_parquet_rows_are_read_in_batches_bounded_by_their_decoded_size(tmp_path
     weights = [sum(map(len, records.raws)) for records in read_split(split, 10_000, rules)]
     assert weights and max(weights) <= BATCH_BYTES + (5 << 20)  # a batch, plus the JSON around a row
     assert sum(weights) > n * len(blob)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='ab," \r\n', max_size=16), st.lists(st.integers(0, 17), max_size=3))
+def test_the_quote_tracker_agrees_with_the_csv_module(text: str, cuts: list[int]) -> None:
+    from connectors.csv_source import _CellState
+
+    text += "\n"
+    try:
+        rows = list(csv.reader(io.StringIO(text + "END,END\n", newline=""), strict=True))
+    except csv.Error:
+        return  # not CSV: the reader dead-letters it whatever the tracker says
+    state, start = _CellState(), 0
+    for cut in [*sorted(min(c, len(text)) for c in cuts), len(text)]:
+        state.feed(text[start:cut])
+        start = cut
+    assert state.quoted == (rows[-1] != ["END", "END"])
+
+
+def test_a_long_row_with_a_quote_inside_an_unquoted_cell_is_one_dead_letter(tmp_path: Path) -> None:
+    text = csv_text(
+        [csv_row("c-1"), csv_row("c-huge", **{"input.text": 'he said "hi ' + "x" * (16 << 20)})], COLUMNS
+    )
+    text += csv_text([csv_row(f"c-{i}") for i in range(2, 7)], COLUMNS).split("\n", 1)[1]
+    (tmp_path / "in.csv").write_text(text, encoding="utf-8")
+    summary = run_pipeline([tmp_path / "in.csv"], tmp_path / "out").summary()
+    events, dead = outcome(tmp_path / "out")
+    assert events == [f"c-{i}" for i in range(1, 7)] and list(dead) == [3]
+    assert (summary["events_read"], summary["blank_lines"]) == (7, 0)
+
+
+def test_a_crlf_row_exactly_at_the_limit_ends_where_it_ends(tmp_path: Path) -> None:
+    import schemas
+    from transforms.validate import EventRules
+
+    limit = EventRules.from_json_schema(schemas.event_json_schema()).max_record_bytes
+    head = ",".join(COLUMNS) + "\r\n"
+    prefix = "c-at,2025-07-01T09:00:00Z,7,chat,gpt-4o,"
+    at_limit = prefix + "x" * (limit - len(prefix)) + "\r\n"  # a read of limit + 1 ends between CR and LF
+    bad = "c-bad,2025-07-01T09:00:00Z,bad,chat,gpt-4o,x\r\n"
+    (tmp_path / "in.csv").write_text(head + at_limit + bad, encoding="utf-8", newline="")
+    summary = run_pipeline([tmp_path / "in.csv"], tmp_path / "out").summary()
+    _, dead = outcome(tmp_path / "out")
+    assert summary["blank_lines"] == 0 and dead[3][0] == "wrong_type"  # the bad row is on line 3
