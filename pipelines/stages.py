@@ -190,7 +190,8 @@ class SpineSteps:
         events = resolve_tiers(events, {uid: p.tier for uid, p in profiles.items()}, DEFAULT_TIER)
         limits = RateLimits(self.plan.config.quotas, self.plan.config.window_seconds)
         result = apply_rate_limits(events, limits, schemas.arrow_schema("rate_limit_violations"))
-        written = result.events.filter(pc.invert(result.events.column(CONTEXT)))
+        context = result.events.column(CONTEXT)
+        written = result.events.filter(pc.invert(context)) if pc.any(context).as_py() else result.events
         ordered = written.sort_by(
             [("user_id", "ascending"), ("event_time", "ascending"), ("event_id", "ascending")]
         )

@@ -377,3 +377,52 @@ def test_a_crlf_row_exactly_at_the_limit_ends_where_it_ends(tmp_path: Path) -> N
     summary = run_pipeline([tmp_path / "in.csv"], tmp_path / "out").summary()
     _, dead = outcome(tmp_path / "out")
     assert summary["blank_lines"] == 0 and dead[3][0] == "wrong_type"  # the bad row is on line 3
+
+
+def test_parquet_maps_and_fixed_size_lists_are_read_and_sized(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            **base_columns(["p-map", "p-big-list", "p-list"]),
+            "metadata.m": pa.array([[("k", 1)], None, None], pa.map_(pa.string(), pa.int64())),
+            "metadata.l": pa.array([["a"], ["y" * (16 << 20)], ["b"]], pa.list_(pa.string(), 1)),
+        }
+    )
+    run_pipeline([parquet_rows(table, tmp_path / "in.parquet")], tmp_path / "out")
+    events = {e["event_id"]: e["metadata"] for e in read_dataset(tmp_path / "out", "events", "event_id")}
+    assert events == {"p-map": '{"m":[["k",1]],"l":["a"]}', "p-list": '{"l":["b"]}'}
+    _, dead = outcome(tmp_path / "out")
+    assert dead[2][0] == "line_too_long"
+
+
+def test_reading_parquet_holds_a_batch_not_a_read_of_huge_rows(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    # 24 rows of 12 MiB, a row group each (Arrow decodes a row group's column at once, so one
+    # row group is the unit it holds): 288 MiB decoded, a few KiB on disk once compressed.
+    rows = 24
+    table = pa.table(
+        {**base_columns([f"r{i}" for i in range(rows)]), "metadata.note": ["y" * (12 << 20)] * rows}
+    )
+    path = parquet_rows(table, tmp_path / "big.parquet", row_group_size=1, use_dictionary=False)
+    del table
+    probe = (
+        "import sys, pyarrow as pa, schemas; from pathlib import Path; "
+        "from connectors.sources import discover_inputs, plan_splits, read_split; "
+        "from transforms.validate import EventRules; "
+        "rules = EventRules.from_json_schema(schemas.event_json_schema()); "
+        "(split,) = plan_splits(discover_inputs([sys.argv[1]], Path(sys.argv[2])), 1 << 25); "
+        "rows = sum(len(r.raws) for r in read_split(split, 10000, rules)); "
+        "print(rows, pa.default_memory_pool().max_memory())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(path), str(tmp_path / "spool")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    read, peak = map(int, result.stdout.split())
+    assert read == rows and peak < 100 << 20  # Arrow held a few rows at a time, not all of them
