@@ -220,7 +220,12 @@ CASES: list[tuple[str, bytes, str, bool]] = [
         "out_of_range",
         False,
     ),
-    ("integer_below_int64", with_raw_metadata("b-int3", b"-9223372036854775809"), "out_of_range", False),
+    (
+        "integer_below_int64",
+        with_raw_metadata("b-int3", b'{"n": -9223372036854775809}'),
+        "out_of_range",
+        False,
+    ),
     ("user_id_1e17_not_exact", line(event("b-range4", user_id=1e17)), "out_of_range", False),
     ("number_beyond_a_double", with_raw_metadata("b-inf", b"1e400"), "out_of_range", False),
     (

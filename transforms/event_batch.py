@@ -125,7 +125,7 @@ def enrich_records(
             if i in rejected:
                 raise rejected[i]
             obj = parsed[i] if parsed is not None else parse_record(raw, rules)
-            rows.append(_event_row(obj, raw, records.line_nos[i], settings, load_image))
+            rows.append(_event_row(obj, raw, records.line_nos[i], settings, load_image, parsed is None))
         except ContractViolation as violation:
             dead.append(_dead_letter(records, i, obj, violation.reason, violation.detail, rules))
         except Exception as exc:  # no rule names it: keep the record as a dead letter, go on
@@ -135,7 +135,7 @@ def enrich_records(
 
 
 def _event_row(
-    obj: Any, raw: bytes, line_no: int, settings: EnrichSettings, load_image: ImageLoader
+    obj: Any, raw: bytes, line_no: int, settings: EnrichSettings, load_image: ImageLoader, from_json: bool
 ) -> tuple[Any, ...]:
     """Validate, resolve the image, price and hash one parsed record: its row in ``_ROW_COLUMNS``."""
     rules, hasher = settings.rules, settings.hasher
@@ -149,7 +149,7 @@ def _event_row(
             raise ContractViolation(
                 Reason.COST_OUT_OF_RANGE, f"cost {cost} exceeds DECIMAL(10,6) ({COST_MAX})"
             )
-    metadata = metadata_json(event.metadata, rules)
+    metadata = metadata_json(event.metadata, rules, raw if from_json else None)
     fingerprint = hashlib.blake2b(json_bytes(_canonical(obj, event), rules, sort_keys=True), digest_size=16)
     output_hash = hasher.text(event.output_text)
     image_hash = None

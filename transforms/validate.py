@@ -21,8 +21,9 @@ import orjson
 from transforms.dead_letter import ContractViolation, Reason
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-#: A run of 19 digits may be an integer past 64 bits, which orjson would read as a float.
-_LONG_DIGITS = re.compile(rb"\d{19}")
+#: A number orjson writes with an exponent (``1.8446744073709552e19``): it may have been read from an
+#: integer past 64 bits, which orjson turns into an inexact float.
+_EXPONENT = re.compile(rb"\d[eE][+-]?\d")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII)
 
 
@@ -117,16 +118,21 @@ def parse_record(raw: bytes, rules: EventRules) -> Any:
         raise ContractViolation(
             Reason.LINE_TOO_LONG, f"{len(raw)} bytes; the limit is {rules.max_record_bytes}"
         )
-    first_error = ""
-    if not _LONG_DIGITS.search(raw):
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            first_error = str(exc)
-    # orjson refuses what the stdlib reads (escaped lone surrogates, numbers past a double's
-    # range, deep nesting), and reads an integer beyond 64 bits as an inexact float: parse with
-    # the stdlib so the rule can name the real problem instead of a misleading "malformed" or a
-    # silently changed number. Only records with such a number, or bad ones, come here.
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return parse_exactly(raw, rules, first_error=str(exc))
+
+
+def parse_exactly(raw: bytes, rules: EventRules, first_error: str = "") -> Any:
+    """Parse one record with the stdlib, which keeps every number exact, or raise the violation
+    that names what is wrong with it.
+
+    orjson refuses what the stdlib reads (escaped lone surrogates, numbers past a double's range,
+    deep nesting), and reads an integer beyond 64 bits as an inexact float: this names the real
+    problem instead of a misleading "malformed" or a silently changed number. Only records that
+    orjson refused, or whose metadata holds a float that may have been such an integer, come here.
+    """
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as bad:
@@ -218,11 +224,17 @@ def nesting_depth(value: Any, stop_after: int) -> int:
     return deepest
 
 
-def metadata_json(metadata: dict[str, Any] | None, rules: EventRules) -> str | None:
-    """The event's metadata as JSON text (what ``events/`` keeps), within the contract's depth."""
+def metadata_json(metadata: dict[str, Any] | None, rules: EventRules, raw: bytes | None = None) -> str | None:
+    """The event's metadata as JSON text (what ``events/`` keeps), within the contract's depth.
+
+    With ``raw``, the JSON record it was parsed from: when the metadata holds a large float, the
+    record is parsed again exactly, so an integer past 64 bits is ``out_of_range``, not rounded.
+    """
     if metadata is None:
         return None
     text = json_bytes(metadata, rules)
+    if raw is not None and _EXPONENT.search(text):
+        json_bytes(parse_exactly(raw, rules), rules)
     # Each level of nesting takes two characters, so short metadata can't be too deep.
     inner = rules.max_depth - 1  # the event itself is the first level
     if len(text) >= 2 * inner and nesting_depth(metadata, inner) > inner:
