@@ -482,7 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     args.row_sample = min(args.row_sample, args.rows)
     # Every scratch database starts without a users table: the migration's warning is expected.
     logging.getLogger("aiep.migrations").setLevel(logging.ERROR)
-    server = resolve_url(args.server).set(database=None)
+    # A server, not a database: each measurement makes its own (resolve_url wants one named).
+    named = sa.make_url(args.server)
+    server = resolve_url(str(named.set(database=named.database or "mysql"))).set(database=None)
     header = print_header(args, server)
     with stopwatch() as built:
         events = build_events(args.rows, args.seed)
