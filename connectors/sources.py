@@ -290,6 +290,7 @@ class BatchBuilder:
         self.bytes += len(raw)
 
     def full(self, batch_lines: int) -> bool:
+        """Whether the batch holds ``batch_lines`` records or about ``BATCH_BYTES``."""
         return len(self.raws) >= batch_lines or self.bytes >= BATCH_BYTES
 
     def records(self, parsed: bool = False) -> InputRecords:

@@ -3,8 +3,8 @@
 Nested fields are dotted column names (``input.text``, ``usage.input_tokens``,
 ``output.image.path``); Parquet may also nest them as structs. An empty CSV cell or a Parquet null
 means "absent". The readers themselves are ``connectors.csv_source`` and
-``connectors.parquet_source``; a row either cannot turn into an event becomes a dead letter of its
-own, and only an input that cannot be read as a whole (no header, a column named twice, a file
+``connectors.parquet_source``; a row that either cannot turn into an event becomes a dead letter of
+its own, and only an input that cannot be read as a whole (no header, a column named twice, a file
 that is not Parquet) ends the run.
 """
 
