@@ -19,10 +19,12 @@ import io
 import re
 import zlib
 from collections.abc import Iterator
+from functools import cache
 from typing import IO, Any, cast
 
+import schemas
 from connectors.sources import BatchBuilder, InputError, InputFile, too_long
-from connectors.tabular import integer_columns, unflatten, unique_columns
+from connectors.tabular import unflatten, unique_columns
 from transforms.dead_letter import RAW_KEEP_BYTES, ContractViolation, Reason
 from transforms.event_batch import InputRecords
 
@@ -222,6 +224,22 @@ def _add_row(batch: BatchBuilder, line_no: int, raw: bytes, header: list[str], c
         batch.add(line_no, raw, violation)
     else:
         batch.add(line_no, raw, parsed=event)
+
+
+@cache
+def integer_columns() -> frozenset[str]:
+    """Dotted names of every integer field in the event JSON Schema."""
+    found: set[str] = set()
+
+    def walk(props: dict[str, Any], prefix: str) -> None:
+        for name, spec in props.items():
+            if spec.get("type") == "integer":
+                found.add(prefix + name)
+            if "properties" in spec:
+                walk(spec["properties"], f"{prefix}{name}.")
+
+    walk(schemas.event_json_schema()["properties"], "")
+    return frozenset(found)
 
 
 def _cell(column: str, cell: str) -> Any:

@@ -41,35 +41,41 @@ class _Unreadable:
 def read_parquet(file: InputFile, batch_lines: int, rules: EventRules) -> Iterator[InputRecords]:
     """Read a Parquet input as batches of parsed records."""
     try:
-        plain = pq.ParquetFile(file.path)
         # Dictionary-encoded strings stay encoded until a chunk of rows is converted: decoded at
         # once, one repeated 5 MB string in a 300-row file is 1.5 GB.
-        parquet = pq.ParquetFile(file.path, read_dictionary=_dictionary_columns(plain.metadata))
+        dictionary = _dictionary_columns(pq.read_metadata(file.path))
+        parquet = pq.ParquetFile(file.path, read_dictionary=dictionary)
         names = parquet.schema_arrow.names
         unique_columns(names, file.name)
-        builder, row_no = BatchBuilder(file), 1
-        for group in range(parquet.metadata.num_row_groups):
-            rows = _rows_per_read(parquet.metadata.row_group(group), batch_lines)
-            for arrow_batch in parquet.iter_batches(batch_size=rows, row_groups=[group]):
-                sizes = _row_bytes(arrow_batch)
-                for start, stop in _chunks(sizes, rules.max_record_bytes):
-                    if builder.raws and builder.bytes + int(sizes[start:stop].sum()) > BATCH_BYTES:
-                        yield builder.records(parsed=True)
-                        builder = BatchBuilder(file)
-                    chunk = arrow_batch.slice(start, stop - start)
-                    if stop - start == 1 and sizes[start] > rules.max_record_bytes:
-                        violation = too_long(int(sizes[start]), rules.max_record_bytes)
-                        builder.add(row_no + start, _preview(chunk), violation)
-                    else:
-                        _add_rows(builder, row_no + start, names, chunk, rules)
-                    if builder.full(batch_lines):
-                        yield builder.records(parsed=True)
-                        builder = BatchBuilder(file)
-                row_no += arrow_batch.num_rows
+        builder = BatchBuilder(file)
+        for first_row, chunk, weight in _row_chunks(parquet, batch_lines, rules.max_record_bytes):
+            rows = len(builder.raws) + chunk.num_rows
+            if builder.raws and (builder.bytes + weight > BATCH_BYTES or rows > batch_lines):
+                yield builder.records(parsed=True)
+                builder = BatchBuilder(file)
+            if chunk.num_rows == 1 and weight > rules.max_record_bytes:  # too large to convert
+                builder.add(first_row, _preview(chunk), too_long(weight, rules.max_record_bytes))
+            else:
+                _add_rows(builder, first_row, names, chunk, rules)
         if builder.raws:
             yield builder.records(parsed=True)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"cannot read Parquet input {file.name!r}: {exc}") from None
+
+
+def _row_chunks(
+    parquet: pq.ParquetFile, batch_lines: int, limit: int
+) -> Iterator[tuple[int, pa.RecordBatch, int]]:
+    """``(row number of its first row, chunk, decoded bytes)`` of consecutive rows holding about
+    ``BATCH_BYTES``, read a row group at a time; a row over ``limit`` is a chunk of its own."""
+    row_no = 1
+    for group in range(parquet.metadata.num_row_groups):
+        rows = _rows_per_read(parquet.metadata.row_group(group), batch_lines)
+        for arrow_batch in parquet.iter_batches(batch_size=rows, row_groups=[group]):
+            sizes = _row_bytes(arrow_batch)
+            for start, stop in _chunks(sizes, limit):
+                yield row_no + start, arrow_batch.slice(start, stop - start), int(sizes[start:stop].sum())
+            row_no += arrow_batch.num_rows
 
 
 def _dictionary_columns(metadata: pq.FileMetaData) -> list[str]:

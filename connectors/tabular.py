@@ -11,28 +11,10 @@ that is not Parquet) ends the run.
 from __future__ import annotations
 
 from collections import Counter
-from functools import cache
 from typing import Any
 
-import schemas
 from connectors.sources import InputError
 from transforms.dead_letter import ContractViolation, Reason
-
-
-@cache
-def integer_columns() -> frozenset[str]:
-    """Dotted names of every integer field in the event JSON Schema."""
-    found: set[str] = set()
-
-    def walk(props: dict[str, Any], prefix: str) -> None:
-        for name, spec in props.items():
-            if spec.get("type") == "integer":
-                found.add(prefix + name)
-            if "properties" in spec:
-                walk(spec["properties"], f"{prefix}{name}.")
-
-    walk(schemas.event_json_schema()["properties"], "")
-    return frozenset(found)
 
 
 def unflatten(row: dict[str, Any]) -> dict[str, Any]:
