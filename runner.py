@@ -128,14 +128,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
-    from connectors import audit_store
+    from connectors import database
     from connectors.database_url import redact
 
     shown = redact(args.audit_db)
     try:
-        engine = audit_store.open_engine(args.audit_db, create=args.db_command == "upgrade")
+        engine = database.open_engine(args.audit_db, create=args.db_command == "upgrade")
         if args.db_command == "upgrade":
-            done = audit_store.upgrade(engine)
+            done = database.upgrade(engine)
             change = (
                 "already up to date"
                 if done.before == done.after
@@ -143,13 +143,13 @@ def _cmd_db(args: argparse.Namespace) -> int:
             )
             print(f"{shown}: schema version {done.after} ({change})")
         else:
-            before = audit_store.current_version(engine)
-            head = audit_store.head_version()
+            before = database.current_version(engine)
+            head = database.head_version()
             state = "up to date" if before == head else "needs `db upgrade`"
             print(f"{shown}: schema version {before or 'none'}; newest {head} ({state})")
     except Exception as exc:  # a driver error of any kind: report it in one line, redacted
         print(
-            f"error: audit store {shown}: {audit_store.describe_error(exc, args.audit_db)}", file=sys.stderr
+            f"error: audit store {shown}: {database.describe_error(exc, args.audit_db)}", file=sys.stderr
         )
         return EXIT_FAILED
     return 0

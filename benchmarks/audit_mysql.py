@@ -48,11 +48,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pymysql
 import sqlalchemy as sa
+from connectors.audit_store import AUDIT_COLUMNS, AuditWriter, open_engine, upgrade
 
 import schemas
 from benchmarks.measure import Measurement, Stopwatch, stopwatch
 from benchmarks.report import environment, print_environment
-from connectors.audit_store import AUDIT_COLUMNS, AuditWriter, open_engine, upgrade
 from connectors.database_url import redact, resolve_url
 from connectors.synthetic_events import KIND_SHARES, ModelCard, model_catalogue
 from connectors.synthetic_load import BASE_TIME, SPAN_MS, Population, user_count

@@ -16,12 +16,11 @@ from typing import Any
 import orjson
 
 import schemas
+from connectors.config import PipelineConfig
 from connectors.images import FolderImageLoader
 from connectors.synthetic import generate_events, manifest_path
-from transforms.cost import PriceBook
-from transforms.event_batch import EnrichSettings, InputRecords, enrich_records, in_flight_schema
-from transforms.hashing import ContentHasher
-from transforms.validate import EventRules
+from pipelines.stages import build_enrich_settings
+from transforms.event_batch import InputRecords, enrich_records, in_flight_schema
 
 _CHECK_BATCH_LINES = 10_000
 
@@ -65,12 +64,7 @@ def contract_valid_copy(source: EventFile) -> tuple[Path, int]:
         with copy.open("rb") as fh:
             return copy, sum(1 for _ in fh)
     print(f"writing the contract-valid lines of {source.path.name} to {copy.name} ...", flush=True)
-    settings = EnrichSettings(
-        rules=EventRules.from_json_schema(schemas.event_json_schema()),
-        prices=PriceBook.from_rows(schemas.pricing_rows()),
-        hasher=ContentHasher(),
-        shards=1,
-    )
+    settings = build_enrich_settings(PipelineConfig(shards=1))
     loader = FolderImageLoader(str(source.path.parent), settings.rules.image_max_bytes)
     schema = in_flight_schema(schemas.arrow_schema("events"))
     kept = 0

@@ -1,21 +1,29 @@
 """Parquet datasets under the output directory: Hive-partitioned by ``dt``, zstd, atomic files.
 
-Every file is ``<out>/<dataset>/dt=<YYYY-MM-DD>/part-<stem>.parquet``. The stem is deterministic
-(the inputs' fingerprint and a shard), so a re-run of the same inputs replaces its files instead
-of adding to them. A file appears atomically: it is written under a hidden temporary name, then
-renamed, so a reader never sees half a file.
+Every file is ``<out>/<dataset>/dt=<YYYY-MM-DD>/part-<stem>.parquet``. The stem comes from the
+sink's naming policy and the key written: for a bounded run (:class:`RunFileNames`) it is the
+inputs' fingerprint and the key (a shard and a pane), so a re-run of the same inputs replaces its
+files instead of adding to them; a stream would name its files per epoch or checkpoint instead.
+A file appears atomically: it is written under a hidden temporary name, then renamed, so a reader
+never sees half a file. Datasets, their schemas and their partition columns come from
+``schemas/datasets.json``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+import schemas
+from connectors.sinks import Written
 
 #: The partition value Hive, Spark and DuckDB read as NULL.
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
@@ -48,15 +56,82 @@ def write_partitioned(
     return written
 
 
-def remove_stale_parts(out_dir: Path, datasets: list[str], fingerprint: str, older_than: float) -> list[Path]:
-    """Delete files an earlier run of the same inputs wrote and this run did not rewrite.
+class FileNaming(Protocol):
+    """How a Parquet sink names the file it writes for a key."""
 
-    A run owns every ``part-<fingerprint>-*`` file; any such file last written before this run
-    began (``older_than``, epoch seconds) is from a run whose results this one replaces.
+    def stem(self, key: str) -> str:
+        """The file stem for ``key``: ``part-<stem>.parquet`` in each ``dt`` folder."""
+        ...
+
+    def owns(self, file_name: str) -> bool:
+        """Whether a file of that name is one this naming writes."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunFileNames:
+    """Deterministic names for a bounded run: ``part-<outputs id>-<key>.parquet``.
+
+    The outputs id is the inputs' fingerprint, so a rerun of the same inputs writes the same
+    names (and replaces its files), and a run of other inputs never touches them.
+
+    >>> RunFileNames("0123abcd").stem("0007-20250708T000000")
+    '0123abcd-0007-20250708T000000'
+    >>> RunFileNames("0123abcd").owns("part-0123abcd-0001.parquet")
+    True
+    """
+
+    outputs_id: str
+
+    def stem(self, key: str) -> str:
+        return f"{self.outputs_id}-{key}"
+
+    def owns(self, file_name: str) -> bool:
+        return file_name.startswith(f"part-{self.outputs_id}-") and file_name.endswith(".parquet")
+
+
+class ParquetSink:
+    """A :class:`connectors.sinks.Sink` that writes one dataset of ``schemas/datasets.json``.
+
+    ``write(key, table)`` keeps the dataset's columns (dropping internal ones), casts them to its
+    schema and writes one file per ``dt`` partition of its ``partition_time`` column, named by
+    ``naming.stem(key)``.
+    """
+
+    def __init__(self, out_dir: Path, dataset: schemas.Dataset, naming: FileNaming) -> None:
+        self.out_dir = out_dir
+        self.dataset = dataset
+        self.naming = naming
+
+    def write(self, key: str, table: pa.Table) -> Written:
+        schema = self.dataset.schema
+        rows = table if table.schema == schema else table.select(schema.names).cast(schema)
+        write_partitioned(
+            rows, self.out_dir, self.dataset.name, self.naming.stem(key), self.dataset.partition_time
+        )
+        return Written({f"parquet_rows.{self.dataset.name}": rows.num_rows})
+
+    def held_elsewhere(self, wanted: Mapping[str, Sequence[str]]) -> set[str]:
+        """Which of the ``wanted`` keys (event ids, grouped by ``dt``) files this naming does not
+        own already hold; see :func:`held_event_ids`."""
+        return held_event_ids(self.out_dir, wanted, self.naming, self.dataset.name)
+
+    def close(self) -> None:
+        """Nothing to release: every write closed its file."""
+
+
+def remove_stale_parts(out_dir: Path, naming: FileNaming, older_than: float) -> list[Path]:
+    """Delete files an earlier run with the same naming wrote and this run did not rewrite.
+
+    A run owns every file its naming names in every dataset of ``schemas/datasets.json``; any such
+    file last written before this run began (``older_than``, epoch seconds) is from a run whose
+    results this one replaces.
     """
     removed = []
-    for dataset in datasets:
-        for path in (out_dir / dataset).glob(f"dt=*/part-{fingerprint}-*.parquet"):
+    for dataset in schemas.dataset_names():
+        for path in (out_dir / dataset).glob("dt=*/part-*.parquet"):
+            if not naming.owns(path.name):
+                continue
             if path.stat().st_mtime < older_than:
                 path.unlink()
                 removed.append(path)
@@ -66,22 +141,25 @@ def remove_stale_parts(out_dir: Path, datasets: list[str], fingerprint: str, old
     return removed
 
 
-def remove_temporary_files(out_dir: Path, datasets: list[str]) -> list[Path]:
-    """Delete the hidden temporary files a killed run left (a Parquet file written, not renamed).
+def remove_temporary_files(out_dir: Path) -> list[Path]:
+    """Delete the hidden temporary files a killed run left (a Parquet file written, not renamed)
+    in every dataset of ``schemas/datasets.json``.
 
     Call it only while holding the output directory's lock: then no other run is writing one.
     """
     removed = []
-    for dataset in datasets:
+    for dataset in schemas.dataset_names():
         for path in (out_dir / dataset).glob("dt=*/.part-*.tmp"):
             path.unlink()
             removed.append(path)
     return removed
 
 
-def held_event_ids(out_dir: Path, wanted: Mapping[str, Sequence[str]], other_than: str) -> set[str]:
+def held_event_ids(
+    out_dir: Path, wanted: Mapping[str, Sequence[str]], other_than: FileNaming, dataset: str = "events"
+) -> set[str]:
     """Which of the ``wanted`` event ids (grouped by their ``dt`` partition) the ``events`` dataset
-    under ``out_dir`` holds in files not named by the fingerprint ``other_than``.
+    under ``out_dir`` holds in files the naming ``other_than`` does not own.
 
     An event can only be in its own day's partition, so only those folders are read, and of their
     files only the ``event_id`` column, filtered to the ids asked for.
@@ -90,8 +168,8 @@ def held_event_ids(out_dir: Path, wanted: Mapping[str, Sequence[str]], other_tha
     for dt, ids in wanted.items():
         files = sorted(
             str(path)
-            for path in (out_dir / "events" / f"dt={dt}").glob("part-*.parquet")
-            if not path.name.startswith(f"part-{other_than}-")
+            for path in (out_dir / dataset / f"dt={dt}").glob("part-*.parquet")
+            if not other_than.owns(path.name)
         )
         if files and ids:
             found = ds.dataset(files, format="parquet").to_table(

@@ -12,7 +12,7 @@ from typing import Any
 import cachetools
 import sqlalchemy as sa
 
-from connectors.audit_store import LOOKUP_CHUNK, fetch_all
+from connectors.database import LOOKUP_CHUNK, fetch_all
 
 log = logging.getLogger("aiep.users")
 

@@ -20,11 +20,10 @@ from typing import Any
 
 import filelock
 
-import schemas
-from connectors import audit_store
+from connectors import database
 from connectors.config import PipelineConfig, load_config
 from connectors.database_url import redact
-from connectors.parquet_sink import remove_stale_parts, remove_temporary_files
+from connectors.parquet_sink import RunFileNames, remove_stale_parts, remove_temporary_files
 from connectors.sources import InputError, InputFile, discover_inputs, plan_splits
 from pipelines import progress
 from pipelines.stages import RunPlan
@@ -118,37 +117,40 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]: 
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     # Holding the lock, any staging folder or temporary file left here is a killed run's.
     shutil.rmtree(out_dir / "_staging", ignore_errors=True)
-    remove_temporary_files(out_dir, schemas.dataset_names())
+    remove_temporary_files(out_dir)
     for leftover in [*out_dir.glob("_runs/.*.json.tmp"), *out_dir.glob(".write-probe-*")]:
         leftover.unlink()
     staging = out_dir / "_staging" / run_id
-    audit_url = request.audit_url or audit_store.default_url(out_dir)
+    audit_url = request.audit_url or database.default_url(out_dir)
     try:
         files = discover_inputs(request.inputs, staging / "stdin.jsonl")
         fingerprint = inputs_fingerprint(files)
         try:
-            engine = audit_store.open_engine(audit_url)
-            schema_version = audit_store.upgrade(engine).after
-            stored_before = audit_store.has_audit_rows(engine)
+            engine = database.open_engine(audit_url)
+            schema_version = database.upgrade(engine).after
+            stored_before = database.has_audit_rows(engine)
             engine.dispose()
         except Exception as exc:  # any driver error: the store is unusable for this run
             raise RunError(
-                f"audit store {redact(audit_url)} is unusable: {audit_store.describe_error(exc, audit_url)}"
+                f"audit store {redact(audit_url)} is unusable: {database.describe_error(exc, audit_url)}"
             ) from exc
         config = with_shards_for(config, sum(f.size for f in files))
+        naming = RunFileNames(fingerprint)
         plan = RunPlan(
             run_id=run_id,
             out_dir=str(out_dir),
             audit_url=audit_url,
             config=config,
-            fingerprint=fingerprint,
-            base_dirs=tuple(f.base_dir for f in files),
-            staging_dir=str(staging / "spill"),
+            outputs_id=fingerprint,
+            naming=naming,
+            image_dirs=tuple(f.base_dir for f in files),
             compare_with_store=stored_before,
         )
         splits = plan_splits(files, config.split_mb << 20)
-        counts = _run_engine(request, splits, plan, sum(f.size for f in files), on_progress)
-        remove_stale_parts(out_dir, schemas.dataset_names(), fingerprint, started_clock)
+        counts = _run_engine(
+            request, splits, plan, str(staging / "spill"), sum(f.size for f in files), on_progress
+        )
+        remove_stale_parts(out_dir, naming, started_clock)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if staging.parent.exists() and not any(staging.parent.iterdir()):
@@ -161,7 +163,7 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]: 
     return summary
 
 
-def _run_engine(request, splits, plan, total_bytes: int, on_progress) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def _run_engine(request, splits, plan, staging_dir: str, total_bytes: int, on_progress) -> dict[str, int]:  # type: ignore[no-untyped-def]
     # Imported here: Beam takes a second to import. Without the optional GCP extras its import
     # logs "apitools not found" through the root logger, a warning about nothing this run uses.
     logging.disable(logging.WARNING)
@@ -181,12 +183,12 @@ def _run_engine(request, splits, plan, total_bytes: int, on_progress) -> dict[st
     if reporter:
         reporter.start()
     try:
-        return beam.run(splits, plan, list(request.engine_args))
+        return beam.run(splits, plan, staging_dir, list(request.engine_args))
     except Exception as exc:  # the engine wraps a step's error in its own; report the root cause
-        root = audit_store.root_cause(exc)
+        root = database.root_cause(exc)
         if isinstance(root, InputError):  # an input unusable as a whole, found as it was read
             raise RunError(str(root)) from exc
-        raise RunError(f"pipeline failed: {audit_store.describe_error(root, plan.audit_url)}") from exc
+        raise RunError(f"pipeline failed: {database.describe_error(root, plan.audit_url)}") from exc
     finally:
         done.set()
         if reporter:

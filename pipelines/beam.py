@@ -1,9 +1,10 @@
 """The spine on Apache Beam: DirectRunner by default; Flink, Spark or Dataflow by pipeline options.
 
 Read the chain in ``build`` top to bottom to follow one event from its input file to the sinks.
-Every step calls :class:`pipelines.stages.SpineSteps`; elements are batches, never single events:
-a shuffle moves ``(shard, path)`` of an Arrow batch spilled by ``connectors.spill``, so memory stays
-flat however large the input.
+Every step calls a stage of :mod:`pipelines.stages`; elements are batches, never single events:
+a shuffle moves ``(key, path)`` of an Arrow batch spilled by ``connectors.spill``, so memory stays
+flat however large the input. The second shuffle is keyed by (user shard, pane) in event-time
+windows of the pane's size, its elements stamped with the pane's start.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import FixedWindows, GlobalWindows, TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
 from connectors.sources import InputSplit
 from connectors.spill import Spill
 from pipelines import progress
-from pipelines.stages import Counts, RunPlan, SpineSteps
+from pipelines.stages import Counts, PaneKey, RunPlan, SpineWorker, StageOutput, pane_label
 from transforms.event_batch import InputRecords
 
 NAMESPACE = "aiep"
@@ -27,130 +30,149 @@ DEAD_LETTER = "dead_letter"
 VIOLATIONS = "rate_limit_violations"
 
 
-class _StepDoFn(beam.DoFn):  # type: ignore[misc]
-    """Builds the worker's SpineSteps once and reports step counts as Beam counters."""
+class _StageDoFn(beam.DoFn):  # type: ignore[misc]
+    """Builds the worker's stages once (``setup``), reports their counts as Beam counters, and
+    releases the worker's database engine when Beam tears the DoFn down."""
 
-    def __init__(self, plan: RunPlan) -> None:
+    def __init__(self, plan: RunPlan, staging_dir: str) -> None:
         self._plan = plan
+        self._staging_dir = staging_dir
 
     def setup(self) -> None:
-        self.steps = SpineSteps(self._plan)
-        self.spill = Spill(self._plan.staging_dir)
+        self.worker = SpineWorker(self._plan)
+        self.spill = Spill(self._staging_dir)
+
+    def teardown(self) -> None:
+        self.worker.close()
 
     def count(self, counts: Counts) -> None:
         for name, value in counts.items():
             if value:
                 Metrics.counter(NAMESPACE, name).inc(value)
 
+    def emit(self, output: StageOutput, step: str) -> Iterator[Any]:
+        """Count a stage's output, spill its tables under their keys, and send its dead letters to
+        the tagged output. Tables keyed by a pane carry the pane's start as their event time."""
+        self.count(output.counts)
+        for key, table in output.tables:
+            path = self.spill.put(step, table)
+            if isinstance(key, tuple):  # (user shard, pane start in µs)
+                yield TimestampedValue((key, path), Timestamp(micros=key[1]))
+            else:
+                yield key, path
+        for bucket, letters in output.dead_letters:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, (bucket, self.spill.put(DEAD_LETTER, letters)))
 
-class ReadSplit(_StepDoFn):
+
+class ReadInputSplit(_StageDoFn):
     """Input split → batches of raw records."""
 
     def process(self, split: InputSplit) -> Iterator[InputRecords]:
-        for records in self.steps.read(split):
+        for records in self.worker.read(split):
             progress.advance(sum(map(len, records.raws)) + len(records.raws) + records.blank_lines)
             yield records
 
 
-class Enrich(_StepDoFn):
+class ValidateHashPrice(_StageDoFn):
     """Raw records → (event_id shard, spilled valid events); dead letters to a tagged output."""
 
     def process(self, records: InputRecords) -> Iterator[Any]:
-        shards, dead, counts = self.steps.enrich(records)
-        self.count(counts)
-        for shard, table in shards:
-            yield shard, self.spill.put("by_event_id", table)
-        for key, table in dead:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, (key, self.spill.put(DEAD_LETTER, table)))
+        yield from self.emit(self.worker.validate(records), "by_event_id")
 
 
-class CollapseDuplicates(_StepDoFn):
-    """All copies of a shard's event_ids → (user shard, spilled events, one per event_id)."""
+class CollapseDuplicates(_StageDoFn):
+    """All copies of a shard's event_ids → one per event_id, compared with the audit trail →
+    ((user shard, pane), spilled events), each stamped with its pane's start."""
 
     def process(self, element: tuple[int, Iterable[str]]) -> Iterator[Any]:
-        by_user, conflicts, counts = self.steps.collapse(self.spill.load(element[1]))
-        self.count(counts)
-        for shard, table in by_user:
-            yield shard, self.spill.put("by_user", table)
-        for key, table in conflicts:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, (key, self.spill.put(DEAD_LETTER, table)))
+        events, collapsed = self.worker.collapse(self.spill.load(element[1]))
+        yield from self.emit(collapsed, "by_event_id")
+        yield from self.emit(self.worker.compare(events), "by_user_pane")
 
 
-class ApplyRateLimits(_StepDoFn):
-    """All events of a user shard → (shard, flagged events); violations to a tagged output."""
+class ApplyRateLimits(_StageDoFn):
+    """All events of a user shard's pane → (file key, events ready for the sinks); violations to
+    a tagged output."""
 
-    def process(self, element: tuple[int, Iterable[str]]) -> Iterator[Any]:
-        shard, paths = element
-        events, violations = self.steps.rate_limit(self.spill.load(paths))
-        yield shard, events
+    def process(self, element: tuple[PaneKey, Iterable[str]]) -> Iterator[Any]:
+        key, paths = element
+        worker = self.worker
+        events, violations = worker.rate_limits(worker.tiers(pa.concat_tables(self.spill.load(paths))))
+        label = pane_label(key)
+        yield label, worker.order(events)
         if violations.num_rows:
-            yield beam.pvalue.TaggedOutput(VIOLATIONS, (shard, violations))
+            yield beam.pvalue.TaggedOutput(VIOLATIONS, (label, violations))
 
 
-class WriteEvents(_StepDoFn):
-    """Sink: the audit store, then events Parquet; events another run stored meanwhile with
+class WriteEvents(_StageDoFn):
+    """Sinks: the audit trail, then events Parquet; events another run stored meanwhile with
     another payload become dead letters."""
 
-    def process(self, element: tuple[int, pa.Table]) -> Iterator[Any]:
-        conflicts, counts = self.steps.write_events(*element)
-        self.count(counts)
-        for key, table in conflicts:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, (key, self.spill.put(DEAD_LETTER, table)))
+    def process(self, element: tuple[str, pa.Table]) -> Iterator[Any]:
+        conflicts, counts = self.worker.write_events(*element)
+        yield from self.emit(StageOutput(dead_letters=conflicts, counts=counts), DEAD_LETTER)
 
 
-class WriteViolations(_StepDoFn):
+class WriteViolations(_StageDoFn):
     """Sink: rate_limit_violations Parquet."""
 
-    def process(self, element: tuple[int, pa.Table]) -> None:
-        self.count(self.steps.write_violations(*element))
+    def process(self, element: tuple[str, pa.Table]) -> None:
+        self.count(self.worker.write_violations(*element))
 
 
-class WriteDeadLetters(_StepDoFn):
+class WriteDeadLetters(_StageDoFn):
     """Sink: dead_letter Parquet, one file per (source, bucket of lines)."""
 
     def process(self, element: tuple[str, Iterable[str]]) -> None:
         key, paths = element
-        self.count(self.steps.write_dead_letters(key, self.spill.load(paths)))
+        self.count(self.worker.write_dead_letters(key, self.spill.load(paths)))
 
 
-def build(pipeline: beam.Pipeline, splits: list[InputSplit], plan: RunPlan) -> None:
-    """Wire the spine into ``pipeline``."""
+def build(pipeline: beam.Pipeline, splits: list[InputSplit], plan: RunPlan, staging_dir: str) -> None:
+    """Wire the spine into ``pipeline``; batches between shuffles are spilled under ``staging_dir``."""
+
+    def stage(step: type[_StageDoFn]) -> beam.ParDo:
+        return beam.ParDo(step(plan, staging_dir))
+
     records = (
         pipeline
         | "ListInputSplits" >> beam.Create(splits, reshuffle=True)
-        | "ReadRecords" >> beam.ParDo(ReadSplit(plan))
+        | "ReadRecords" >> stage(ReadInputSplit)
     )
-    enriched = records | "ValidateHashPrice" >> beam.ParDo(Enrich(plan)).with_outputs(
+    enriched = records | "ValidateHashPrice" >> stage(ValidateHashPrice).with_outputs(
         DEAD_LETTER, main="events"
     )
     deduped = (
         enriched.events
         | "GroupByEventIdShard" >> beam.GroupByKey()
-        | "CollapseDuplicates"
-        >> beam.ParDo(CollapseDuplicates(plan)).with_outputs(DEAD_LETTER, main="events")
+        | "CollapseDuplicates" >> stage(CollapseDuplicates).with_outputs(DEAD_LETTER, main="events")
     )
     limited = (
         deduped.events
-        | "GroupByUserShard" >> beam.GroupByKey()
-        | "ApplyRateLimits" >> beam.ParDo(ApplyRateLimits(plan)).with_outputs(VIOLATIONS, main="events")
+        # Event-time panes: a streaming runner's watermark closes a pane, and every rate-limit
+        # window in it, once no earlier event can still arrive.
+        | "IntoEventTimePanes" >> beam.WindowInto(FixedWindows(plan.panes.size_seconds))
+        | "GroupByUserPane" >> beam.GroupByKey()
+        | "ApplyRateLimits" >> stage(ApplyRateLimits).with_outputs(VIOLATIONS, main="events")
     )
-    written = limited.events | "WriteAuditAndEvents" >> beam.ParDo(WriteEvents(plan)).with_outputs(
+    written = limited.events | "WriteAuditAndEvents" >> stage(WriteEvents).with_outputs(
         DEAD_LETTER, main="done"
     )
-    _ = limited[VIOLATIONS] | "WriteRateLimitViolations" >> beam.ParDo(WriteViolations(plan))
+    _ = limited[VIOLATIONS] | "WriteRateLimitViolations" >> stage(WriteViolations)
+    late_letters = written[DEAD_LETTER] | "OutOfPanes" >> beam.WindowInto(GlobalWindows())
     _ = (
-        (enriched[DEAD_LETTER], deduped[DEAD_LETTER], written[DEAD_LETTER])
+        (enriched[DEAD_LETTER], deduped[DEAD_LETTER], late_letters)
         | "AllDeadLetters" >> beam.Flatten()
         | "GroupDeadLettersByBucket" >> beam.GroupByKey()
-        | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(plan))
+        | "WriteDeadLetters" >> stage(WriteDeadLetters)
     )
 
 
-def run(splits: list[InputSplit], plan: RunPlan, beam_args: list[str]) -> Counts:
+def run(splits: list[InputSplit], plan: RunPlan, staging_dir: str, beam_args: list[str]) -> Counts:
     """Run the spine to completion and return its counters."""
     options = PipelineOptions(beam_args)
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, splits, plan)
+    build(pipeline, splits, plan, staging_dir)
     result = pipeline.run()
     result.wait_until_finish()
     counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]

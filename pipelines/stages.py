@@ -1,15 +1,34 @@
-"""The spine's steps as engine-free functions on batches, shared by every engine adapter.
+"""The spine's stages: small engine-free objects with one job each, shared by every engine adapter.
 
-Each step calls ``transforms`` for the logic and ``connectors`` for IO, and returns what it
-produced plus counts for the run summary. An engine adapter (``beam.py``) only moves batches
-between these steps and turns the counts into its own metrics.
+A stage calls ``transforms`` for the logic and ``connectors`` for IO, takes and returns Arrow
+tables, and reports counts for the run summary. An engine adapter (``beam.py``) only moves tables
+between stages, shuffles them by the keys the stages give, and turns the counts into its metrics.
+Read them in order to follow one event from its input to the sinks:
+
+1. :class:`ReadInputs`: an input split → batches of raw records.
+2. :class:`ValidateHashPrice`: raw records → valid events keyed by ``event_id`` shard, and dead
+   letters. *Shuffle 1* brings every copy of an event_id to one worker.
+3. :class:`CollapseDuplicates`: the duplicate rule within the run.
+4. :class:`CompareWithStore`: the duplicate rule against what earlier runs stored (the same
+   event_id shard is at hand, so its lookups batch). Events come out keyed by
+   ``(user shard, pane)``: *shuffle 2* brings every event of a user's pane, a span of event time
+   holding whole rate-limit windows, to one worker.
+5. :class:`ResolveTiers`: the tier of events that name none, from the users table.
+6. :class:`ApplyRateLimits`: flag events past their tier's quota per window; violations.
+7. :class:`OrderForSinks`: a deterministic order, the events schema plus the internal columns the
+   sinks need.
+8. :class:`WriteEvents`, :class:`WriteViolations`, :class:`WriteDeadLetters`: the sinks.
+
+:class:`SpineWorker` builds the stages once per worker from a :class:`RunPlan` and disposes the
+database engine when the worker ends.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
@@ -19,10 +38,12 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 import schemas
-from connectors.audit_store import AuditWriter, open_engine
+from connectors.audit_sink import AuditSink, StoredEvents
 from connectors.config import PipelineConfig
+from connectors.database import open_engine
 from connectors.images import FolderImageLoader
-from connectors.parquet_sink import held_event_ids, partition_dates, write_partitioned
+from connectors.parquet_sink import FileNaming, ParquetSink, partition_dates
+from connectors.sinks import Counts, Sink
 from connectors.sources import InputSplit, read_split
 from connectors.users import UserDirectory
 from transforms.cost import PriceBook
@@ -36,6 +57,7 @@ from transforms.dedup import (
     stored_conflicts,
 )
 from transforms.event_batch import (
+    CONTENT,
     FINGERPRINT,
     ORDER,
     RAW,
@@ -50,6 +72,7 @@ from transforms.rate_limit import RateLimits, apply_rate_limits
 from transforms.sharding import split_by_shard, user_shard
 from transforms.tiers import resolve_tiers
 from transforms.validate import EventRules
+from transforms.windows import TumblingWindows, pane_seconds
 
 #: The tier of an event that names none and whose user has none (DESIGN.md, stage 3).
 DEFAULT_TIER = "free"
@@ -57,97 +80,160 @@ DEFAULT_TIER = "free"
 #: Dead letters of one source are written in files of at most this many lines of input.
 DEAD_LETTER_BUCKET_LINES = 1_000_000
 
-Counts = dict[str, int]
+#: A dead-letter file's key (input position and bucket of lines) and its rows.
 Keyed = tuple[str, pa.Table]
+#: Shuffle 2's key: the user shard and the start of the pane (µs since the epoch).
+PaneKey = tuple[int, int]
 
-#: Internal columns events carry to the audit sink and no further: the payload fingerprint (for
-#: the audit trail), the raw record and input position (for a conflict found at write time) and
-#: the stored flag.
-_CARRIED = (FINGERPRINT, RAW, ORDER, STORED)
+#: Internal columns events carry to the sinks and no further: the payload fingerprint (for the
+#: audit trail), the raw record and input position (for a conflict found at write time), the
+#: stored flag, and the content itself (texts and image bytes) for the model stages.
+CARRIED = (FINGERPRINT, RAW, ORDER, STORED, *CONTENT)
+
+
+def build_enrich_settings(config: PipelineConfig) -> EnrichSettings:
+    """The first stage's rules, prices, hasher and shard count for ``config``: one builder for the
+    pipeline, the tests and the benchmarks."""
+    return EnrichSettings(
+        rules=EventRules.from_json_schema(schemas.event_json_schema()),
+        prices=PriceBook.from_rows(schemas.pricing_rows(config.pricing_path)),
+        hasher=ContentHasher(config.hmac_key()),
+        shards=config.shards,
+    )
+
+
+def pane_label(key: PaneKey) -> str:
+    """The file key of a pane: ``SSSS-YYYYMMDDTHHMMSS`` (user shard, pane start in UTC).
+
+    >>> pane_label((3, 1_751_932_800_000_000))
+    '0003-20250708T000000'
+    """
+    shard, start_us = key
+    start = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=start_us)
+    return (
+        f"{shard:04d}-{start.year:04d}{start.month:02d}{start.day:02d}"
+        f"T{start.hour:02d}{start.minute:02d}{start.second:02d}"
+    )
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What every worker needs to know about the run; small and picklable."""
+    """What every worker needs to know about the run; small and picklable.
+
+    Nothing here assumes files: a stream job gives its own outputs id and file naming.
+    """
 
     run_id: str
     out_dir: str
     audit_url: str = field(repr=False)  # may hold a password: never in a log or an error
     config: PipelineConfig
-    fingerprint: str  # of the inputs' contents: names their output files, marks their audit rows
-    base_dirs: tuple[str, ...]  # by input order: where each input's image paths resolve
-    staging_dir: str  # spilled batches between stages; removed when the run ends
+    #: Names this run's output files (through ``naming``) and marks its audit rows: the inputs'
+    #: fingerprint for a bounded run.
+    outputs_id: str
+    #: How the Parquet sinks name their files (deterministic per bounded run).
+    naming: FileNaming
+    #: By source position: the folder a source's relative image paths resolve against.
+    image_dirs: tuple[str, ...]
     # Whether the audit trail held rows when the run began: only then can an event conflict with
     # one an earlier run stored (within a run, each event_id reaches exactly one shard).
     compare_with_store: bool = True
 
+    @property
+    def panes(self) -> TumblingWindows:
+        """Shuffle 2's panes: they hold whole windows of every windowed stage."""
+        return TumblingWindows(pane_seconds(self.config.window_seconds))
 
-class SpineSteps:
-    """The spine's steps for one worker; heavy members are built once, on first use."""
 
-    def __init__(self, plan: RunPlan) -> None:
-        self.plan = plan
-        self.out_dir = Path(plan.out_dir)
+@dataclass
+class StageOutput:
+    """What a stage produced: keyed tables for the next stage, dead letters, counts."""
 
-    @cached_property
-    def _settings(self) -> EnrichSettings:
-        config = self.plan.config
-        return EnrichSettings(
-            rules=EventRules.from_json_schema(schemas.event_json_schema()),
-            prices=PriceBook.from_rows(schemas.pricing_rows(config.pricing_path)),
-            hasher=ContentHasher(config.hmac_key()),
-            shards=config.shards,
+    tables: list[tuple[int, pa.Table]] | list[tuple[PaneKey, pa.Table]] = field(default_factory=list)
+    dead_letters: list[Keyed] = field(default_factory=list)
+    counts: Counts = field(default_factory=dict)
+
+
+def dead_letter_files(letters: Sequence[DeadLetter]) -> list[Keyed]:
+    """Dead letters keyed by (input position, bucket of lines): each key becomes one file."""
+    if not letters:
+        return []
+    groups: dict[str, list[DeadLetter]] = {}
+    for letter in letters:
+        key = f"{letter.source_order:04d}-{letter.line_no // DEAD_LETTER_BUCKET_LINES:04d}"
+        groups.setdefault(key, []).append(letter)
+    schema = schemas.arrow_schema("dead_letter")
+    return [(key, dead_letter_table(group, schema)) for key, group in sorted(groups.items())]
+
+
+class ReadInputs:
+    """Stage 1: an input split → batches of at most ``batch_size`` raw records, in order."""
+
+    def __init__(self, batch_size: int, rules: EventRules) -> None:
+        self.batch_size = batch_size
+        self.rules = rules
+
+    def __call__(self, split: InputSplit) -> Iterable[InputRecords]:
+        return read_split(split, self.batch_size, self.rules)
+
+
+class ValidateHashPrice:
+    """Stage 2: validate, resolve images, hash and price; key valid events by event_id shard."""
+
+    def __init__(self, settings: EnrichSettings, image_dirs: Sequence[str]) -> None:
+        self.settings = settings
+        self.image_dirs = image_dirs
+        self.schema = in_flight_schema(schemas.arrow_schema("events"))
+
+    def __call__(self, records: InputRecords) -> StageOutput:
+        loader = FolderImageLoader(self.image_dirs[records.source_order], self.settings.rules.image_max_bytes)
+        batch = enrich_records(records, self.settings, loader, self.schema)
+        return StageOutput(
+            list(split_by_shard(batch.events, batch.events.column(SHARD))),
+            dead_letter_files(batch.dead_letters),
+            {"events_read": len(records.raws), "blank_lines": records.blank_lines},
         )
 
-    @cached_property
-    def _in_flight(self) -> pa.Schema:
-        return in_flight_schema(schemas.arrow_schema("events"))
 
-    @cached_property
-    def _engine(self) -> sa.Engine:
-        return open_engine(self.plan.audit_url)
+class CollapseDuplicates:
+    """Stage 3: one event per event_id among the copies of one shard (``transforms.dedup``)."""
 
-    @cached_property
-    def _audit(self) -> AuditWriter:
-        config = self.plan.config
-        return AuditWriter(
-            self._engine, config.audit_batch_rows, config.audit_retry_attempts, self.plan.fingerprint
-        )
-
-    @cached_property
-    def _users(self) -> UserDirectory:
-        config = self.plan.config
-        return UserDirectory(
-            self._engine,
-            ttl_seconds=config.users_ttl_seconds,
-            retry_attempts=config.audit_retry_attempts,
-            tiers=frozenset(config.quotas),
-        )
-
-    def read(self, split: InputSplit) -> Iterable[InputRecords]:
-        """Batches of raw records from one input split."""
-        return read_split(split, self.plan.config.batch_size, self._settings.rules)
-
-    def enrich(self, records: InputRecords) -> tuple[list[tuple[int, pa.Table]], list[Keyed], Counts]:
-        """Validate, hash and price; split valid events by ``event_id`` shard."""
-        loader = FolderImageLoader(
-            self.plan.base_dirs[records.source_order], self._settings.rules.image_max_bytes
-        )
-        batch = enrich_records(records, self._settings, loader, self._in_flight)
-        counts = {"events_read": len(records.raws), "blank_lines": records.blank_lines}
-        shards = list(split_by_shard(batch.events, batch.events.column(SHARD)))
-        return shards, self._dead_letter_groups(batch.dead_letters), counts
-
-    def collapse(self, tables: Iterable[pa.Table]) -> tuple[list[tuple[int, pa.Table]], list[Keyed], Counts]:
-        """Apply the duplicate rule to every copy of a shard's event_ids, then against the rows an
-        earlier run stored; re-split by user."""
+    def __call__(self, tables: Iterable[pa.Table]) -> tuple[pa.Table, StageOutput]:
         result = collapse_duplicates(pa.concat_tables(tables))
-        events = result.events.drop_columns([SHARD])
+        return result.events.drop_columns([SHARD]), StageOutput(
+            dead_letters=dead_letter_files(result.conflicts),
+            counts={"duplicates_collapsed": result.collapsed},
+        )
+
+
+class CompareWithStore:
+    """Stage 4: the duplicate rule against the audit trail, then key events by (user shard, pane).
+
+    An event stored with another payload is a conflicting duplicate; one stored with the same
+    payload is marked ``STORED`` (its audit row stays as it is). Of those, one this output already
+    holds in files of another run (``held_elsewhere``) is a duplicate here: it keeps a ``CONTEXT``
+    mark, counts towards its window's quota, and goes no further. One stored but held nowhere
+    here (its run was killed before its Parquet, or wrote elsewhere) is written again.
+    """
+
+    def __init__(
+        self,
+        stored: StoredEvents | None,
+        held_elsewhere: Callable[[Mapping[str, Sequence[str]]], set[str]],
+        shards: int,
+        panes: TumblingWindows,
+    ) -> None:
+        self.stored = stored  # None: the store was empty when the run began, nothing to compare
+        self.held_elsewhere = held_elsewhere
+        self.shards = shards
+        self.panes = panes
+
+    def __call__(self, events: pa.Table) -> StageOutput:
         verdicts = np.zeros(events.num_rows, dtype=np.int8)
         held = np.zeros(events.num_rows, dtype=bool)
-        if self.plan.compare_with_store:
-            stored = self._audit.stored_fingerprints(events.column("event_id").to_pylist())
-            verdicts = judge_against_store(events, stored)
+        if self.stored is not None and events.num_rows:
+            verdicts = judge_against_store(
+                events, self.stored.fingerprints(events.column("event_id").to_pylist())
+            )
             held = self._held_here(events, verdicts)
         conflicts = stored_conflicts(events, np.flatnonzero(verdicts == Verdict.CONFLICT), "an earlier run")
         keep = verdicts != Verdict.CONFLICT
@@ -156,15 +242,16 @@ class SpineSteps:
             .append_column(STORED, pa.array(verdicts[keep] != Verdict.NEW))
             .append_column(CONTEXT, pa.array(held[keep]))
         )
-        by_user = list(split_by_shard(events, user_shard(events, self.plan.config.shards)))
-        counts = {"duplicates_collapsed": result.collapsed + int(np.count_nonzero(held))}
-        return by_user, self._dead_letter_groups(result.conflicts + conflicts), counts
+        keyed: list[tuple[PaneKey, pa.Table]] = [
+            ((shard, start), pane)
+            for shard, part in split_by_shard(events, user_shard(events, self.shards))
+            for start, pane in self.panes.split(part, "event_time")
+        ]
+        return StageOutput(
+            keyed, dead_letter_files(conflicts), {"duplicates_collapsed": int(np.count_nonzero(held))}
+        )
 
     def _held_here(self, events: pa.Table, verdicts: np.ndarray) -> np.ndarray:
-        """Which stored events this output directory already holds in files of other inputs'
-        runs: those are duplicates here. One stored but held nowhere here (its run was killed
-        before its Parquet, or wrote into another directory) is written by this run, and one held
-        only in this run's own files is rewritten in place."""
         rows = np.flatnonzero(verdicts == Verdict.STORED)
         held = np.zeros(events.num_rows, dtype=bool)
         if not rows.size:
@@ -175,84 +262,209 @@ class SpineSteps:
         wanted: dict[str, list[str]] = {}
         for day, event_id in zip(days, ids, strict=True):
             wanted.setdefault(day, []).append(event_id)
-        found = held_event_ids(self.out_dir, wanted, other_than=self.plan.fingerprint)
+        found = self.held_elsewhere(wanted)
         held[rows] = [event_id in found for event_id in ids]
         return held
 
-    def rate_limit(self, tables: Iterable[pa.Table]) -> tuple[pa.Table, pa.Table]:
-        """Resolve one user shard's tiers from the users table, then flag events past quota; rows
-        come out in a deterministic order, in the events dataset's schema plus the internal
-        columns the audit sink needs. Events this output already holds count towards their
-        window's quota, then are left out."""
-        events = pa.concat_tables(tables)
+
+class ResolveTiers:
+    """Stage 5: the tier of each event that names none: its user's, else ``DEFAULT_TIER``."""
+
+    def __init__(self, users: UserDirectory) -> None:
+        self.users = users
+
+    def __call__(self, events: pa.Table) -> pa.Table:
         untiered = pc.unique(pc.filter(events.column("user_id"), pc.is_null(events.column("ai_tier"))))
-        profiles = self._users.profiles(untiered.to_pylist())
-        events = resolve_tiers(events, {uid: p.tier for uid, p in profiles.items()}, DEFAULT_TIER)
-        limits = RateLimits(self.plan.config.quotas, self.plan.config.window_seconds)
-        result = apply_rate_limits(events, limits, schemas.arrow_schema("rate_limit_violations"))
-        context = result.events.column(CONTEXT)
-        written = result.events.filter(pc.invert(context)) if pc.any(context).as_py() else result.events
+        profiles = self.users.profiles(untiered.to_pylist())
+        return resolve_tiers(events, {uid: p.tier for uid, p in profiles.items()}, DEFAULT_TIER)
+
+
+class ApplyRateLimits:
+    """Stage 6: flag events past their tier's quota in each window; the windows over quota.
+
+    The table must hold every event of its users' windows: shuffle 2's panes guarantee it.
+    """
+
+    def __init__(self, limits: RateLimits) -> None:
+        self.limits = limits
+        self.violations_schema = schemas.arrow_schema("rate_limit_violations")
+
+    def __call__(self, events: pa.Table) -> tuple[pa.Table, pa.Table]:
+        result = apply_rate_limits(events, self.limits, self.violations_schema)
+        return result.events, result.violations
+
+
+class OrderForSinks:
+    """Stage 7: leave out the events this output already holds, order the rest by (user_id,
+    event_time, event_id), in the events schema plus the internal columns sinks may use."""
+
+    def __init__(self) -> None:
+        self.schema = schemas.arrow_schema("events")
+
+    def __call__(self, events: pa.Table) -> pa.Table:
+        context = events.column(CONTEXT)
+        written = events.filter(pc.invert(context)) if pc.any(context).as_py() else events
         ordered = written.sort_by(
             [("user_id", "ascending"), ("event_time", "ascending"), ("event_id", "ascending")]
         )
-        schema = schemas.arrow_schema("events")
-        flagged = ordered.select(schema.names).cast(schema)
-        for internal in _CARRIED:
-            flagged = flagged.append_column(internal, ordered.column(internal))
-        return flagged, result.violations
+        flagged = ordered.select(self.schema.names).cast(self.schema)
+        for internal in CARRIED:
+            if internal in ordered.column_names:
+                flagged = flagged.append_column(internal, ordered.column(internal))
+        return flagged
 
-    def write_events(self, shard: int, events: pa.Table) -> tuple[list[Keyed], Counts]:
-        """Write one user shard's events to the audit store, then to Parquet.
 
-        The audit store comes first: an event another run stored meanwhile with another payload
-        (a concurrent run over other inputs) is then left out of this run's Parquet, as a
-        conflicting duplicate.
-        """
-        outcome = self._audit.write(events)
+class WriteEvents:
+    """Stage 8: the audit trail first, then the events dataset.
+
+    The audit trail comes first: an event another run stored meanwhile with another payload (a
+    concurrent run over other inputs) is refused there, and then left out of this run's Parquet as
+    a conflicting duplicate.
+    """
+
+    def __init__(self, audit: Sink, events: Sink) -> None:
+        self.audit = audit
+        self.events = events
+
+    def __call__(self, key: str, events: pa.Table) -> tuple[list[Keyed], Counts]:
+        audited = self.audit.write(key, events)
         conflicts: list[DeadLetter] = []
-        if outcome.conflicting:
-            clash = pc.is_in(events.column("event_id"), value_set=pa.array(outcome.conflicting, pa.string()))
+        if audited.refused:
+            clash = pc.is_in(events.column("event_id"), value_set=pa.array(audited.refused, pa.string()))
             rows = np.flatnonzero(clash.to_numpy(zero_copy_only=False))
             conflicts = stored_conflicts(events, rows, "another run at the same time")
             events = events.filter(pc.invert(clash))
-        parquet = events.drop_columns(list(_CARRIED))
-        write_partitioned(parquet, self.out_dir, "events", self._stem(f"{shard:04d}"), "event_time")
-        cost = pc.sum(parquet.column("cost")).as_py()
-        counts = {
-            "audit_rows_inserted": outcome.inserted,
-            "events_processed": parquet.num_rows,
-            "rate_limited": pc.sum(parquet.column("rate_limited")).as_py() or 0,
-            "unpriced_events": parquet.column("cost").null_count,
+        self.events.write(key, events)
+        cost = pc.sum(events.column("cost")).as_py()
+        counts = audited.counts | {
+            "events_processed": events.num_rows,
+            "rate_limited": pc.sum(events.column("rate_limited")).as_py() or 0,
+            "unpriced_events": events.column("cost").null_count,
             "cost_total_micros": int(cost.scaleb(6)) if cost is not None else 0,
         }
-        return self._dead_letter_groups(conflicts), counts
+        return dead_letter_files(conflicts), counts
 
-    def write_violations(self, shard: int, violations: pa.Table) -> Counts:
-        """Write one user shard's rate-limit violations to Parquet."""
-        write_partitioned(
-            violations, self.out_dir, "rate_limit_violations", self._stem(f"{shard:04d}"), "window_start"
-        )
+
+class WriteViolations:
+    """Stage 8: rate-limit violations to their dataset."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    def __call__(self, key: str, violations: pa.Table) -> Counts:
+        self.sink.write(key, violations)
         return {"rate_limit_violations": violations.num_rows}
 
-    def write_dead_letters(self, key: str, tables: Iterable[pa.Table]) -> Counts:
-        """Write one bucket of dead letters, sorted by source position; count them by reason."""
+
+class WriteDeadLetters:
+    """Stage 8: one file of dead letters, sorted by source position; counts by reason."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    def __call__(self, key: str, tables: Iterable[pa.Table]) -> Counts:
         letters = pa.concat_tables(tables).sort_by([("source", "ascending"), ("line_no", "ascending")])
-        write_partitioned(letters, self.out_dir, "dead_letter", self._stem(key), "event_time")
+        self.sink.write(key, letters)
         reasons = Counter(letters.column("reason").to_pylist())
         return {"events_dead_lettered": letters.num_rows} | {
             f"dead_letter.{reason}": n for reason, n in reasons.items()
         }
 
-    def _stem(self, suffix: str) -> str:
-        return f"{self.plan.fingerprint}-{suffix}"
 
-    def _dead_letter_groups(self, letters: list[DeadLetter]) -> list[Keyed]:
-        """Dead letters keyed by (input position, bucket of lines): each bucket becomes one file."""
-        if not letters:
-            return []
-        groups: dict[str, list[DeadLetter]] = {}
-        for letter in letters:
-            key = f"{letter.source_order:04d}-{letter.line_no // DEAD_LETTER_BUCKET_LINES:04d}"
-            groups.setdefault(key, []).append(letter)
-        schema = schemas.arrow_schema("dead_letter")
-        return [(key, dead_letter_table(group, schema)) for key, group in sorted(groups.items())]
+class SpineWorker:
+    """The stages of one worker, built once, on first use; ``close`` releases the database.
+
+    Stages are built lazily so that a worker opens a database engine only if it runs a stage
+    that needs one.
+    """
+
+    def __init__(self, plan: RunPlan) -> None:
+        self.plan = plan
+        self.out_dir = Path(plan.out_dir)
+        self._engine: sa.Engine | None = None
+        self._sinks: list[Sink] = []
+
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = open_engine(self.plan.audit_url)
+        return self._engine
+
+    @cached_property
+    def settings(self) -> EnrichSettings:
+        return build_enrich_settings(self.plan.config)
+
+    def parquet(self, dataset: str) -> ParquetSink:
+        """The sink of one dataset of ``schemas/datasets.json``, named by the plan's naming."""
+        sink = ParquetSink(self.out_dir, schemas.dataset(dataset), self.plan.naming)
+        self._sinks.append(sink)
+        return sink
+
+    @cached_property
+    def read(self) -> ReadInputs:
+        return ReadInputs(self.plan.config.batch_size, self.settings.rules)
+
+    @cached_property
+    def validate(self) -> ValidateHashPrice:
+        return ValidateHashPrice(self.settings, self.plan.image_dirs)
+
+    @cached_property
+    def collapse(self) -> CollapseDuplicates:
+        return CollapseDuplicates()
+
+    @cached_property
+    def compare(self) -> CompareWithStore:
+        config = self.plan.config
+        stored = (
+            StoredEvents(self.engine, config.audit_retry_attempts) if self.plan.compare_with_store else None
+        )
+        return CompareWithStore(stored, self.parquet("events").held_elsewhere, config.shards, self.plan.panes)
+
+    @cached_property
+    def tiers(self) -> ResolveTiers:
+        config = self.plan.config
+        users = UserDirectory(
+            self.engine,
+            ttl_seconds=config.users_ttl_seconds,
+            retry_attempts=config.audit_retry_attempts,
+            tiers=frozenset(config.quotas),
+        )
+        return ResolveTiers(users)
+
+    @cached_property
+    def rate_limits(self) -> ApplyRateLimits:
+        return ApplyRateLimits(RateLimits(self.plan.config.quotas, self.plan.config.window_seconds))
+
+    @cached_property
+    def order(self) -> OrderForSinks:
+        return OrderForSinks()
+
+    @cached_property
+    def write_events(self) -> WriteEvents:
+        config = self.plan.config
+        audit = AuditSink(
+            self.engine, config.audit_batch_rows, config.audit_retry_attempts, self.plan.outputs_id
+        )
+        self._sinks.append(audit)
+        return WriteEvents(audit, self.parquet("events"))
+
+    @cached_property
+    def write_violations(self) -> WriteViolations:
+        return WriteViolations(self.parquet("rate_limit_violations"))
+
+    @cached_property
+    def write_dead_letters(self) -> WriteDeadLetters:
+        return WriteDeadLetters(self.parquet("dead_letter"))
+
+    def close(self) -> None:
+        """Close the sinks and dispose of the worker's database engine (its pooled connections);
+        stages used after it are built anew."""
+        for sink in self._sinks:
+            sink.close()
+        self._sinks.clear()
+        for name, member in vars(type(self)).items():
+            if isinstance(member, cached_property):
+                self.__dict__.pop(name, None)
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None

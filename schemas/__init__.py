@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import tomllib
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -51,16 +52,40 @@ def _arrow_type(spec: str) -> pa.DataType:
     return simple[spec]
 
 
+@dataclass(frozen=True)
+class Dataset:
+    """One Parquet dataset under ``--out``, as ``datasets.json`` defines it."""
+
+    name: str
+    schema: pa.Schema
+    #: The column whose UTC date names the ``dt=`` partition a row is written to.
+    partition_time: str
+
+
 @cache
-def arrow_schema(dataset: str) -> pa.Schema:
-    """The Arrow schema of one output dataset, e.g. ``arrow_schema("events")``."""
+def dataset(name: str) -> Dataset:
+    """One output dataset, e.g. ``dataset("events")``; KeyError names the datasets there are."""
     try:
-        spec = _datasets()[dataset]
+        spec = _datasets()[name]
     except KeyError:
-        raise KeyError(f"no dataset {dataset!r} in datasets.json; have {dataset_names()}") from None
-    return pa.schema(
+        raise KeyError(f"no dataset {name!r} in datasets.json; have {dataset_names()}") from None
+    schema = pa.schema(
         [pa.field(f["name"], _arrow_type(f["type"]), nullable=f["nullable"]) for f in spec["fields"]]
     )
+    partition_time = spec["partition_time"]
+    if partition_time not in schema.names:
+        raise ValueError(f"datasets.json: {name}.partition_time {partition_time!r} is not one of its fields")
+    return Dataset(name, schema, partition_time)
+
+
+def datasets() -> list[Dataset]:
+    """Every output dataset, in ``datasets.json`` order."""
+    return [dataset(name) for name in dataset_names()]
+
+
+def arrow_schema(name: str) -> pa.Schema:
+    """The Arrow schema of one output dataset, e.g. ``arrow_schema("events")``."""
+    return dataset(name).schema
 
 
 @cache

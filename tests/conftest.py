@@ -196,15 +196,7 @@ def mysql_db(mysql_server: tuple[str, int]) -> Any:
 
 def enrich_settings(shards: int) -> Any:
     """The first stage's settings from the shipped contracts, as every worker builds them."""
-    import schemas
-    from transforms.cost import PriceBook
-    from transforms.event_batch import EnrichSettings
-    from transforms.hashing import ContentHasher
-    from transforms.validate import EventRules
+    from connectors.config import PipelineConfig
+    from pipelines.stages import build_enrich_settings
 
-    return EnrichSettings(
-        EventRules.from_json_schema(schemas.event_json_schema()),
-        PriceBook.from_rows(schemas.pricing_rows()),
-        ContentHasher(),
-        shards=shards,
-    )
+    return build_enrich_settings(PipelineConfig(shards=shards))

@@ -3,7 +3,7 @@
     python tests/kill_at.py MODULE:ATTRIBUTE before|after N -- RUNNER_ARGS...
 
 The process kills itself just before (or just after) the N-th call of the function or method
-named, e.g. ``connectors.audit_store:BatchWriter._execute after 1``: right after the audit
+named, e.g. ``connectors.database:BatchWriter._execute after 1``: right after the audit
 store's first commit. Beam's default DirectRunner runs every step in this process, so the whole
 run dies there. Used by ``tests/test_kill_loop.py``; it changes nothing in the pipeline itself.
 """

@@ -13,7 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from connectors.audit_store import AuditWriter, head_version, open_engine, upgrade
+from connectors.audit_sink import AuditSink
+from connectors.database import head_version, open_engine, upgrade
 from tests.conftest import ROOT, MySQLDatabase, read_dataset
 from transforms.dedup import STORED
 from transforms.event_batch import FINGERPRINT
@@ -151,12 +152,14 @@ def test_rows_another_run_stored_meanwhile_are_told_apart_at_write_time(
     engine = open_engine(store_urls(tmp_path, mysql_db)[store])
     upgrade(engine)
     same, other = b"\x01" * 16, b"\x02" * 16
-    theirs = AuditWriter(engine, batch_rows=2, inputs_fingerprint="their-inputs")
-    assert theirs.write(writer_rows(["dup", "clash"], [same, same], [False, False])).inserted == 2
+    theirs = AuditSink(engine, batch_rows=2, outputs_id="their-inputs")
+    assert theirs.write("0", writer_rows(["dup", "clash"], [same, same], [False, False])).counts == {
+        "audit_rows_inserted": 2
+    }
     # The run's check before rate limiting saw none of them stored: another run wrote them since.
-    ours = AuditWriter(engine, batch_rows=2, inputs_fingerprint="our-inputs")
-    outcome = ours.write(writer_rows(["dup", "clash", "new"], [same, other, same], [False] * 3))
-    assert (outcome.inserted, outcome.conflicting) == (1, ["clash"])  # "dup" is the same event
+    ours = AuditSink(engine, batch_rows=2, outputs_id="our-inputs")
+    written = ours.write("0", writer_rows(["dup", "clash", "new"], [same, other, same], [False] * 3))
+    assert (written.counts["audit_rows_inserted"], written.refused) == (1, ("clash",))  # "dup": same event
     engine.dispose()
     if store == "sqlite":
         with sqlite3.connect(tmp_path / "fresh.sqlite") as con:

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from connectors.audit_store import DecisionWriter, open_engine, upgrade
+from connectors.database import open_engine, upgrade
+from connectors.decision_sink import DecisionSink
 
 
 @pytest.fixture(params=["sqlite", "mariadb"])
@@ -43,9 +44,10 @@ def stored(engine: sa.Engine) -> dict[str, tuple[Any, ...]]:
 def test_automatic_decisions_upsert_but_never_overwrite_a_human_review(store_url: str) -> None:
     engine = open_engine(store_url)
     upgrade(engine)
-    writer = DecisionWriter(engine, batch_rows=2)
+    writer = DecisionSink(engine, batch_rows=2)
     hostile = "h'; DROP TABLE moderation_decisions; --"
     writer.write(
+        "0",
         decisions(("h1", "approved", "0.10"), ("h2", "flagged", "0.60"), (hostile, "approved", "0.01"))
     )
     with engine.begin() as conn:
@@ -55,12 +57,13 @@ def test_automatic_decisions_upsert_but_never_overwrite_a_human_review(store_url
                 "WHERE content_hash = 'h2'"
             )
         )
-    writer.write(decisions(("h1", "flagged", "0.70"), ("h2", "approved", "0.05"), ("h3", "rejected", "0.99")))
+    later = decisions(("h1", "flagged", "0.70"), ("h2", "approved", "0.05"), ("h3", "rejected", "0.99"))
+    writer.write("0", later)
     assert stored(engine) == {
         "h1": ("flagged", Decimal("0.70"), None),  # automatic: updated
         "h2": ("rejected", Decimal("0.60"), 7),  # human: kept
         "h3": ("rejected", Decimal("0.99"), None),
         hostile: ("approved", Decimal("0.01"), None),  # values are bound, never spliced into SQL
     }
-    writer.write(decisions(("h3", "rejected", "0.99")))  # a replay changes nothing
+    writer.write("0", decisions(("h3", "rejected", "0.99")))  # a replay changes nothing
     assert len(stored(engine)) == 4

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from connectors.audit_store import open_engine, upgrade
+from connectors.database import open_engine, upgrade
 from tests.conftest import MySQLDatabase, read_dataset, run_cli, run_pipeline
 
 #: Pairs of distinct ids that MariaDB's default utf8mb4 collations (general_ci, unicode_ci) or

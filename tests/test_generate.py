@@ -16,26 +16,23 @@ import orjson
 import pytest
 from PIL import Image
 
+from connectors.config import PipelineConfig
 from connectors.synthetic import GenerateReport, generate_events, manifest_path
 from connectors.synthetic_bad import FILE_IMAGE_MAKERS, INLINE_MAKERS
 from connectors.synthetic_events import UNPRICED_MODEL
+from pipelines.stages import build_enrich_settings
 from schemas import arrow_schema, event_json_schema, pricing_rows, tier_table
-from transforms.cost import PriceBook
 from transforms.dead_letter import ContractViolation, Reason
 from transforms.event_batch import (
-    EnrichSettings,
     ImageLoader,
     InputRecords,
     enrich_records,
     in_flight_schema,
 )
-from transforms.hashing import ContentHasher
 from transforms.validate import EventRules, parse_record
 
 RULES = EventRules.from_json_schema(event_json_schema())
-SETTINGS = EnrichSettings(
-    rules=RULES, prices=PriceBook.from_rows(pricing_rows()), hasher=ContentHasher(), shards=4
-)
+SETTINGS = build_enrich_settings(PipelineConfig(shards=4))
 SCHEMA = in_flight_schema(arrow_schema("events"))
 
 

@@ -127,7 +127,7 @@ def test_events_a_killed_run_stored_but_never_wrote_are_written_by_the_next_run(
     (workspace / "b.jsonl").write_text("".join(event_line(f"b{i}") for i in range(5)))
     out = workspace / "out"
     killed = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "kill_at.py"), "connectors.audit_store:BatchWriter._execute",
+        [sys.executable, str(ROOT / "tests" / "kill_at.py"), "connectors.database:BatchWriter._execute",
          "after", "1", "--", "run", "--input", str(data), "--out", str(out)],
         cwd=ROOT, capture_output=True, timeout=300,
     )  # fmt: skip

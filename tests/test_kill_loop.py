@@ -32,9 +32,9 @@ EVENTS = int(os.environ.get("AIEP_CRASH_EVENTS", "6000"))
 AUDIT_BATCH_ROWS = 100
 
 KILL_POINTS = [
-    ("connectors.audit_store:BatchWriter._execute", "before", 1),  # before the first sink commits
-    ("connectors.audit_store:BatchWriter._execute", "after", 1),  # right after it
-    ("connectors.audit_store:BatchWriter._execute", "after", 7),  # while the audit sink writes on
+    ("connectors.database:BatchWriter._execute", "before", 1),  # before the first sink commits
+    ("connectors.database:BatchWriter._execute", "after", 1),  # right after it
+    ("connectors.database:BatchWriter._execute", "after", 7),  # while the audit sink writes on
     ("pyarrow.parquet:write_table", "after", 1),  # a Parquet file written but not renamed
     ("connectors.parquet_sink:write_partitioned", "after", 2),  # some Parquet files in place
     ("connectors.parquet_sink:remove_stale_parts", "before", 1),  # every sink committed

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.audit_store import head_version, open_engine, upgrade
+from connectors.database import head_version, open_engine, upgrade
 from tests.conftest import ROOT, MySQLDatabase, run_cli
 
 

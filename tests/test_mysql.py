@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from connectors.audit_store import head_version
+from connectors.database import head_version
 from tests.conftest import MySQLDatabase, read_dataset, run_cli, run_pipeline
 
 pytestmark = pytest.mark.usefixtures("mysql_server")

@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import schemas
+from connectors.config import PipelineConfig
+from pipelines.stages import build_enrich_settings
 from transforms.cost import PriceBook
-from transforms.event_batch import EnrichSettings, InputRecords, enrich_records, in_flight_schema
-from transforms.hashing import ContentHasher
+from transforms.event_batch import InputRecords, enrich_records, in_flight_schema
 from transforms.sharding import split_by_shard, user_shard
 from transforms.validate import EventRules
 
@@ -41,7 +42,7 @@ def event_line(event_id: str, user_id: int = 42) -> bytes:
 
 
 def enriched_shards(event_ids: list[str], shards: int) -> dict[str, int]:
-    settings_ = EnrichSettings(RULES, PRICES, ContentHasher(), shards=shards)
+    settings_ = build_enrich_settings(PipelineConfig(shards=shards))
     records = InputRecords(
         "a.jsonl", 0, list(range(1, len(event_ids) + 1)), [event_line(e) for e in event_ids]
     )

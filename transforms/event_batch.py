@@ -40,6 +40,11 @@ ImageLoader = Callable[[str], bytes]
 
 #: Columns that travel with events between stages but are never written to ``events/``.
 ORDER, RAW, FINGERPRINT, SHARD = "_order", "_raw", "_fingerprint", "_shard"
+#: The content itself, for the model stages (moderation, embeddings): the prompt and output texts
+#: as the event gave them (their hashes are of the NFC form) and the output image's bytes. Only
+#: their hashes are ever written.
+INPUT_TEXT, OUTPUT_TEXT, IMAGE = "_input_text", "_output_text", "_image"
+CONTENT = (INPUT_TEXT, OUTPUT_TEXT, IMAGE)
 
 
 @dataclass(frozen=True)
@@ -79,9 +84,10 @@ class EnrichedBatch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
-def in_flight_schema(events_schema: pa.Schema) -> pa.Schema:
+def in_flight_schema(events_schema: pa.Schema, content: bool = True) -> pa.Schema:
     """Schema of the table between stages: the events dataset's columns, less those later
-    stages add, plus the internal ordering, raw-record, fingerprint and shard columns."""
+    stages add, plus the internal ordering, raw-record, fingerprint and shard columns, and (with
+    ``content``) the texts and image bytes."""
     later = {"rate_limited", "window_start", "tier_source"}
     # ai_tier stays NULL until the user's tier is looked up (transforms.tiers.resolve_tiers).
     fields = [
@@ -94,6 +100,15 @@ def in_flight_schema(events_schema: pa.Schema) -> pa.Schema:
             pa.field(RAW, pa.binary(), nullable=False),
             pa.field(FINGERPRINT, pa.binary(16), nullable=False),
             pa.field(SHARD, pa.int32(), nullable=False),
+            *(
+                [
+                    pa.field(INPUT_TEXT, pa.string()),
+                    pa.field(OUTPUT_TEXT, pa.string()),
+                    pa.field(IMAGE, pa.binary()),
+                ]
+                if content
+                else []
+            ),
         ]
     )
 
@@ -180,6 +195,9 @@ def _event_row(
         raw[: RAW_KEEP_BYTES + 1],
         fingerprint.digest(),
         zlib.crc32(event.event_id.encode("utf-8")) % settings.shards,
+        event.input_text,
+        event.output_text,
+        image_bytes,
     )
 
 
@@ -218,7 +236,7 @@ def _describe(exc: BaseException) -> str:
 _ROW_COLUMNS = (
     "event_id", "event_time", "user_id", "operation_type", "model", "ai_tier", "_has_image",
     "input_hash", "output_hash", "image_hash", "input_tokens", "output_tokens", "images", "cost",
-    "metadata", "line_no", RAW, FINGERPRINT, SHARD,
+    "metadata", "line_no", RAW, FINGERPRINT, SHARD, INPUT_TEXT, OUTPUT_TEXT, IMAGE,
 )  # fmt: skip
 
 

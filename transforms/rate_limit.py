@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms.windows import TumblingWindows
+
 
 @dataclass(frozen=True)
 class RateLimits:
@@ -46,9 +48,10 @@ def apply_rate_limits(events: pa.Table, limits: RateLimits, violations_schema: p
         limits: quotas and window length.
         violations_schema: schema of the ``rate_limit_violations`` dataset.
     """
-    window_us = limits.window_seconds * 1_000_000
+    windows = TumblingWindows(limits.window_seconds)
+    window_us = windows.size_us
     times = events.column("event_time").cast(pa.int64()).to_numpy()
-    window_start = (times // window_us) * window_us
+    window_start = windows.starts(events.column("event_time"))
     tiers = events.column("ai_tier")
     unknown = set(pc.unique(tiers).to_pylist()) - set(limits.quotas)
     if unknown:

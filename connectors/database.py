@@ -1,59 +1,35 @@
-"""The audit store: the seed's tables in SQLite (embedded default) or MySQL/MariaDB, by URL.
+"""The audit store's database toolkit: SQLite (embedded default) or MySQL/MariaDB, by URL.
 
-Tables come from the versioned migrations in ``schemas/migrations`` (Alembic); the writer reflects
-them, so column lists are never restated here. Writes are batched, one transaction per batch, and
-keyed by ``event_id`` so a replay inserts nothing twice.
+Engines (UTC sessions, strict SQL modes, SQLite pragmas), the versioned migrations in
+``schemas/migrations`` (Alembic) run under a lock, batched keyed writes retried whole on
+transient errors, and error descriptions with passwords hidden. The sinks that write the seed's
+tables (``connectors.audit_sink``, ``connectors.decision_sink``) are built on it; they reflect the
+tables, so column lists are never restated in code.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import filelock
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pymysql
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.dialects import mysql, sqlite
 
 import schemas
 from connectors.database_url import hide_secrets, resolve_url
 from connectors.retry import transient_retry
-from transforms.dedup import STORED, Verdict, judge_against_store
-from transforms.event_batch import FINGERPRINT
-
-log = logging.getLogger("aiep.audit")
-
-#: events column -> ai_audit_trail column, for every column the pipeline writes.
-AUDIT_COLUMNS = {
-    "event_id": "event_id",
-    "user_id": "user_id",
-    "operation_type": "operation_type",
-    "input_hash": "input_hash",
-    "output_hash": "output_hash",
-    "cost": "cost",
-    "event_time": "created_at",
-    "model": "model",
-    "ai_tier": "ai_tier",
-    "cost_status": "cost_status",
-    "rate_limited": "rate_limited",
-    "image_hash": "image_hash",
-    "hash_mode": "hash_mode",
-    FINGERPRINT: "payload_fingerprint",
-}
 
 #: Event ids per ``SELECT ... WHERE event_id IN (...)``.
 LOOKUP_CHUNK = 1000
@@ -309,132 +285,8 @@ def fetch_all(
     raise AssertionError("unreachable: transient_retry re-raises")
 
 
-def _dialect(engine: sa.Engine) -> str:
+def dialect(engine: sa.Engine) -> str:
     name = engine.dialect.name
     if name not in ("sqlite", "mysql", "mariadb"):
         raise ValueError(f"audit store: unsupported database {name!r}")
     return "sqlite" if name == "sqlite" else "mysql"
-
-
-class AuditRowsLost(RuntimeError):
-    """The audit store did not keep rows it was given and holds nothing under their event ids."""
-
-
-@dataclass
-class AuditOutcome:
-    """What one ``AuditWriter.write`` did: rows inserted, and events another run stored otherwise."""
-
-    inserted: int = 0
-    #: Stored meanwhile, with another payload, by another run: conflicting duplicates. (One stored
-    #: meanwhile with the same payload is the same event: this run writes it to its Parquet too.)
-    conflicting: list[str] = field(default_factory=list)
-
-
-class AuditWriter:
-    """One ``ai_audit_trail`` row per event, keyed by ``event_id``: a stored event is kept as is.
-
-    Every batch is checked: when the database inserts fewer rows than the batch holds new events,
-    the rows it skipped are read back and compared exactly. One stored meanwhile by another run
-    with the same payload is the same event; one with another payload is a conflict
-    (``AuditOutcome``); one that is not there at all means the store loses events (a loose
-    collation, a trigger), and the write fails with ``AuditRowsLost`` instead of reporting success.
-    """
-
-    def __init__(
-        self, engine: sa.Engine, batch_rows: int, retry_attempts: int = 8, inputs_fingerprint: str = ""
-    ) -> None:
-        table = sa.Table("ai_audit_trail", sa.MetaData(), autoload_with=engine)
-        statement: sa.Insert
-        if _dialect(engine) == "sqlite":
-            statement = sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
-        else:
-            statement = mysql.insert(table).prefix_with("IGNORE")
-        self._writer = BatchWriter(
-            engine, statement, [*AUDIT_COLUMNS.values(), "inputs_fingerprint"], batch_rows, retry_attempts
-        )
-        self._engine = engine
-        self._retry_attempts = retry_attempts
-        self.inputs_fingerprint = inputs_fingerprint
-        stored = sa.table("ai_audit_trail", sa.column("event_id"), sa.column("payload_fingerprint"))
-        self._stored_query = sa.select(stored.c.event_id, stored.c.payload_fingerprint).where(
-            stored.c.event_id.in_(sa.bindparam("ids", expanding=True))
-        )
-
-    def stored_fingerprints(self, event_ids: list[str]) -> dict[str, bytes | None]:
-        """The ``payload_fingerprint`` of each of ``event_ids`` the audit trail holds (absent:
-        nothing stored; ``None``: stored before fingerprints were kept)."""
-        found: dict[str, bytes | None] = {}
-        for start in range(0, len(event_ids), LOOKUP_CHUNK):
-            chunk = event_ids[start : start + LOOKUP_CHUNK]
-            rows = fetch_all(self._engine, self._stored_query, {"ids": chunk}, self._retry_attempts)
-            found.update((row[0], None if row[1] is None else bytes(row[1])) for row in rows)
-        return found
-
-    def write(self, events: pa.Table) -> AuditOutcome:
-        """Insert one audit row per event (``STORED`` marks those already stored); see the class."""
-        # In key order, each batch touches the unique index's pages once, not at random.
-        events = events.select([*AUDIT_COLUMNS, STORED]).sort_by("event_id")
-        columns = {AUDIT_COLUMNS[name]: events.column(name) for name in AUDIT_COLUMNS}
-        # TIMESTAMP holds whole seconds; Arrow's %S would print the microseconds too.
-        seconds = columns["created_at"].cast(pa.timestamp("s", tz="UTC"), safe=False)
-        columns["created_at"] = pc.strftime(seconds, "%Y-%m-%d %H:%M:%S")
-        columns["rate_limited"] = pc.cast(columns["rate_limited"], pa.int8())
-        # Exact decimal text ("0.000200"): both drivers take it for DECIMAL/NUMERIC, with no
-        # Decimal object per row.
-        columns["cost"] = pc.cast(columns["cost"], pa.string())
-        columns["inputs_fingerprint"] = pa.array([self.inputs_fingerprint] * events.num_rows, pa.string())
-        outcome = AuditOutcome()
-        for start, stop, inserted in self._writer.write_batches(columns, events.num_rows):
-            batch = events.slice(start, stop - start)
-            new = batch.filter(pc.invert(batch.column(STORED)))
-            if inserted < new.num_rows:
-                self._account_for_skipped(new, inserted, outcome)
-            outcome.inserted += inserted
-        return outcome
-
-    def _account_for_skipped(self, new: pa.Table, inserted: int, outcome: AuditOutcome) -> None:
-        ids = new.column("event_id")
-        verdicts = judge_against_store(new, self.stored_fingerprints(ids.to_pylist()))
-        lost = np.flatnonzero(verdicts == Verdict.NEW)
-        if lost.size:
-            raise AuditRowsLost(
-                f"the audit store inserted {inserted} of {new.num_rows} new rows and holds nothing under "
-                f"{lost.size} of their event ids (e.g. {ids[int(lost[0])].as_py()[:128]!r}): does a "
-                "collation or a trigger compare event ids loosely? (migration 0004 gives "
-                "ai_audit_trail.event_id a binary one)"
-            )
-        outcome.conflicting.extend(ids.filter(pa.array(verdicts == Verdict.CONFLICT)).to_pylist())
-
-
-class DecisionWriter:
-    """One ``moderation_decisions`` row per distinct content, keyed by ``content_hash``.
-
-    An automatic decision updates a stored one only while no human has reviewed it
-    (``reviewed_by`` is NULL): a human decision is never overwritten.
-    """
-
-    COLUMNS = ("content_hash", "decision", "score")
-
-    def __init__(self, engine: sa.Engine, batch_rows: int, retry_attempts: int = 8) -> None:
-        table = sa.Table("moderation_decisions", sa.MetaData(), autoload_with=engine)
-        unreviewed = table.c.reviewed_by.is_(None)
-        statement: sa.Insert
-        if _dialect(engine) == "sqlite":
-            lite = sqlite.insert(table)
-            statement = lite.on_conflict_do_update(
-                index_elements=["content_hash"],
-                set_={"decision": lite.excluded.decision, "score": lite.excluded.score},
-                where=unreviewed,
-            )
-        else:
-            my = mysql.insert(table)
-            statement = my.on_duplicate_key_update(
-                decision=sa.case((unreviewed, my.inserted.decision), else_=table.c.decision),
-                score=sa.case((unreviewed, my.inserted.score), else_=table.c.score),
-            )
-        self._writer = BatchWriter(engine, statement, list(self.COLUMNS), batch_rows, retry_attempts)
-
-    def write(self, decisions: pa.Table) -> int:
-        """Upsert ``content_hash, decision, score`` rows; return the rows the database changed."""
-        decisions = decisions.sort_by("content_hash")
-        return self._writer.write({name: decisions.column(name) for name in self.COLUMNS}, decisions.num_rows)
