@@ -205,18 +205,43 @@ def run_child(command: list[str], log: Path) -> ChildRun:
     return ChildRun(child.returncode, usage, wall, busy, poller)
 
 
-def run_spine(input_path: Path, out_dir: Path, engine_args: tuple[str, ...] = ()) -> Measurement:
+def _git_at(repo: Path) -> str:
+    """The commit a checkout made by :func:`checkout_commit` holds."""
+    marker = repo / ".baseline-commit"
+    return marker.read_text().strip() if marker.exists() else str(repo)
+
+
+def checkout_commit(ref: str, where: Path) -> Path:
+    """A detached git worktree of ``ref`` at ``where`` (removed from git's list when it is made,
+    so deleting the folder is all the cleanup it needs); returns its path."""
+    add = ["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(where), ref]
+    subprocess.run(add, check=True)
+    commit = subprocess.run(
+        ["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    # Forget it at once: the folder lives in the scratch directory and goes with it.
+    (where / ".git").unlink()
+    subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=True)
+    (where / ".baseline-commit").write_text(commit + "\n")
+    return where
+
+
+def run_spine(
+    input_path: Path, out_dir: Path, engine_args: tuple[str, ...] = (), repo: Path = REPO
+) -> Measurement:
     """Run ``runner.py run --no-progress`` over one file in a child; time it and read its summary.
 
     Events/s is ``events_read`` over the run's own ``seconds`` (``run_batch`` end to end, from
     its summary); the process wall time, which adds interpreter start and imports, is a detail.
-    ``engine_args`` go to Beam after ``--`` (e.g. ``--direct_num_workers=2``).
+    ``engine_args`` go to Beam after ``--`` (e.g. ``--direct_num_workers=2``). ``repo`` is the
+    checkout whose ``runner.py`` runs (another commit's, for a before/after comparison).
     """
-    command = [sys.executable, str(REPO / "runner.py"), "run", "--no-progress"]
+    command = [sys.executable, str(repo / "runner.py"), "run", "--no-progress"]
     command += ["--input", str(input_path), "--out", str(out_dir)]
     command += ["--", *engine_args] if engine_args else []
     log = out_dir.with_name(out_dir.name + ".log")
-    code = git_state()  # the code the child imports: other people may be editing it meanwhile
+    # The code the child imports: other people may be editing it meanwhile.
+    code = git_state() if repo == REPO else {"checkout": str(repo)}
     run = run_child(command, log)
     if run.exit_code != 0:
         tail = log.read_text(errors="replace")[-3000:]
@@ -225,7 +250,7 @@ def run_spine(input_path: Path, out_dir: Path, engine_args: tuple[str, ...] = ()
     cpu = run.usage.ru_utime + run.usage.ru_stime
     options = f", Beam options {' '.join(engine_args)}" if engine_args else ""
     return Measurement(
-        name="spine",
+        name="spine" if repo == REPO else f"spine at {_git_at(repo)}",
         what=f"run_batch via `runner.py run` (DirectRunner, SQLite audit) over {input_path.name}{options}",
         events=summary["events_read"],
         wall_s=summary["seconds"],

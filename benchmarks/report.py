@@ -134,6 +134,23 @@ def print_ratios(rows: list[Measurement]) -> dict[str, float]:
     return ratios
 
 
+def print_before_after(before: Measurement, after: Measurement) -> float:
+    """The spine of an older commit and of the work tree on the same input: throughput, memory
+    and the result counts, which must be equal (a refactor changes no output)."""
+    counts = ("events_read", "events_processed", "events_dead_lettered", "duplicates_collapsed",
+              "rate_limited", "unpriced_events", "cost_total", "rate_limit_violations")  # fmt: skip
+    ratio = after.events_per_s / before.events_per_s
+    print(f"\nbefore / after ({before.name} vs the work tree):")
+    speeds = f"{before.events_per_s:>16,.0f} {after.events_per_s:>16,.0f}"
+    print(f"  {'events/s':<22} {speeds}   ratio {ratio:.3f}")
+    print(f"  {'peak RSS MB':<22} {before.peak_rss_mb or 0:>16,.0f} {after.peak_rss_mb or 0:>16,.0f}")
+    for name in counts:
+        ours, theirs = before.details["summary"].get(name), after.details["summary"].get(name)
+        mark = "" if ours == theirs else "   DIFFERENT"
+        print(f"  {name:<22} {ours!s:>16} {theirs!s:>16}{mark}")
+    return round(ratio, 4)
+
+
 def print_agreement(spine: Measurement, peer: Measurement) -> dict[str, Any]:
     """The spine's and the peer's results side by side: evidence the work was equivalent."""
     summary, peer_out = spine.details["summary"], peer.details

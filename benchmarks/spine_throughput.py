@@ -2,6 +2,7 @@
 
     python benchmarks/spine_throughput.py --events 1000000 [--data-dir bench-data] [--seed 1]
     python benchmarks/spine_throughput.py --rss-scaling 1000000,2000000
+    python benchmarks/spine_throughput.py --events 1000000 --baseline 5047fa5
 
 Measures, in one run on one generated file (made once per size and seed under ``--data-dir``):
 
@@ -11,8 +12,10 @@ Measures, in one run on one generated file (made once per size and seed under ``
 3. **spine**: ``runner.py run`` (``run_batch``, DirectRunner, SQLite audit store) in a child
    process, events_read / run seconds, and its peak RSS;
 
-then prints the spine's ratio to each. ``--rss-scaling`` runs only the spine at several sizes
-to show whether memory stays flat as the input grows. Timings are printed, never asserted.
+then prints the spine's ratio to each. ``--baseline REF`` also runs the spine of an older commit
+on the same file in the same run, and prints the two side by side (throughput and result counts).
+``--rss-scaling`` runs only the spine at several sizes to show whether memory stays flat as the
+input grows. Timings are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ import orjson
 
 from benchmarks.anchors import PEER_SIMPLIFICATIONS, duckdb_peer, raw_parse
 from benchmarks.event_files import event_file
-from benchmarks.measure import REPO, Measurement, run_spine
+from benchmarks.measure import REPO, Measurement, checkout_commit, run_spine
 from benchmarks.report import (
     environment,
     print_agreement,
+    print_before_after,
     print_environment,
     print_ratios,
     print_scaling,
@@ -91,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="OPTION",
         help=_SPINE_ARG_HELP,
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run the spine of this git commit (checked out in a scratch worktree) on the same "
+        "input, right before the current tree's, and print both side by side with their counts",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
     parser.add_argument(
         "--keep-outputs",
@@ -122,6 +132,15 @@ def compare(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     rows.append(best_of(repeat, lambda _: duckdb_peer(source, scratch / "duckdb-peer")))
     if int(rows[-1].details["threads"]) > 1:
         rows.append(best_of(repeat, lambda _: duckdb_peer(source, scratch / "duckdb-peer-1", threads=1)))
+    baseline = None
+    if args.baseline:
+        checkout = checkout_commit(args.baseline, scratch / "baseline-tree")
+        baseline = best_of(
+            repeat,
+            lambda attempt: run_spine(
+                source.path, scratch / f"baseline-{attempt}", tuple(args.spine_arg), repo=checkout
+            ),
+        )
     rows.append(
         best_of(
             repeat,
@@ -129,9 +148,11 @@ def compare(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         )
     )
     print()
-    print_table(rows)
+    print_table([*rows[:-1], *([baseline] if baseline else []), rows[-1]])
     ratios = print_ratios(rows)
     agreement = print_agreement(rows[-1], rows[1])
+    if baseline:
+        ratios["spine / spine at baseline"] = print_before_after(baseline, rows[-1])
     print("\nDuckDB peer simplifications:")
     for line in PEER_SIMPLIFICATIONS:
         print(f"  - {line}")
