@@ -31,7 +31,8 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 def line(event_id: str, when: str, user: int = 7, **fields: Any) -> bytes:
     event = {"event_id": event_id, "event_time": when, "user_id": user, "operation_type": "chat",
              "model": "gpt-4o", "input": {"text": f"prompt é {event_id}"},
-             "output": {"text": f"answer {event_id}"}, "usage": {"input_tokens": 10, "output_tokens": 5}}  # fmt: skip
+             "output": {"text": f"answer {event_id}"},
+             "usage": {"input_tokens": 10, "output_tokens": 5}}  # fmt: skip
     return json.dumps({**event, **fields}).encode()
 
 
@@ -104,7 +105,8 @@ def test_stages_in_process_write_every_sink_and_keep_the_invariant(tmp_path: Pat
     worker.close()
 
     assert counts["events_read"] == 7
-    assert (counts["events_processed"], counts["duplicates_collapsed"], counts["events_dead_lettered"]) == (4, 1, 2)
+    fates = counts["events_processed"], counts["duplicates_collapsed"], counts["events_dead_lettered"]
+    assert fates == (4, 1, 2)
     assert counts["rate_limited"] == counts["rate_limit_violations"] == 1
     out = tmp_path / "out"
     events = read_dataset(out, "events", "event_id")
@@ -155,9 +157,7 @@ def test_a_pane_holds_whole_windows_of_one_user_shard(tmp_path: Path) -> None:
     audit_url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
     upgrade(open_engine(audit_url))
     worker = SpineWorker(plan_for(tmp_path, audit_url, shards=3))
-    raws = [
-        line(f"e{i}", f"2025-07-0{1 + i % 3}T{i % 24:02d}:59:59Z", user=1 + i % 5) for i in range(60)
-    ]
+    raws = [line(f"e{i}", f"2025-07-0{1 + i % 3}T{i % 24:02d}:59:59Z", user=1 + i % 5) for i in range(60)]
     tables = [t for _, t in worker.validate(InputRecords("in.jsonl", 0, list(range(1, 61)), raws)).tables]
     seen: set[str] = set()
     for table in tables:
@@ -210,7 +210,8 @@ def test_a_worker_releases_its_database_connections_when_it_ends(
     run_stages(worker, [line(f"e{i}", "2025-07-01T10:00:00Z", user=i) for i in range(20)])
 
     def connections() -> int:
-        rows = mysql_db.query("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s", mysql_db.name)
+        sql = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s"
+        rows = mysql_db.query(sql, mysql_db.name)
         return int(rows[0][0]) - 1  # less the query's own
 
     assert connections() >= 1  # the worker's pool holds its connections between batches
