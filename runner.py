@@ -5,7 +5,8 @@
     runner.py generate --events N --out FILE [--seed S] [--dup-rate R] [--bad-rate R] [--images]
     runner.py db upgrade|status --audit-db URL
 
-Thin over the library: parsing and printing here, everything else in ``pipelines``/``connectors``.
+Thin over the library: parsing and printing here, everything else in ``pipelines``/``connectors``
+(and, for ``generate``, ``loadgen``).
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from connectors.synthetic import generate_events
+    from loadgen.generate import generate_events
 
     if args.events < 0:
         print("error: --events must be >= 0", file=sys.stderr)

@@ -54,8 +54,8 @@ import schemas
 from benchmarks.measure import Measurement, Stopwatch, stopwatch
 from benchmarks.report import environment, print_environment
 from connectors.database_url import redact, resolve_url
-from connectors.synthetic_events import KIND_SHARES, ModelCard, model_catalogue
-from connectors.synthetic_load import BASE_TIME, SPAN_MS, Population, user_count
+from loadgen.events import KIND_SHARES, ModelCard, model_catalogue
+from loadgen.load import BASE_TIME, SPAN_MS, Population, user_count
 from transforms.cost import PriceBook, event_cost
 from transforms.dedup import STORED
 from transforms.event_batch import FINGERPRINT

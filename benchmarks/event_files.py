@@ -18,7 +18,7 @@ import orjson
 import schemas
 from connectors.config import PipelineConfig
 from connectors.images import FolderImageLoader
-from connectors.synthetic import generate_events, manifest_path
+from loadgen.generate import generate_events, manifest_path
 from pipelines.stages import build_enrich_settings
 from transforms.event_batch import InputRecords, enrich_records, in_flight_schema
 

@@ -19,12 +19,12 @@ MODULES = [
     "connectors.database_url",
     "transforms.dedup",
     "pipelines.batch_run",
-    "connectors.synthetic",
-    "connectors.synthetic_bad",
-    "connectors.synthetic_events",
-    "connectors.synthetic_images",
-    "connectors.synthetic_load",
-    "connectors.synthetic_text",
+    "loadgen.generate",
+    "loadgen.bad_records",
+    "loadgen.events",
+    "loadgen.images",
+    "loadgen.load",
+    "loadgen.text",
 ]
 
 

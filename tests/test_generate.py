@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from connectors.config import PipelineConfig
-from connectors.synthetic import GenerateReport, generate_events, manifest_path
-from connectors.synthetic_bad import FILE_IMAGE_MAKERS, INLINE_MAKERS
-from connectors.synthetic_events import UNPRICED_MODEL
+from loadgen.bad_records import FILE_IMAGE_MAKERS, INLINE_MAKERS
+from loadgen.events import UNPRICED_MODEL
+from loadgen.generate import GenerateReport, generate_events, manifest_path
 from pipelines.stages import build_enrich_settings
 from schemas import arrow_schema, event_json_schema, pricing_rows, tier_table
 from transforms.dead_letter import ContractViolation, Reason

@@ -31,11 +31,11 @@ from typing import Any
 
 import orjson
 
-from connectors.synthetic_bad import BadLines
-from connectors.synthetic_events import EventFactory, model_catalogue
-from connectors.synthetic_images import ImagePool
-from connectors.synthetic_load import LoadPlan, Population, user_count
-from connectors.synthetic_text import Corpus
+from loadgen.bad_records import BadLines
+from loadgen.events import EventFactory, model_catalogue
+from loadgen.images import ImagePool
+from loadgen.load import LoadPlan, Population, user_count
+from loadgen.text import Corpus
 from schemas import pricing_rows, tier_table
 
 #: Lines are joined and written this many at a time (memory stays flat whatever ``n`` is).

@@ -1,6 +1,6 @@
 """Valid synthetic events: a model's request and response, as the input contract spells them.
 
-:class:`EventFactory` turns a user and a time (from :class:`~connectors.synthetic_load.LoadPlan`)
+:class:`EventFactory` turns a user and a time (from :class:`~loadgen.load.LoadPlan`)
 into one event dict that passes every contract rule. The model decides its shape: image models
 give ``image_generation`` with ``usage.images``, embedding models ``embedding`` with no output,
 the rest ``chat_completion`` or ``text_generation`` with token counts that follow the texts.
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from connectors.synthetic_images import ImagePool, image_ref_path
-from connectors.synthetic_load import BASE_TIME, Population
-from connectors.synthetic_text import (
+from loadgen.images import ImagePool, image_ref_path
+from loadgen.load import BASE_TIME, Population
+from loadgen.text import (
     Corpus,
     chat_answer,
     chat_prompt,

@@ -1,6 +1,6 @@
 """Prompt and answer texts for synthetic events: real tweets, model-like replies, awkward Unicode.
 
-Prompts come from the committed Davidson sample (``connectors/corpus/``), so the moderation
+Prompts come from the committed Davidson sample (``loadgen/corpus/``), so the moderation
 stage sees real offensive and hateful text rather than lorem ipsum. Answers mix corpus text
 with a few templated assistant replies, so outputs read like model output. A small share of
 texts carry accents, emoji, NFD (decomposed) characters and right-to-left or CJK script, and a
