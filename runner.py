@@ -20,12 +20,14 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models never come from a hub at run time
 
+PROG = "runner.py"
 EXIT_FAILED = 1
+EXIT_BAD_FLAGS = 2
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="runner.py",
+        prog=PROG,
         description="Streaming dataflow pipeline for AI content governance.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -82,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         help="write realistic synthetic events (JSONL), deterministic for a seed",
         description="Write realistic multimodal AI-generation events with duplicates and bad lines "
         "of every kind, plus <FILE>.manifest.json with the counts a run should report.",
+        epilog="Exit status: 0 on success; 1 when a file cannot be written (permissions, a full "
+        "disk); 2 on bad flags: a value out of range, --dup-rate + --bad-rate over 1, or an --out "
+        "that is a folder or whose folder, manifest or images/ is taken by something else.",
     )
     gen.add_argument("--events", type=int, required=True, metavar="N", help="lines to write")
     gen.add_argument(
@@ -166,7 +171,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     extra = _engine_args(args.engine_args)
     if extra and args.engine_args[:1] != ["--"]:
         print(f"error: unexpected arguments {extra!r}; engine options go after `--`", file=sys.stderr)
-        return 2
+        return EXIT_BAD_FLAGS
     request = RunRequest(
         inputs=args.input,
         out_dir=args.out,
@@ -223,30 +228,50 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"  summary: {out / '_runs' / (summary['run_id'] + '.json')}")
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from loadgen.generate import generate_events
+#: The flag that gives each argument of ``generate_events``, to name it in an error.
+_GENERATE_FLAGS = {
+    "n": "--events",
+    "out": "--out",
+    "seed": "--seed",
+    "dup_rate": "--dup-rate",
+    "bad_rate": "--bad-rate",
+    "images": "--images",
+}
 
-    if args.events < 0:
-        print("error: --events must be >= 0", file=sys.stderr)
-        return 2
-    for name in ("dup_rate", "bad_rate"):
-        if not 0 <= getattr(args, name) < 1:
-            print(f"error: --{name.replace('_', '-')} must be in [0, 1)", file=sys.stderr)
-            return 2
-    report = generate_events(
-        args.events,
-        args.out,
-        seed=args.seed,
-        dup_rate=args.dup_rate,
-        bad_rate=args.bad_rate,
-        images=args.images,
-    )
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from loadgen.generate import ArgumentError, generate_events
+
+    try:
+        report = generate_events(
+            args.events,
+            args.out,
+            seed=args.seed,
+            dup_rate=args.dup_rate,
+            bad_rate=args.bad_rate,
+            images=args.images,
+        )
+    except ArgumentError as exc:  # raised before anything is written
+        flags = " and ".join(_GENERATE_FLAGS[name] for name in exc.names)
+        noun = "arguments" if len(exc.names) > 1 else "argument"
+        return _bad_flags("generate", f"{noun} {flags}: {exc.problem}")
+    except OSError as exc:
+        where = str(exc.filename or args.out)
+        what = f"--out {where}" if where == str(args.out) else f"{where} (for --out {args.out})"
+        print(f"error: cannot write {what}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(
         f"wrote {report.lines:,} lines to {report.path}: {report.valid_unique:,} valid events, "
         f"{report.exact_duplicates:,} exact and {report.conflicting_duplicates:,} conflicting duplicates, "
         f"{sum(report.bad_by_reason.values()):,} bad lines, {report.images_written} images"
     )
     return 0
+
+
+def _bad_flags(command: str, message: str) -> int:
+    """Report flags that argparse could not check alone: argparse's error line, without usage."""
+    print(f"{PROG} {command}: error: {message}", file=sys.stderr)
+    return EXIT_BAD_FLAGS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,13 +33,18 @@ import orjson
 
 from loadgen.bad_records import BadLines
 from loadgen.events import EventFactory, model_catalogue
-from loadgen.images import ImagePool
+from loadgen.images import IMAGES_DIR, ImagePool
 from loadgen.load import LoadPlan, Population, user_count
 from loadgen.text import Corpus
 from schemas import pricing_rows, tier_table
 
 #: Lines are joined and written this many at a time (memory stays flat whatever ``n`` is).
 WRITE_CHUNK_LINES = 4096
+#: The most lines one file may have: about 500 GB of JSONL and six hours. The users (one per
+#: 200 lines, see :func:`~loadgen.load.user_count`) are held in memory, ~900 MB at this size.
+MAX_EVENTS = 10**9
+#: Seeds the manifest can record: orjson writes integers of 64 bits, signed or unsigned.
+SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,19 @@ class GenerateReport:
     conflicting_duplicates: int  # same event_id, different payload (conflicting_duplicate)
     bad_by_reason: dict[str, int]  # bad lines by the reason code the pipeline must give them
     images_written: int  # PNG files written under <path.parent>/images/
+
+
+class ArgumentError(ValueError):
+    """An argument of :func:`generate_events` that it cannot honour, found before writing.
+
+    ``names`` are the parameters at fault (two for a combination); ``problem`` says what was
+    expected and what came, without naming them, so that a command line can name its own flags.
+    """
+
+    def __init__(self, names: tuple[str, ...], problem: str) -> None:
+        super().__init__(f"generate_events: {' and '.join(names)}: {problem}")
+        self.names = names
+        self.problem = problem
 
 
 class DuplicatePool:
@@ -194,9 +212,13 @@ def generate_events(
 
     Returns:
         The counts, also written to ``<out>.manifest.json``.
+
+    Raises:
+        ArgumentError: before anything is written, for arguments it cannot honour
+            (see :func:`check_arguments`).
     """
-    _check_arguments(n, dup_rate, bad_rate)
     out = Path(out)
+    check_arguments(n, out, seed=seed, dup_rate=dup_rate, bad_rate=bad_rate, images=images)
     run = _Generator(n, out, seed, images)
     with _jsonl_sink(out) as sink:
         chunk: list[bytes] = []
@@ -235,11 +257,49 @@ def _write_manifest(report: GenerateReport, arguments: dict[str, Any]) -> None:
     manifest_path(report.path).write_bytes(orjson.dumps(content, option=orjson.OPT_INDENT_2) + b"\n")
 
 
-def _check_arguments(n: int, dup_rate: float, bad_rate: float) -> None:
-    if type(n) is not int or n < 0:
-        raise ValueError(f"generate_events: n must be an integer >= 0, got {n!r}")
+def check_arguments(n: int, out: Path, *, seed: int, dup_rate: float, bad_rate: float, images: bool) -> None:
+    """Raise :class:`ArgumentError` unless :func:`generate_events` can honour these arguments.
+
+    It checks what can be known before writing: counts, rates and seed in range, and an ``out``
+    whose file, manifest and image folder are not taken by something else. A missing folder is
+    fine (it is created); the file system may still refuse a write (``OSError``).
+
+    >>> try:
+    ...     check_arguments(100, Path("x.jsonl"), seed=0, dup_rate=0.6, bad_rate=0.6, images=False)
+    ... except ArgumentError as error:
+    ...     print(error.names, error.problem)
+    ('dup_rate', 'bad_rate') must add up to at most 1 (each line is of one kind), got 0.6 + 0.6
+    """
+    if type(n) is not int or not 0 <= n <= MAX_EVENTS:
+        raise ArgumentError(("n",), f"must be a whole number from 0 to {MAX_EVENTS:,}, got {n!r}")
+    if type(seed) is not int or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ArgumentError(
+            ("seed",), f"must be an integer from -2**63 to 2**64-1 (the manifest's range), got {seed!r}"
+        )
     for name, rate in (("dup_rate", dup_rate), ("bad_rate", bad_rate)):
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"generate_events: {name} must lie in [0, 1], got {rate!r}")
+        if not 0.0 <= rate <= 1.0:  # NaN fails this too
+            raise ArgumentError((name,), f"must lie in [0, 1], got {rate!r}")
     if dup_rate + bad_rate > 1.0:
-        raise ValueError(f"generate_events: dup_rate + bad_rate must be <= 1, got {dup_rate} + {bad_rate}")
+        raise ArgumentError(
+            ("dup_rate", "bad_rate"),
+            f"must add up to at most 1 (each line is of one kind), got {dup_rate!r} + {bad_rate!r}",
+        )
+    _check_output(out, images)
+
+
+def _check_output(out: Path, images: bool) -> None:
+    """Raise :class:`ArgumentError` if a path the run will write is taken or cannot be made."""
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ArgumentError(("out",), f"{str(out)!r} is not UTF-8, and the manifest records it") from None
+    if out.is_dir():
+        raise ArgumentError(("out",), f"{out} is a folder; give the path of a file to write")
+    if manifest_path(out).is_dir():
+        raise ArgumentError(("out",), f"{manifest_path(out)}, where its manifest goes, is a folder")
+    folder = next(parent for parent in out.parents if parent.exists())  # '.' or '/' at worst
+    if not folder.is_dir():
+        raise ArgumentError(("out",), f"{folder} is not a folder, so {out} cannot be written in it")
+    image_folder = out.parent / IMAGES_DIR
+    if images and image_folder.exists() and not image_folder.is_dir():
+        raise ArgumentError(("out", "images"), f"{image_folder} is not a folder, so no PNGs can go there")

@@ -2,11 +2,14 @@
 
 Every count is recomputed from the file with the pipeline's own first stage
 (``parse_record``/``validate_event`` inside ``enrich_records``), never taken from the generator.
+What it cannot honour (rates over 1, an ``--out`` that is a folder, …) it refuses before writing,
+on the command line in one line with exit status 2.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,12 +19,14 @@ import orjson
 import pytest
 from PIL import Image
 
+import runner
 from connectors.config import PipelineConfig
 from loadgen.bad_records import FILE_IMAGE_MAKERS, INLINE_MAKERS
 from loadgen.events import UNPRICED_MODEL
-from loadgen.generate import GenerateReport, generate_events, manifest_path
+from loadgen.generate import MAX_EVENTS, GenerateReport, generate_events, manifest_path
 from pipelines.stages import build_enrich_settings
 from schemas import arrow_schema, event_json_schema, pricing_rows, tier_table
+from tests.conftest import run_cli
 from transforms.dead_letter import ContractViolation, Reason
 from transforms.event_batch import (
     ImageLoader,
@@ -229,3 +234,123 @@ def test_gzip_output_holds_the_same_lines_as_plain_output(tmp_path: Path) -> Non
     outcome = Outcome(packed.path)
     assert dict(outcome.reasons) == packed.bad_by_reason
     assert packed.images_written == 0
+
+
+# --- the command line: every flag it cannot honour is one line and exit 2, before any write --
+
+RATES_OVER_ONE = ("--dup-rate", "0.6", "--bad-rate", "0.6")
+
+
+def generate_cli(capsys: pytest.CaptureFixture[str], out: Path, *flags: str) -> tuple[int, list[str]]:
+    """``runner.py generate --events 100 --out OUT FLAGS...`` in this process: exit code, stderr lines."""
+    code = runner.main(["generate", "--events", "100", "--out", str(out), *flags])
+    return code, capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (RATES_OVER_ONE, ["--dup-rate", "--bad-rate"]),
+        (("--bad-rate", "1"), ["--dup-rate", "--bad-rate"]),  # with the default --dup-rate 0.02
+        (("--dup-rate", "-0.1"), ["--dup-rate"]),
+        (("--bad-rate", "1.5"), ["--bad-rate"]),
+        (("--dup-rate", "nan"), ["--dup-rate"]),
+        (("--bad-rate", "inf"), ["--bad-rate"]),
+        (("--events", "-1"), ["--events"]),
+        (("--events", str(MAX_EVENTS + 1)), ["--events"]),
+        (("--seed", str(2**64)), ["--seed"]),  # past what the manifest's JSON integer holds
+        (("--seed", str(-(2**63) - 1)), ["--seed"]),
+    ],
+)
+def test_values_generate_cannot_honour_are_one_line_naming_their_flags_and_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, flags: tuple[str, ...], named: list[str]
+) -> None:
+    code, stderr = generate_cli(capsys, tmp_path / "x.jsonl", *flags)
+    assert code == 2
+    (line,) = stderr
+    assert line.startswith("runner.py generate: error: argument")
+    assert all(flag in line for flag in named), line
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_out_that_is_a_folder_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, stderr = generate_cli(capsys, tmp_path)
+    assert code == 2
+    (line,) = stderr
+    assert "argument --out:" in line and "is a folder" in line
+
+
+def test_out_inside_a_file_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("a file, not a folder\n")
+    code, stderr = generate_cli(capsys, tmp_path / "plain" / "deeper" / "x.jsonl")
+    assert code == 2
+    (line,) = stderr
+    assert "argument --out:" in line and f"{tmp_path / 'plain'} is not a folder" in line
+
+
+def test_out_whose_manifest_path_is_a_folder_is_refused_before_writing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    manifest_path(tmp_path / "x.jsonl").mkdir()
+    code, stderr = generate_cli(capsys, tmp_path / "x.jsonl")
+    assert code == 2
+    (line,) = stderr
+    assert "argument --out:" in line and "manifest" in line
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_images_beside_a_file_named_images_are_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "images").write_text("a file where the PNG folder goes\n")
+    code, stderr = generate_cli(capsys, tmp_path / "x.jsonl", "--images")
+    assert code == 2
+    (line,) = stderr
+    assert "arguments --out and --images:" in line
+
+
+def test_out_that_is_not_utf8_is_refused_because_the_manifest_records_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, stderr = generate_cli(capsys, tmp_path / os.fsdecode(b"\xff.jsonl"))
+    assert code == 2
+    (line,) = stderr
+    assert "argument --out:" in line and "not UTF-8" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_the_system_cannot_write_fails_in_one_line_with_exit_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, stderr = generate_cli(capsys, Path("/proc/aiep-cannot-write.jsonl"))
+    assert code == 1
+    assert stderr == ["error: cannot write --out /proc/aiep-cannot-write.jsonl: No such file or directory"]
+
+
+def test_missing_folders_of_out_are_created(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "x.jsonl"
+    code, stderr = generate_cli(capsys, out, "--images")
+    assert (code, stderr) == (0, [])
+    assert len(read_lines(out)) == 100
+    assert len(list((out.parent / "images").glob("*.png"))) == 50
+
+
+def test_zero_events_write_an_empty_file_and_its_manifest(tmp_path: Path) -> None:
+    report = generate_events(0, tmp_path / "x.jsonl")
+    assert report.path.read_bytes() == b""
+    assert orjson.loads(manifest_path(report.path).read_bytes())["lines"] == 0
+
+
+def test_a_rate_of_one_makes_every_line_of_its_kind(tmp_path: Path) -> None:
+    report = generate_events(200, tmp_path / "x.jsonl", dup_rate=0.0, bad_rate=1.0)
+    assert sum(report.bad_by_reason.values()) == report.lines == 200
+    assert dict(Outcome(report.path).reasons) == report.bad_by_reason
+
+
+def test_the_reported_crash_is_now_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = run_cli("generate", "--events", "100", "--out", tmp_path / "x.jsonl", *RATES_OVER_ONE)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "runner.py generate: error: arguments --dup-rate and --bad-rate: must add up to at most 1 "
+        "(each line is of one kind), got 0.6 + 0.6"
+    ]
