@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -180,8 +181,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config_path=args.config,
         engine_args=tuple(extra),
     )
-    show_bar = sys.stderr.isatty() and not args.no_progress
-    bar = _progress_bar() if show_bar else None
+    bar = _ReadingBar() if sys.stderr.isatty() and not args.no_progress else None
     try:
         summary = run_batch(request, on_progress=None if bar is None else bar.update_to)
     finally:
@@ -191,18 +191,55 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_bar() -> Any:
-    from tqdm import tqdm
+class _ReadingBar:
+    """The terminal's progress bar of input bytes read, drawn by tqdm on stderr.
 
-    class _Bar(tqdm):  # type: ignore[misc,type-arg]
-        def update_to(self, done: int, total: int) -> None:
-            self.total = total
-            self.update(done - self.n)
+    It appears at the engine's first progress report, not at start-up, so that start-up messages
+    (a migration notice) print before it rather than into it, however quickly a run goes. It
+    always shows its last step (100 % at the end), and is cleared when the run ends.
+    """
 
-    # delay: start-up messages (e.g. a migration notice) print before the bar, not inside it.
-    return _Bar(
-        desc="reading", unit="B", unit_scale=True, unit_divisor=1024, leave=False, file=sys.stderr, delay=1
-    )
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def update_to(self, done: int, total: int) -> None:
+        """Show ``done`` of ``total`` bytes read (``run_batch``'s ``on_progress``)."""
+        if self._bar is None:
+            from tqdm import tqdm
+
+            columns, lines = _terminal_size(sys.stderr)
+            self._bar = tqdm(
+                desc="reading",
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                leave=False,
+                file=sys.stderr,
+                ncols=columns - 1,  # tqdm's own measure leaves the last column free
+                nrows=lines - 1,
+            )
+        bar = self._bar
+        bar.total = total
+        step = done - bar.n
+        # tqdm skips a step smaller than the ones it has drawn; the last one must show.
+        if not bar.update(step) and step and done >= total:
+            bar.refresh()
+
+    def close(self) -> None:
+        """Clear the bar from the terminal (if it was drawn)."""
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _terminal_size(stream: Any) -> os.terminal_size:
+    """The size of the terminal ``stream`` writes to, or the stdlib's fallback where it reports none.
+
+    A terminal nobody sized (``os.openpty()``, some CI and container terminals) reports 0 x 0,
+    from which tqdm would make a bar it never draws.
+    """
+    size = os.get_terminal_size(stream.fileno())
+    return size if size.columns and size.lines else shutil.get_terminal_size()
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
 import shutil
 import sqlite3
 from datetime import date, datetime
@@ -481,14 +482,34 @@ def test_against_an_earlier_run_a_differing_copy_conflicts_and_an_identical_one_
     assert Decimal(str(rows["e1"])) == Decimal("0.000025")  # run one's copy: 10 tokens at $0.0025/1K
 
 
-def test_a_run_on_a_terminal_shows_progress_and_succeeds(generated: dict[str, Any], tmp_path: Path) -> None:
+#: tqdm's bar at 100 %: "reading: 100%|" then full blocks ("#" where the terminal lacks Unicode).
+FULL_BAR = re.compile(rb"reading: +100%\|(?:\xe2\x96\x88|#)+\|")
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        pytest.param((40, 120), id="sized-terminal"),
+        # What os.openpty() gives, like some CI and container terminals: the OS reports 0x0,
+        # from which tqdm would make a bar it never draws.
+        pytest.param(None, id="terminal-of-unknown-size"),
+    ],
+)
+def test_a_run_on_a_terminal_draws_its_progress_bar_to_100_percent_and_succeeds(
+    generated: dict[str, Any], tmp_path: Path, window: tuple[int, int] | None
+) -> None:
+    import fcntl
     import os
+    import struct
     import subprocess
     import sys
+    import termios
 
     from tests.conftest import ROOT
 
     leader, follower = os.openpty()
+    if window is not None:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", *window, 0, 0))
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -503,6 +524,8 @@ def test_a_run_on_a_terminal_shows_progress_and_succeeds(generated: dict[str, An
         stdout=subprocess.PIPE,
         stderr=follower,
         cwd=ROOT,
+        # COLUMNS and LINES would stand in for the size a terminal does not report.
+        env={name: value for name, value in os.environ.items() if name not in ("COLUMNS", "LINES")},
     )
     os.close(follower)
     terminal = b""
@@ -519,6 +542,11 @@ def test_a_run_on_a_terminal_shows_progress_and_succeeds(generated: dict[str, An
     assert proc.returncode == 0, terminal.decode(errors="replace")
     assert "finished in" in stdout.decode()
     assert b"Traceback" not in terminal
+    assert FULL_BAR.search(terminal), terminal.decode(errors="replace")
+    if window is not None:  # no line of the bar is wider than the terminal
+        assert all(len(line.decode()) < window[1] for line in terminal.split(b"\r"))
+    # The bar is cleared when the run ends: the last thing written over its line is blank.
+    assert [segment for segment in terminal.split(b"\r") if segment][-1].strip() == b""
 
 
 def test_a_run_clears_what_a_killed_run_left_in_staging(tmp_path: Path) -> None:
