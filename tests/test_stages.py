@@ -4,6 +4,7 @@ a worker releases its database connections when it ends."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import sqlite3
@@ -22,7 +23,7 @@ from connectors.database import open_engine, upgrade
 from connectors.parquet_sink import ParquetSink, RunFileNames
 from pipelines.stages import CARRIED, RunPlan, SpineWorker, pane_label
 from tests.conftest import MySQLDatabase, read_dataset
-from transforms.event_batch import IMAGE, INPUT_TEXT, OUTPUT_TEXT, InputRecords
+from transforms.event_batch import IMAGE, IMAGE_PATH, INPUT_TEXT, OUTPUT_TEXT, InputRecords
 from transforms.windows import TumblingWindows
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
@@ -135,7 +136,9 @@ def test_content_rides_to_the_sinks_and_matches_its_hashes(tmp_path: Path) -> No
     worker = SpineWorker(plan_for(tmp_path, audit_url, quota=100))
     raws = [line(f"e{i}", f"2025-07-01T10:00:{i:02d}Z") for i in range(5)]
     raws.append(line("img", "2025-07-01T11:00:00Z", output={"image": {"path": "cat.png"}}))
-    records = InputRecords("in.jsonl", 0, list(range(1, 7)), raws)
+    inline = {"base64": base64.b64encode(PNG).decode(), "mime": "image/png"}
+    raws.append(line("inline", "2025-07-01T11:00:01Z", output={"image": inline}))
+    records = InputRecords("in.jsonl", 0, list(range(1, 8)), raws)
     tables = [table for _, table in worker.validate(records).tables]
     events, _ = worker.collapse(tables)
     panes = [table for _, table in worker.compare(events).tables]
@@ -146,8 +149,11 @@ def test_content_rides_to_the_sinks_and_matches_its_hashes(tmp_path: Path) -> No
     for row in ready.to_pylist():  # recomputed independently of the pipeline's hasher
         nfc = unicodedata.normalize("NFC", row[INPUT_TEXT]).encode()
         assert hashlib.sha256(nfc).hexdigest() == row["input_hash"]
-        if row["event_id"] == "img":
-            assert row[IMAGE] == PNG and row[OUTPUT_TEXT] is None
+        if row["event_id"] == "img":  # a path image travels as its path: read again where needed
+            assert (row[IMAGE], row[IMAGE_PATH], row[OUTPUT_TEXT]) == (None, "cat.png", None)
+            assert hashlib.sha256((tmp_path / row[IMAGE_PATH]).read_bytes()).hexdigest() == row["output_hash"]
+        elif row["event_id"] == "inline":  # inline bytes came with the input: carried
+            assert (row[IMAGE], row[IMAGE_PATH], row[OUTPUT_TEXT]) == (PNG, None, None)
             assert hashlib.sha256(PNG).hexdigest() == row["output_hash"]
         else:
             assert row[OUTPUT_TEXT] == f"answer {row['event_id']}" and row[IMAGE] is None

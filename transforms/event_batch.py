@@ -41,10 +41,13 @@ ImageLoader = Callable[[str], bytes]
 #: Columns that travel with events between stages but are never written to ``events/``.
 ORDER, RAW, FINGERPRINT, SHARD = "_order", "_raw", "_fingerprint", "_shard"
 #: The content itself, for the model stages (moderation, embeddings): the prompt and output texts
-#: as the event gave them (their hashes are of the NFC form) and the output image's bytes. Only
-#: their hashes are ever written.
-INPUT_TEXT, OUTPUT_TEXT, IMAGE = "_input_text", "_output_text", "_image"
-CONTENT = (INPUT_TEXT, OUTPUT_TEXT, IMAGE)
+#: as the event gave them (their hashes are of the NFC form); an inline image's decoded bytes; a
+#: path image's path as the event gave it (relative to its source's folder, found by ``ORDER``).
+#: A path image is read again where it is needed rather than carried: its bytes are not part of
+#: the input, so carrying them would break the bound on what a batch holds (its input bytes),
+#: while everything else carried came from those bytes. Only hashes are ever written.
+INPUT_TEXT, OUTPUT_TEXT, IMAGE, IMAGE_PATH = "_input_text", "_output_text", "_image", "_image_path"
+CONTENT = (INPUT_TEXT, OUTPUT_TEXT, IMAGE, IMAGE_PATH)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ def in_flight_schema(events_schema: pa.Schema, content: bool = True) -> pa.Schem
                     pa.field(INPUT_TEXT, pa.string()),
                     pa.field(OUTPUT_TEXT, pa.string()),
                     pa.field(IMAGE, pa.binary()),
+                    pa.field(IMAGE_PATH, pa.string()),
                 ]
                 if content
                 else []
@@ -197,7 +201,8 @@ def _event_row(
         zlib.crc32(event.event_id.encode("utf-8")) % settings.shards,
         event.input_text,
         event.output_text,
-        image_bytes,
+        image_bytes if event.image is not None and event.image.path is None else None,
+        event.image.path if event.image is not None else None,
     )
 
 
@@ -236,7 +241,7 @@ def _describe(exc: BaseException) -> str:
 _ROW_COLUMNS = (
     "event_id", "event_time", "user_id", "operation_type", "model", "ai_tier", "_has_image",
     "input_hash", "output_hash", "image_hash", "input_tokens", "output_tokens", "images", "cost",
-    "metadata", "line_no", RAW, FINGERPRINT, SHARD, INPUT_TEXT, OUTPUT_TEXT, IMAGE,
+    "metadata", "line_no", RAW, FINGERPRINT, SHARD, INPUT_TEXT, OUTPUT_TEXT, IMAGE, IMAGE_PATH,
 )  # fmt: skip
 
 
