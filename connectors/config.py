@@ -1,27 +1,34 @@
 """Run configuration, read in one place: defaults from ``schemas/``, overrides from a TOML file,
 secrets from the environment.
 
-A config file looks like::
+A config file holds one table per section; every key is optional and overrides its default::
 
     [rate_limit]
     window_seconds = 60
     quotas = { free = 20, pro = 200, enterprise = 2000 }
 
-    [pricing]
-    path = "my_prices.csv"          # relative to the config file
-
-    [hashing]
-    mode = "hmac-sha256"             # key from $AIEP_HMAC_KEY
-
     [pipeline]
-    batch_size = 10000               # records per batch
-    shards = 16                      # dedup and rate-limit shards
-    split_mb = 32                    # a plain JSONL input is read in ranges of this size
-    audit_batch_rows = 10000         # rows per audit-store transaction
+    shards = 16
 
-    [audit]
-    retry_attempts = 8               # tries per batch on transient database errors
-    users_ttl_seconds = 300          # how long a looked-up user's tier is trusted
+Every key is one field of :class:`PipelineConfig`, declared once with :func:`setting`: where it
+sits in the file, what it means, its default and, for numbers, its range. Loading, validation,
+the error messages (which name the file and ``section.key``), the run summary's ``config`` block
+(:meth:`PipelineConfig.summary_block`) and the annotated file that ``python -m connectors.config``
+prints (every key at its default, with its meaning and range) are all derived from those fields.
+Adding a key is one line in ``PipelineConfig``, a new section included::
+
+    device: str = setting("embeddings", "device", "cpu", "where embeddings run", choices=("cpu", "cuda"))
+
+The field's annotation says what the file may hold: ``int``, ``float``, ``bool``, ``str``, ``Path``
+(a string, relative to the config file) or ``dict[str, int]`` (a table whose entries override the
+default's entries). A number must carry a range (``between=``, a test checks it); the run summary
+shows the key under its field name unless ``summary=`` says otherwise, and the tests of bad values
+cover the new key without being touched.
+
+>>> PipelineConfig.setting("pipeline.shards")
+Setting(section='pipeline', key='shards', doc='dedup and rate-limit shards', between=(1, 65536), ...)
+>>> PipelineConfig(shards=4).summary_block()["shards"]
+4
 """
 
 from __future__ import annotations
@@ -31,7 +38,10 @@ import dataclasses
 import os
 import stat
 import tomllib
+import typing
 from dataclasses import dataclass, field
+from functools import cache
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +57,190 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class Setting:
+    """One key of the config file: where it sits, what it means, and what it may hold.
+
+    Declared with :func:`setting`; ``attribute`` (the field of :class:`PipelineConfig` it sets)
+    and ``annotation`` (that field's type) are filled in from the class itself.
+    """
+
+    section: str
+    key: str
+    doc: str
+    #: Inclusive bounds of a number, or of each entry of a table; where the pipeline's arithmetic
+    #: holds (a window longer than TIMESTAMP's whole range, 2^31 s, means nothing).
+    between: tuple[int, int] | None = None
+    choices: tuple[str, ...] = ()
+    #: The name the run summary's ``config`` block shows it under; True: the field's name,
+    #: False: not shown.
+    summary: str | bool = True
+    attribute: str = ""
+    annotation: Any = None
+
+    @property
+    def name(self) -> str:
+        """``section.key``, as error messages name it."""
+        return f"{self.section}.{self.key}"
+
+    @property
+    def summary_name(self) -> str | None:
+        """The key in the run summary's ``config`` block, or ``None`` when it is not shown there."""
+        if self.summary is False:
+            return None
+        return self.attribute if self.summary is True else str(self.summary)
+
+    @property
+    def is_table(self) -> bool:
+        return typing.get_origin(self.annotation) is dict
+
+    @property
+    def file_type(self) -> type:
+        """The TOML value's Python type: a ``Path`` is written as a string, a ``dict`` as a table."""
+        if self.is_table:
+            return dict
+        return str if self.annotation is Path else typing.cast(type, self.annotation)
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` (as the file gives it) for this key; ``None`` when nothing.
+
+        >>> PipelineConfig.setting("audit.retry_attempts").problem(0)
+        'audit.retry_attempts must be between 1 and 100, got 0'
+        >>> PipelineConfig.setting("rate_limit.quotas").problem({"free": -1})
+        'rate_limit.quotas.free must be an integer between 0 and 2147483647, got -1'
+        """
+        wanted = self.file_type
+        accepted = (int, float) if wanted is float else wanted
+        if not isinstance(value, accepted) or (isinstance(value, bool) and wanted is not bool):
+            return f"{self.name} must be {wanted.__name__}, got {value!r}"
+        if self.choices and value not in self.choices:
+            return f"{self.name} must be one of {self.choices}, got {value!r}"
+        if self.between is None:
+            return None
+        low, high = self.between
+        if isinstance(value, dict):
+            for entry, number in value.items():
+                if not isinstance(number, int) or isinstance(number, bool) or not low <= number <= high:
+                    return f"{self.name}.{entry} must be an integer between {low} and {high}, got {number!r}"
+        elif isinstance(value, int | float) and not low <= value <= high:
+            return f"{self.name} must be between {low} and {high}, got {value}"
+        return None
+
+    def file_value(self, value: Any) -> Any:
+        """A field's value as the TOML file (and the run summary) writes it."""
+        if isinstance(value, Path):
+            return str(value)
+        return dict(value) if isinstance(value, dict) else value
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON Schema of this key's value in the run summary's ``config`` block.
+
+        Only lower bounds: the run may raise a value past the file's maximum (``shards`` grows
+        with the input).
+        """
+        entry: dict[str, Any] = {"type": "integer"}
+        if self.between is not None:
+            entry["minimum"] = self.between[0]
+        if self.is_table:
+            return {"type": "object", "additionalProperties": entry}
+        json_type = {int: "integer", float: "number", bool: "boolean", str: "string"}[self.file_type]
+        schema: dict[str, Any] = entry if json_type == "integer" else {"type": json_type}
+        if self.choices:
+            schema["enum"] = list(self.choices)
+        return schema
+
+
+def setting(
+    section: str,
+    key: str,
+    default: Any,
+    doc: str,
+    *,
+    between: tuple[int, int] | None = None,
+    choices: tuple[str, ...] = (),
+    summary: str | bool = True,
+) -> Any:
+    """A field of :class:`PipelineConfig` that the config file sets as ``[section] key``.
+
+    ``default`` may be a function: it is called for each new config (a default read from
+    ``schemas/``, or a table, which must not be shared).
+    """
+    spec = Setting(section, key, doc, between, choices, summary)
+    if callable(default):
+        return field(default_factory=default, metadata={"setting": spec})
+    return field(default=default, metadata={"setting": spec})
+
+
+def _tier_quotas() -> dict[str, int]:
+    return dict(schemas.tier_table()["quotas"])
+
+
+def _tier_window() -> int:
+    return int(schemas.tier_table()["window_seconds"])
+
+
+DEFAULT_PRICING = schemas.HERE / "pricing.csv"
+YEAR = 365 * 86_400
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Every setting of a run. Secrets are not kept here: workers read them from the environment."""
 
-    quotas: dict[str, int] = field(default_factory=lambda: dict(schemas.tier_table()["quotas"]))
-    window_seconds: int = field(default_factory=lambda: int(schemas.tier_table()["window_seconds"]))
-    pricing_path: Path = schemas.HERE / "pricing.csv"
-    hash_mode: str = "sha256"
-    batch_size: int = 10_000
-    shards: int = 16
-    split_mb: int = 32
-    audit_batch_rows: int = 10_000
-    audit_retry_attempts: int = 8
-    users_ttl_seconds: int = 300
+    quotas: dict[str, int] = setting(
+        "rate_limit", "quotas", _tier_quotas, "events per user per window, by tier", between=(0, 2**31 - 1)
+    )
+    window_seconds: int = setting(
+        "rate_limit", "window_seconds", _tier_window, "seconds of event time per window", between=(1, 2**31)
+    )
+    pricing_path: Path = setting(
+        "pricing", "path", DEFAULT_PRICING, "pricing table, relative to this file", summary="pricing"
+    )
+    hash_mode: str = setting(
+        "hashing", "mode", "sha256", f"hmac-sha256 takes its key from ${HMAC_KEY_ENV}", choices=HASH_MODES
+    )
+    shards: int = setting("pipeline", "shards", 16, "dedup and rate-limit shards", between=(1, 65_536))
+    batch_size: int = setting("pipeline", "batch_size", 10_000, "records per batch", between=(1, 1_000_000))
+    # The run summary has never shown the keys below (showing them would change its schema).
+    split_mb: int = setting(
+        "pipeline", "split_mb", 32, "JSONL is read in ranges this large", between=(1, 1 << 20), summary=False
+    )
+    audit_batch_rows: int = setting(
+        "pipeline", "audit_batch_rows", 10_000, "rows per audit commit", between=(1, 100_000), summary=False
+    )
+    audit_retry_attempts: int = setting(
+        "audit", "retry_attempts", 8, "tries per batch on transient errors", between=(1, 100), summary=False
+    )
+    users_ttl_seconds: int = setting(
+        "audit", "users_ttl_seconds", 300, "how long a tier is cached", between=(1, 10 * YEAR), summary=False
+    )
+
+    @staticmethod
+    def settings() -> tuple[Setting, ...]:
+        """Every key a config file may set, in the order of the fields."""
+        return _settings()
+
+    @staticmethod
+    def setting(name: str) -> Setting:
+        """The key named ``section.key``."""
+        return {s.name: s for s in _settings()}[name]
+
+    def summary_block(self) -> dict[str, Any]:
+        """The run summary's ``config`` block: the settings in force, as JSON values."""
+        return {
+            s.summary_name: s.file_value(getattr(self, s.attribute)) for s in _settings() if s.summary_name
+        }
+
+    @staticmethod
+    def summary_block_schema() -> dict[str, Any]:
+        """The JSON Schema of :meth:`summary_block`'s result.
+
+        No key is required: a summary written before a key was added lacks it, and stays valid.
+        """
+        return {
+            "type": "object",
+            "properties": {s.summary_name: s.json_schema() for s in _settings() if s.summary_name},
+            "additionalProperties": False,
+        }
 
     def hmac_key(self) -> bytes | None:
         """The HMAC key for ``hmac-sha256`` mode, from the environment; ``None`` for sha256."""
@@ -71,37 +252,14 @@ class PipelineConfig:
         return key
 
 
-@dataclass(frozen=True)
-class _Key:
-    """One key of the config file: the field it sets, its type and, for numbers, its range."""
-
-    field: str
-    type: type
-    low: int | None = None
-    high: int | None = None
-
-
-#: Every key a config file may set. Ranges keep values where the pipeline's arithmetic holds:
-#: a window longer than TIMESTAMP's whole range (2^31 s) means nothing, shards are an int32 column.
-_SECTIONS: dict[str, dict[str, _Key]] = {
-    "rate_limit": {
-        "window_seconds": _Key("window_seconds", int, 1, 2**31),
-        "quotas": _Key("quotas", dict),
-    },
-    "pricing": {"path": _Key("pricing_path", str)},
-    "hashing": {"mode": _Key("hash_mode", str)},
-    "pipeline": {
-        "batch_size": _Key("batch_size", int, 1, 1_000_000),
-        "shards": _Key("shards", int, 1, 65_536),
-        "split_mb": _Key("split_mb", int, 1, 1 << 20),
-        "audit_batch_rows": _Key("audit_batch_rows", int, 1, 100_000),
-    },
-    "audit": {
-        "retry_attempts": _Key("audit_retry_attempts", int, 1, 100),
-        "users_ttl_seconds": _Key("users_ttl_seconds", int, 1, 10 * 365 * 86_400),
-    },
-}
-_QUOTA_MAX = 2**31 - 1
+@cache
+def _settings() -> tuple[Setting, ...]:
+    hints = typing.get_type_hints(PipelineConfig)
+    return tuple(
+        dataclasses.replace(f.metadata["setting"], attribute=f.name, annotation=hints[f.name])
+        for f in dataclasses.fields(PipelineConfig)
+        if "setting" in f.metadata
+    )
 
 
 def load_config(path: Path | None) -> PipelineConfig:
@@ -122,54 +280,93 @@ def load_config(path: Path | None) -> PipelineConfig:
         raise ConfigError(f"{where} is not UTF-8: {exc.reason} at byte {exc.start}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where} is not valid TOML: {exc}") from None
-    values: dict[str, Any] = {}
-    for section, body in doc.items():
-        keys = _SECTIONS.get(section)
-        if keys is None:
-            raise ConfigError(f"{where}: unknown section [{section}]; expected {sorted(_SECTIONS)}")
-        if not isinstance(body, dict):
-            raise ConfigError(f"{where}: {section} must be a table ([{section}]), got {body!r}")
-        for name, value in body.items():
-            key = keys.get(name)
-            if key is None:
-                raise ConfigError(f"{where}: unknown key {section}.{name}; expected {sorted(keys)}")
-            if not isinstance(value, key.type) or isinstance(value, bool):
-                raise ConfigError(f"{where}: {section}.{name} must be {key.type.__name__}, got {value!r}")
-            if (
-                isinstance(value, int)
-                and key.low is not None
-                and key.high is not None
-                and not key.low <= value <= key.high
-            ):
-                raise ConfigError(
-                    f"{where}: {section}.{name} must be between {key.low} and {key.high}, got {value}"
-                )
-            values[key.field] = value
     defaults = PipelineConfig()
-    values["quotas"] = {**defaults.quotas, **values.get("quotas", {})}
-    if "pricing_path" in values:
-        values["pricing_path"] = path.parent / values["pricing_path"]
+    values: dict[str, Any] = {}
+    for spec, value in _read_keys(doc, where):
+        if spec.annotation is Path:
+            value = path.parent / value
+        elif spec.is_table:
+            value = {**getattr(defaults, spec.attribute), **value}
+        elif spec.annotation is float:
+            value = float(value)
+        values[spec.attribute] = value
     return _checked(dataclasses.replace(defaults, **values), where)
 
 
+def _read_keys(doc: dict[str, Any], where: str) -> list[tuple[Setting, Any]]:
+    """Each key the file sets, with its value as written; the first unusable one is an error."""
+    sections: dict[str, dict[str, Setting]] = {}
+    for known in _settings():
+        sections.setdefault(known.section, {})[known.key] = known
+    found = []
+    for section, body in doc.items():
+        keys = sections.get(section)
+        if keys is None:
+            raise ConfigError(f"{where}: unknown section [{section}]; expected {sorted(sections)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: {section} must be a table ([{section}]), got {body!r}")
+        for name, value in body.items():
+            spec = keys.get(name)
+            if spec is None:
+                raise ConfigError(f"{where}: unknown key {section}.{name}; expected {sorted(keys)}")
+            if problem := spec.problem(value):
+                raise ConfigError(f"{where}: {problem}")
+            found.append((spec, value))
+    return found
+
+
 def _checked(config: PipelineConfig, where: str) -> PipelineConfig:
+    """``config`` if every value is usable (defaults included: they come from ``schemas/``)."""
     tiers = set(schemas.event_json_schema()["properties"]["ai_tier"]["enum"])
     if set(config.quotas) != tiers:
         raise ConfigError(f"{where}: rate_limit.quotas must name exactly the tiers {sorted(tiers)}")
-    for tier, quota in config.quotas.items():
-        if not isinstance(quota, int) or isinstance(quota, bool) or not 0 <= quota <= _QUOTA_MAX:
-            raise ConfigError(
-                f"{where}: rate_limit.quotas.{tier} must be an integer between 0 and {_QUOTA_MAX}, "
-                f"got {quota!r}"
-            )
-    if config.hash_mode not in HASH_MODES:
-        raise ConfigError(f"{where}: hashing.mode must be one of {HASH_MODES}, got {config.hash_mode!r}")
+    for spec in _settings():
+        if problem := spec.problem(spec.file_value(getattr(config, spec.attribute))):
+            raise ConfigError(f"{where}: {problem}")
     _check_pricing(config.pricing_path)
     try:
         config.hmac_key()  # fail now, not in a worker, when the key is missing
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return config
+
+
+def example_toml() -> str:
+    """A config file that sets every key to its default, each with its meaning and range.
+
+    Loading it gives the defaults; ``python -m connectors.config`` prints it.
+    """
+    defaults = PipelineConfig()
+    lines: list[str] = []
+    for section, specs in groupby(sorted(_settings(), key=_section_order), key=lambda s: s.section):
+        lines += ["", f"[{section}]"] if lines else [f"[{section}]"]
+        for spec in specs:
+            value = spec.file_value(getattr(defaults, spec.attribute))
+            lines.append(f"{spec.key} = {_toml_value(value)}  # {spec.doc}{_bounds(spec)}")
+    return "\n".join(lines) + "\n"
+
+
+def _section_order(spec: Setting) -> int:
+    return [s.section for s in _settings()].index(spec.section)
+
+
+def _bounds(spec: Setting) -> str:
+    if spec.choices:
+        return f"; one of {', '.join(spec.choices)}"
+    if spec.between is None:
+        return ""
+    each = "each " if spec.is_table else ""
+    return f"; {each}{spec.between[0]} .. {spec.between[1]}"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(value)
 
 
 def _read_regular_file(path: Path, what: str) -> bytes:
@@ -195,3 +392,7 @@ def _check_pricing(path: Path) -> None:
         raise ConfigError(f"{where} is not UTF-8: {exc.reason} at byte {exc.start}") from None
     except (ValueError, csv.Error) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+if __name__ == "__main__":
+    print(example_toml(), end="")

@@ -247,14 +247,7 @@ def _summary(
         "out_dir": str(request.out_dir.resolve()),
         "audit_db": redact(audit_url),
         "audit_schema_version": schema_version,
-        "config": {
-            "quotas": config.quotas,
-            "window_seconds": config.window_seconds,
-            "pricing": str(config.pricing_path),
-            "hash_mode": config.hash_mode,
-            "shards": config.shards,
-            "batch_size": config.batch_size,
-        },
+        "config": config.summary_block(),
     }
 
 

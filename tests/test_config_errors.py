@@ -1,13 +1,21 @@
 """A pricing table or a config file that is wrong is never used: the run refuses before it starts,
-with one line naming the file and the row and column (or key) at fault."""
+with one line naming the file and the row and column (or key) at fault.
+
+The tests of each key's values are parametrised over ``PipelineConfig.settings()``, the config's one
+definition, so a key added there is tested here without a line changed.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
 
+import schemas
+from connectors.config import ConfigError, PipelineConfig, Setting, example_toml, load_config
 from schemas import PRICING_COLUMNS
 from tests.conftest import run_cli, run_pipeline
 
@@ -141,3 +149,122 @@ def test_hmac_mode_without_a_key_names_the_config_file(tmp_path: Path) -> None:
 
 def test_a_section_that_is_not_a_table_says_so(tmp_path: Path) -> None:
     assert "pipeline must be a table ([pipeline]), got 5" in refused(tmp_path, "pipeline = 5\n")
+
+
+# --- every key, from the one definition (in-process: load_config is what the run calls first) ---
+
+SETTINGS = PipelineConfig.settings()
+NUMBERS = [s for s in SETTINGS if s.is_table or s.file_type in (int, float)]
+#: A value of another type than each kind of key takes; a number in quotes is the usual slip.
+WRONG_TYPE: dict[type, object] = {int: "12", float: "1.5", bool: "yes", str: 12, dict: 12}
+
+
+def load_error(tmp_path: Path, text: str) -> str:
+    """Load a config file holding ``text``; assert it is refused; return the message."""
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refusal:
+        load_config(path)
+    prefix = f"config {str(path)!r}: "
+    assert str(refusal.value).startswith(prefix)
+    return str(refusal.value).removeprefix(prefix)
+
+
+def one_key(spec: Setting, value: str) -> str:
+    return f"[{spec.section}]\n{spec.key} = {value}\n"
+
+
+def a_table_entry(spec: Setting) -> str:
+    """An entry the table holds by default (a tier of ``quotas``)."""
+    return next(iter(getattr(PipelineConfig(), spec.attribute)))
+
+
+@pytest.mark.parametrize("spec", SETTINGS, ids=lambda s: s.name)
+def test_a_value_of_the_wrong_type_names_the_key_and_the_type(tmp_path: Path, spec: Setting) -> None:
+    wrong = WRONG_TYPE[spec.file_type]
+    message = load_error(tmp_path, one_key(spec, json.dumps(wrong)))  # a JSON scalar is TOML too
+    assert message == f"{spec.name} must be {spec.file_type.__name__}, got {wrong!r}"
+
+
+@pytest.mark.parametrize(
+    ("spec", "side"),
+    [(s, side) for s in NUMBERS for side in ("below", "above")],
+    ids=lambda p: getattr(p, "name", p),
+)
+def test_a_number_out_of_range_names_the_key_and_the_range(tmp_path: Path, spec: Setting, side: str) -> None:
+    assert spec.between is not None
+    low, high = spec.between
+    value = low - 1 if side == "below" else high + 1
+    if spec.is_table:
+        entry = a_table_entry(spec)
+        message = load_error(tmp_path, one_key(spec, f"{{ {entry} = {value} }}"))
+        assert message == f"{spec.name}.{entry} must be an integer between {low} and {high}, got {value}"
+    else:
+        message = load_error(tmp_path, one_key(spec, str(value)))
+        assert message == f"{spec.name} must be between {low} and {high}, got {value}"
+
+
+@pytest.mark.parametrize("spec", NUMBERS, ids=lambda s: s.name)
+def test_the_bounds_of_a_range_are_themselves_allowed(tmp_path: Path, spec: Setting) -> None:
+    assert spec.between is not None
+    path = tmp_path / "config.toml"
+    for bound in spec.between:
+        literal = f"{{ {a_table_entry(spec)} = {bound} }}" if spec.is_table else str(bound)
+        path.write_text(one_key(spec, literal))
+        loaded = getattr(load_config(path), spec.attribute)
+        assert (loaded[a_table_entry(spec)] if spec.is_table else loaded) == bound
+
+
+def test_every_number_has_a_range() -> None:
+    assert NUMBERS and all(spec.between is not None for spec in NUMBERS)
+
+
+@pytest.mark.parametrize("spec", [s for s in SETTINGS if s.choices], ids=lambda s: s.name)
+def test_a_value_outside_the_choices_names_the_key_and_the_choices(tmp_path: Path, spec: Setting) -> None:
+    message = load_error(tmp_path, one_key(spec, '"none-of-these"'))
+    assert message == f"{spec.name} must be one of {spec.choices}, got 'none-of-these'"
+
+
+def test_an_unknown_section_is_refused_listing_the_known_ones(tmp_path: Path) -> None:
+    sections = sorted({spec.section for spec in SETTINGS})
+    message = load_error(tmp_path, "[embedding]\nenabled = true\n")
+    assert message == f"unknown section [embedding]; expected {sections}"
+
+
+@pytest.mark.parametrize("section", sorted({s.section for s in SETTINGS}))
+def test_an_unknown_key_names_the_section_and_the_key(tmp_path: Path, section: str) -> None:
+    keys = sorted(spec.key for spec in SETTINGS if spec.section == section)
+    message = load_error(tmp_path, f"[{section}]\nno_such_key = 1\n")
+    assert message == f"unknown key {section}.no_such_key; expected {keys}"
+
+
+def test_the_example_file_sets_every_key_to_its_default(tmp_path: Path) -> None:
+    path = tmp_path / "example.toml"
+    path.write_text(example_toml())
+    written = {f"{section}.{key}" for section, body in tomllib.loads(example_toml()).items() for key in body}
+    assert written == {spec.name for spec in SETTINGS}
+    assert load_config(path) == load_config(None) == PipelineConfig()
+
+
+def test_a_path_is_relative_to_the_config_file_and_a_table_overrides_entries(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "prices.csv").write_bytes((schemas.HERE / "pricing.csv").read_bytes())
+    path = tmp_path / "conf" / "config.toml"
+    path.write_text('[pricing]\npath = "prices.csv"\n[rate_limit]\nquotas = { free = 3 }\n')
+    config = load_config(path)
+    assert config.pricing_path == tmp_path / "conf" / "prices.csv"
+    assert config.quotas == {**PipelineConfig().quotas, "free": 3}
+
+
+def test_the_summary_block_keeps_the_keys_and_values_runs_have_always_written() -> None:
+    config = PipelineConfig(shards=4, pricing_path=Path("/srv/prices.csv"))
+    block = config.summary_block()
+    assert list(block)[:6] == ["quotas", "window_seconds", "pricing", "hash_mode", "shards", "batch_size"]
+    assert block["quotas"] == dict(schemas.tier_table()["quotas"])
+    assert block["window_seconds"] == schemas.tier_table()["window_seconds"]
+    assert (block["pricing"], block["hash_mode"], block["shards"], block["batch_size"]) == (
+        "/srv/prices.csv",
+        "sha256",
+        4,
+        10_000,
+    )
