@@ -17,7 +17,10 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.summary import RunSummary
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models never come from a hub at run time
 
@@ -242,27 +245,27 @@ def _terminal_size(stream: Any) -> os.terminal_size:
     return size if size.columns and size.lines else shutil.get_terminal_size()
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
-    out = Path(summary["out_dir"])
+def _print_summary(summary: RunSummary) -> None:
+    out = Path(summary.out_dir)
     print(
-        f"run {summary['run_id']} finished in {summary['seconds']:.1f}s "
-        f"({summary['events_per_second'] or 0:,} events/s)"
+        f"run {summary.run_id} finished in {summary.seconds:.1f}s "
+        f"({summary.events_per_second or 0:,} events/s)"
     )
     print(
-        f"  read {summary['events_read']:,} = processed {summary['events_processed']:,}"
-        f" + dead-lettered {summary['events_dead_lettered']:,}"
-        f" + duplicates collapsed {summary['duplicates_collapsed']:,}"
+        f"  read {summary.events_read:,} = processed {summary.events_processed:,}"
+        f" + dead-lettered {summary.events_dead_lettered:,}"
+        f" + duplicates collapsed {summary.duplicates_collapsed:,}"
     )
     print(
-        f"  rate-limited {summary['rate_limited']:,} events in {summary['rate_limit_violations']:,} windows;"
-        f" unpriced {summary['unpriced_events']:,}; cost ${summary['cost_total']}"
+        f"  rate-limited {summary.rate_limited:,} events in {summary.rate_limit_violations:,} windows;"
+        f" unpriced {summary.unpriced_events:,}; cost ${summary.cost_total}"
     )
-    if summary["dead_letters_by_reason"]:
-        reasons = ", ".join(f"{k} {v:,}" for k, v in summary["dead_letters_by_reason"].items())
+    if summary.dead_letters_by_reason:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in summary.dead_letters_by_reason.items())
         print(f"  dead letters: {reasons}")
     print(f"  outputs: {out}/{{events,rate_limit_violations,dead_letter}}/dt=*/*.parquet")
-    print(f"  audit:   {summary['audit_db']}")
-    print(f"  summary: {out / '_runs' / (summary['run_id'] + '.json')}")
+    print(f"  audit:   {summary.audit_db}")
+    print(f"  summary: {out / '_runs' / (summary.run_id + '.json')}")
 
 
 #: The flag that gives each argument of ``generate_events``, to name it in an error.

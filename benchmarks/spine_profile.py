@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = profiler.runcall(run_batch, RunRequest(inputs=[str(source.path)], out_dir=out))
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    print(f"profiled run: {summary['events_read']:,} events in {summary['seconds']:.1f} s (under cProfile)")
+    print(f"profiled run: {summary.events_read:,} events in {summary.seconds:.1f} s (under cProfile)")
     if args.save:
         profiler.dump_stats(args.save)
     stats = pstats.Stats(profiler)

@@ -23,7 +23,9 @@ The field's annotation says what the file may hold: ``int``, ``float``, ``bool``
 (a string, relative to the config file) or ``dict[str, int]`` (a table whose entries override the
 default's entries). A number must carry a range (``between=``, a test checks it); the run summary
 shows the key under its field name unless ``summary=`` says otherwise, and the tests of bad values
-cover the new key without being touched.
+cover the new key without being touched. (A key the summary shows also enters the summary's JSON
+Schema, a generated file: ``python -m pipelines.summary > schemas/run_summary.schema.json``; a test
+says so when the file is stale.)
 
 >>> PipelineConfig.setting("pipeline.shards")
 Setting(section='pipeline', key='shards', doc='dedup and rate-limit shards', between=(1, 65536), ...)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -16,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import filelock
 
@@ -27,6 +25,8 @@ from connectors.parquet_sink import RunFileNames, remove_stale_parts, remove_tem
 from connectors.sources import InputError, InputFile, discover_inputs, plan_splits
 from pipelines import progress
 from pipelines.stages import RunPlan
+from pipelines.summary import InputSummary, RunSummary, SummaryError
+from transforms.dead_letter import Reason
 
 ENGINES = ("beam",)
 
@@ -88,7 +88,7 @@ def with_shards_for(config: PipelineConfig, input_bytes: int) -> PipelineConfig:
     return dataclasses.replace(config, shards=max(config.shards, -(-input_bytes // SHARD_INPUT_BYTES)))
 
 
-def run_batch(request: RunRequest, on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def run_batch(request: RunRequest, on_progress: Callable[[int, int], None] | None = None) -> RunSummary:
     """Run the spine over files; return the run summary (also written to ``_runs/<run_id>.json``).
 
     ``on_progress(bytes_read, bytes_total)`` is called from a helper thread while the run goes.
@@ -111,7 +111,7 @@ def run_batch(request: RunRequest, on_progress: Callable[[int, int], None] | Non
         lock.release()
 
 
-def _run_locked(request, config, out_dir: Path, on_progress) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _run_locked(request, config, out_dir: Path, on_progress) -> RunSummary:  # type: ignore[no-untyped-def]
     started = datetime.now(UTC)
     started_clock = time.time()  # as file modification times record it
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
@@ -198,64 +198,58 @@ def _run_engine(request, splits, plan, staging_dir: str, total_bytes: int, on_pr
 
 def _summary(
     run_id, request, started, files, fingerprint, audit_url, schema_version, config, counts
-) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+) -> RunSummary:  # type: ignore[no-untyped-def]
     finished = datetime.now(UTC)
     read = counts.get("events_read", 0)
-    processed = counts.get("events_processed", 0)
-    dead = counts.get("events_dead_lettered", 0)
-    collapsed = counts.get("duplicates_collapsed", 0)
-    if read != processed + dead + collapsed:
-        raise RunError(
-            f"invariant broken: events_read {read} != processed {processed} + dead-lettered {dead}"
-            f" + duplicates collapsed {collapsed}"
-        )
     seconds = (finished - started).total_seconds()
-    return {
-        "run_id": run_id,
-        "engine": request.engine,
-        "engine_args": list(request.engine_args),
-        "started_at": started.isoformat(timespec="milliseconds"),
-        "finished_at": finished.isoformat(timespec="milliseconds"),
-        "seconds": round(seconds, 3),
-        "events_read": read,
-        "events_processed": processed,
-        "events_dead_lettered": dead,
-        "duplicates_collapsed": collapsed,
-        "rate_limited": counts.get("rate_limited", 0),
-        "late_events": 0,  # a bounded file run's watermark ends with its input: nothing is late
-        "unpriced_events": counts.get("unpriced_events", 0),
-        "cost_total": str(Decimal(counts.get("cost_total_micros", 0)).scaleb(-6)),
-        "rate_limit_violations": counts.get("rate_limit_violations", 0),
-        "audit_rows_inserted": counts.get("audit_rows_inserted", 0),
-        "blank_lines": counts.get("blank_lines", 0),
-        "dead_letters_by_reason": dict(
-            sorted((k.split(".", 1)[1], v) for k, v in counts.items() if k.startswith("dead_letter."))
-        ),
-        "events_per_second": round(read / seconds) if seconds > 0 else None,
-        "inputs": [
-            {
-                "path": f.name,
-                "format": f.format,
-                "gzip": f.gzip,
-                "size": f.size,
-                "sha256": f.sha256,
-                "content_sha256": f.content_hash,
-            }
-            for f in files
-        ],
-        "inputs_fingerprint": fingerprint,
-        "out_dir": str(request.out_dir.resolve()),
-        "audit_db": redact(audit_url),
-        "audit_schema_version": schema_version,
-        "config": config.summary_block(),
-    }
+    try:
+        return RunSummary(
+            run_id=run_id,
+            engine=request.engine,
+            engine_args=tuple(request.engine_args),
+            started_at=_to_millisecond(started),
+            finished_at=_to_millisecond(finished),
+            seconds=round(seconds, 3),
+            events_read=read,
+            events_processed=counts.get("events_processed", 0),
+            events_dead_lettered=counts.get("events_dead_lettered", 0),
+            duplicates_collapsed=counts.get("duplicates_collapsed", 0),
+            rate_limited=counts.get("rate_limited", 0),
+            late_events=0,  # a bounded file run's watermark ends with its input: nothing is late
+            unpriced_events=counts.get("unpriced_events", 0),
+            cost_total=Decimal(counts.get("cost_total_micros", 0)).scaleb(-6),
+            rate_limit_violations=counts.get("rate_limit_violations", 0),
+            audit_rows_inserted=counts.get("audit_rows_inserted", 0),
+            blank_lines=counts.get("blank_lines", 0),
+            dead_letters_by_reason=dict(
+                sorted(
+                    (Reason(k.split(".", 1)[1]), v) for k, v in counts.items() if k.startswith("dead_letter.")
+                )
+            ),
+            events_per_second=round(read / seconds) if seconds > 0 else None,
+            inputs=tuple(
+                InputSummary(f.name, f.format, f.gzip, f.size, f.sha256, f.content_hash) for f in files
+            ),
+            inputs_fingerprint=fingerprint,
+            out_dir=str(request.out_dir.resolve()),
+            audit_db=redact(audit_url),
+            audit_schema_version=schema_version,
+            config=config.summary_block(),
+        )
+    except SummaryError as exc:  # the counts break an invariant: a bug, never a summary
+        raise RunError(str(exc)) from None
 
 
-def _write_summary(out_dir: Path, run_id: str, summary: dict[str, Any]) -> Path:
+def _to_millisecond(moment: datetime) -> datetime:
+    """``moment`` cut to what the summary file keeps, so a loaded summary equals the one written."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _write_summary(out_dir: Path, run_id: str, summary: RunSummary) -> Path:
     runs = out_dir / "_runs"
     runs.mkdir(exist_ok=True)
     final = runs / f"{run_id}.json"
     temporary = runs / f".{run_id}.json.tmp"
-    temporary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    temporary.write_text(summary.to_json(), encoding="utf-8")
     os.replace(temporary, final)
     return final

@@ -27,6 +27,12 @@ def event_json_schema() -> dict[str, Any]:
 
 
 @cache
+def run_summary_json_schema() -> dict[str, Any]:
+    """The run summary's JSON Schema (``run_summary.schema.json``, generated from pipelines/summary.py)."""
+    return json.loads((HERE / "run_summary.schema.json").read_text(encoding="utf-8"))
+
+
+@cache
 def _datasets() -> dict[str, Any]:
     return json.loads((HERE / "datasets.json").read_text(encoding="utf-8"))
 

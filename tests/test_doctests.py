@@ -19,6 +19,7 @@ MODULES = [
     "connectors.database_url",
     "transforms.dedup",
     "pipelines.batch_run",
+    "pipelines.summary",
     "connectors.config",
     "loadgen.generate",
     "loadgen.bad_records",
