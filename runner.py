@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     args = _parser().parse_args(argv)
     from connectors.config import ConfigError
-    from connectors.sources import InputError
+    from connectors.inputs import InputError
     from pipelines.batch_run import RunError
 
     try:

@@ -51,7 +51,7 @@ AREAS = (
 #: The spine's steps, whose cumulative time is listed one by one, as (file, function). Reading
 #: is a generator, so its time is that of the connector function that yields the batches.
 STEPS = (
-    ("connectors/sources.py", "_read_jsonl"),
+    ("connectors/jsonl_source.py", "read_jsonl"),
     *(
         ("pipelines/stages.py", name)
         for name in (

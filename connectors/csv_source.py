@@ -18,15 +18,17 @@ import gzip
 import io
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import IO, Any, cast
 
 import schemas
-from connectors.sources import BatchBuilder, InputError, InputFile, too_long
+from connectors.input_batches import BatchBuilder, too_long
+from connectors.inputs import InputError, InputFile, InputSplit
 from connectors.tabular import unflatten, unique_columns
 from transforms.dead_letter import RAW_KEEP_BYTES, ContractViolation, Reason
 from transforms.event_batch import InputRecords
+from transforms.validate import EventRules
 
 _INTEGER = re.compile(r"[+-]?\d+\Z", re.ASCII)
 _UNCLOSED = "a quote opened in this record is never closed: the record runs to the end of the file"
@@ -158,19 +160,32 @@ class _CsvLines:
         self.cells.feed(text)
 
 
-def read_csv(file: InputFile, batch_lines: int, max_record_bytes: int) -> Iterator[InputRecords]:
-    """Read a CSV input (header row first) as batches of parsed records."""
+def read_csv(split: InputSplit, batch_lines: int, rules: EventRules) -> Iterator[InputRecords]:
+    """Read a CSV input (header row first; always one split) as batches of parsed records."""
+    file, limit = split.file, rules.max_record_bytes
     # A cell may hold a whole record (an inline image): the record limit is the only field limit.
-    csv.field_size_limit(max(csv.field_size_limit(), max_record_bytes))
+    csv.field_size_limit(max(csv.field_size_limit(), limit))
     try:
         with gzip.open(file.path, "rb") if file.gzip else open(file.path, "rb") as stream:
-            lines = _CsvLines(cast(IO[bytes], stream), max_record_bytes)  # GzipFile reads like one
-            yield from _csv_batches(file, lines, batch_lines)
+            lines = _CsvLines(cast(IO[bytes], stream), limit)  # GzipFile reads like one
+            yield from _csv_batches(file, lines, batch_lines, stream.tell)
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise InputError(f"cannot read CSV input {file.name!r}: {exc}") from None
 
 
-def _csv_batches(file: InputFile, lines: _CsvLines, batch_lines: int) -> Iterator[InputRecords]:
+def _csv_batches(
+    file: InputFile, lines: _CsvLines, batch_lines: int, position: Callable[[], int]
+) -> Iterator[InputRecords]:
+    """The batches of a CSV input; ``position`` tells how far into the content the text layer
+    has read (a little ahead of the rows parsed, and at the end once they all are)."""
+    covered = 0
+
+    def records(batch: BatchBuilder) -> InputRecords:
+        nonlocal covered
+        batch.bytes_read = position() - covered
+        covered += batch.bytes_read
+        return batch.records(parsed=True)
+
     # strict: a quote still open at the end of the file is an error, not a cell that ate the rest.
     reader = csv.reader(lines, strict=True)
     header: list[str] = []
@@ -205,10 +220,10 @@ def _csv_batches(file: InputFile, lines: _CsvLines, batch_lines: int) -> Iterato
             else:  # a blank line carries no record; counted, not dead-lettered
                 batch.blank_lines += 1
         if batch.full(batch_lines):
-            yield batch.records(parsed=True)
+            yield records(batch)
             batch = BatchBuilder(file)
     if batch.raws or batch.blank_lines:
-        yield batch.records(parsed=True)
+        yield records(batch)
 
 
 def _add_row(batch: BatchBuilder, line_no: int, raw: bytes, header: list[str], cells: list[str]) -> None:

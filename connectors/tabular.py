@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from connectors.sources import InputError
+from connectors.inputs import InputError
 from transforms.dead_letter import ContractViolation, Reason
 
 

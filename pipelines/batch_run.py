@@ -21,8 +21,8 @@ import filelock
 from connectors import database
 from connectors.config import PipelineConfig, load_config
 from connectors.database_url import redact
+from connectors.inputs import InputError, InputFile, discover_inputs, plan_splits
 from connectors.parquet_sink import RunFileNames, remove_stale_parts, remove_temporary_files
-from connectors.sources import InputError, InputFile, discover_inputs, plan_splits
 from pipelines import progress
 from pipelines.stages import RunPlan
 from pipelines.summary import InputSummary, RunSummary, SummaryError
@@ -73,7 +73,7 @@ def inputs_fingerprint(files: list[InputFile]) -> str:
 
 #: Input bytes per shard beyond which a run uses more shards than configured, so that the
 #: batch one worker holds in the dedup and rate-limit steps stays the same size however large
-#: the input (memory flat as input grows).
+#: the input (memory flat as input grows). Counted as read: a gzip input by its inflated bytes.
 SHARD_INPUT_BYTES = 64 << 20
 
 
@@ -91,7 +91,8 @@ def with_shards_for(config: PipelineConfig, input_bytes: int) -> PipelineConfig:
 def run_batch(request: RunRequest, on_progress: Callable[[int, int], None] | None = None) -> RunSummary:
     """Run the spine over files; return the run summary (also written to ``_runs/<run_id>.json``).
 
-    ``on_progress(bytes_read, bytes_total)`` is called from a helper thread while the run goes.
+    ``on_progress(bytes_read, bytes_total)`` is called from a helper thread while the run goes;
+    both count bytes of the inputs' content as read (a gzip input's inflated bytes).
     """
     if request.engine not in ENGINES:
         raise RunError(f"unknown engine {request.engine!r}; available: {', '.join(ENGINES)}")
@@ -134,7 +135,10 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> RunSummary:  # t
             raise RunError(
                 f"audit store {redact(audit_url)} is unusable: {database.describe_error(exc, audit_url)}"
             ) from exc
-        config = with_shards_for(config, sum(f.size for f in files))
+        # Inflated sizes, as the readers go through them: a worker's batches grow with the
+        # content, not with how well it compressed; the progress bar counts in the same unit.
+        content_bytes = sum(f.content_size for f in files)
+        config = with_shards_for(config, content_bytes)
         naming = RunFileNames(fingerprint)
         plan = RunPlan(
             run_id=run_id,
@@ -147,9 +151,7 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> RunSummary:  # t
             compare_with_store=stored_before,
         )
         splits = plan_splits(files, config.split_mb << 20)
-        counts = _run_engine(
-            request, splits, plan, str(staging / "spill"), sum(f.size for f in files), on_progress
-        )
+        counts = _run_engine(request, splits, plan, str(staging / "spill"), content_bytes, on_progress)
         remove_stale_parts(out_dir, naming, started_clock)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

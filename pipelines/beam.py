@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import FixedWindows, GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from connectors.sources import InputSplit
+from connectors.inputs import InputSplit
 from connectors.spill import Spill
 from pipelines import progress
 from pipelines.stages import Counts, PaneKey, RunPlan, SpineWorker, StageOutput, pane_label

@@ -42,9 +42,10 @@ from connectors.audit_sink import AuditSink, StoredEvents
 from connectors.config import PipelineConfig
 from connectors.database import open_engine
 from connectors.images import FolderImageLoader
+from connectors.inputs import InputSplit
 from connectors.parquet_sink import FileNaming, ParquetSink, partition_dates
+from connectors.readers import read_split
 from connectors.sinks import Counts, Sink
-from connectors.sources import InputSplit, read_split
 from connectors.users import UserDirectory
 from transforms.cost import PriceBook
 from transforms.dead_letter import DeadLetter, dead_letter_table

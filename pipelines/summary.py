@@ -35,7 +35,7 @@ from typing import Annotated, Any
 
 import schemas
 from connectors.config import PipelineConfig
-from connectors.sources import FORMATS
+from connectors.inputs import FORMATS
 from transforms.dead_letter import Reason
 
 

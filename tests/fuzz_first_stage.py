@@ -35,7 +35,8 @@ import jsonschema  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 import schemas  # noqa: E402
-from connectors.sources import InputFile, plan_splits, read_split  # noqa: E402
+from connectors.inputs import InputFile, plan_splits  # noqa: E402
+from connectors.readers import read_split  # noqa: E402
 from tests.conftest import enrich_settings  # noqa: E402
 from transforms.dead_letter import RAW_KEEP_BYTES, ContractViolation, Reason  # noqa: E402
 from transforms.dedup import collapse_duplicates  # noqa: E402

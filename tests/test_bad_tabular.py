@@ -319,7 +319,9 @@ def test_parquet_values_past_64_bits_or_nested_too_deep_are_dead_letters(tmp_pat
 
 def test_parquet_rows_are_read_in_batches_bounded_by_their_decoded_size(tmp_path: Path) -> None:
     import schemas
-    from connectors.sources import BATCH_BYTES, discover_inputs, plan_splits, read_split
+    from connectors.input_batches import BATCH_BYTES
+    from connectors.inputs import discover_inputs, plan_splits
+    from connectors.readers import read_split
     from transforms.validate import EventRules
 
     n, blob = 60, "x" * (4 << 20)  # 240 MiB once decoded, a few hundred KiB in the file
@@ -410,7 +412,8 @@ def test_reading_parquet_holds_a_batch_not_a_read_of_huge_rows(tmp_path: Path) -
     del table
     probe = (
         "import sys, pyarrow as pa, schemas; from pathlib import Path; "
-        "from connectors.sources import discover_inputs, plan_splits, read_split; "
+        "from connectors.inputs import discover_inputs, plan_splits; "
+        "from connectors.readers import read_split; "
         "from transforms.validate import EventRules; "
         "rules = EventRules.from_json_schema(schemas.event_json_schema()); "
         "(split,) = plan_splits(discover_inputs([sys.argv[1]], Path(sys.argv[2])), 1 << 25); "

@@ -58,6 +58,8 @@ class InputRecords:
     ``None``. ``rejected`` maps the index of a record the source could not even read as a record
     (a line past the size limit, a row that does not decode) to its violation; its ``raws`` entry
     holds what was kept of it (at most ``RAW_KEEP_BYTES + 1`` bytes, so a reader never holds more).
+    ``bytes_read`` is how much of the input's content (as read: inflated, for a gzip input) the
+    batch covers, line ends, blank lines and headers included: what a progress bar advances by.
     """
 
     source: str
@@ -67,6 +69,7 @@ class InputRecords:
     parsed: list[Any] | None = None
     blank_lines: int = 0
     rejected: Mapping[int, ContractViolation] = field(default_factory=dict)
+    bytes_read: int = 0
 
 
 @dataclass(frozen=True)

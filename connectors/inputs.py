@@ -1,0 +1,198 @@
+"""Plan a run's inputs: find them, fingerprint them, and cut them into splits a worker reads.
+
+Supported: JSONL (``.jsonl``, ``.ndjson``, ``.json``), CSV (``.csv``) and Parquet
+(``.parquet``), each optionally gzip-compressed (``.gz``, not Parquet), given as paths or globs;
+``-`` reads JSONL from stdin (spooled to a file first so that workers in other processes, or on a
+cluster, can read it too). Reading a split is ``connectors.readers.read_split``'s job.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import os
+import shutil
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transforms.dead_letter import storable
+
+STDIN_NAME = "<stdin>"
+
+
+class InputError(Exception):
+    """An input cannot be found or read: the run cannot do its job."""
+
+
+#: The input format of a file by its extension (the one before any ``.gz``); the names are what
+#: ``InputFile.format`` says and what ``connectors.readers.READERS`` is keyed by.
+FORMATS: dict[str, str] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
+#: Formats whose ``.gz`` files are read too (inflated as they are read).
+GZIP_FORMATS = frozenset({"jsonl", "csv"})
+#: Formats whose plain files can be cut into byte ranges at line boundaries, each read on its own.
+LINE_SPLIT_FORMATS = frozenset({"jsonl"})
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input, fingerprinted. ``order`` is its position among the run's inputs."""
+
+    order: int
+    path: str
+    name: str
+    format: str  # a name in FORMATS
+    gzip: bool
+    size: int  # bytes on disk
+    sha256: str  # of the file's bytes, as sha256sum prints it
+    base_dir: str
+    #: sha256 of what a gzip input inflates to (``None`` otherwise): one content, one identity,
+    #: compressed or not.
+    content_sha256: str | None = None
+    #: How many bytes a gzip input inflates to (``None`` otherwise).
+    inflated_size: int | None = None
+
+    @property
+    def content_hash(self) -> str:
+        """The hash of the content the pipeline reads: the input's identity, whatever its path."""
+        return self.content_sha256 or self.sha256
+
+    @property
+    def content_size(self) -> int:
+        """How many bytes of content a reader goes through: the inflated size of a gzip input,
+        the size on disk otherwise. A run's progress counts in this unit."""
+        return self.size if self.inflated_size is None else self.inflated_size
+
+
+@dataclass(frozen=True)
+class InputSplit:
+    """A byte range of an input that starts at a line boundary, with that line's number.
+
+    An input that can't be entered mid-way (gzip, CSV, Parquet) is one split, ``0`` to its size.
+    """
+
+    file: InputFile
+    start: int
+    end: int
+    first_line_no: int
+
+
+def format_of(path: str) -> tuple[str, bool]:
+    """The format of an input and whether it is gzip-compressed, by its name.
+
+    >>> format_of("events.ndjson.GZ")
+    ('jsonl', True)
+    >>> format_of("rows.parquet.gz")
+    Traceback (most recent call last):
+    ...
+    connectors.inputs.InputError: unsupported input 'rows.parquet.gz': expected \
+.jsonl/.ndjson/.json/.csv (optionally .gz) or .parquet
+    """
+    lower = path.lower()
+    compressed = lower.endswith(".gz")
+    stem = lower[:-3] if compressed else lower
+    for ext, fmt in FORMATS.items():
+        if stem.endswith(ext) and (fmt in GZIP_FORMATS or not compressed):
+            return fmt, compressed
+    gzipped = "/".join(ext for ext, fmt in FORMATS.items() if fmt in GZIP_FORMATS)
+    plain = "/".join(ext for ext, fmt in FORMATS.items() if fmt not in GZIP_FORMATS)
+    raise InputError(f"unsupported input {path!r}: expected {gzipped} (optionally .gz) or {plain}")
+
+
+def discover_inputs(patterns: list[str], stdin_spool: Path) -> list[InputFile]:
+    """Expand paths and globs (in the order given), spool stdin, and fingerprint each input.
+
+    Raises InputError naming the pattern that matched nothing or the file that can't be read.
+    """
+    files: list[InputFile] = []
+    seen: set[tuple[int, int]] = set()  # (device, inode): one file, however its path is spelt or linked
+    stdin_seen = False
+    for pattern in patterns:
+        if pattern == "-":
+            if stdin_seen:
+                raise InputError("stdin ('-') given twice")
+            stdin_seen = True
+            stdin_spool.parent.mkdir(parents=True, exist_ok=True)
+            with stdin_spool.open("wb") as spool:
+                shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+            files.append(_fingerprint(len(files), str(stdin_spool), STDIN_NAME, "jsonl", False, os.getcwd()))
+            continue
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise InputError(f"no input matches {pattern!r}")
+        for match in matches:
+            path = os.path.abspath(match)
+            if not os.path.isfile(path):
+                raise InputError(f"input {match!r} is not a readable file")
+            info = os.stat(path)
+            if (info.st_dev, info.st_ino) in seen:  # read once
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            fmt, compressed = format_of(path)
+            # The name as given, storable as text even when the path's bytes are not UTF-8.
+            name = storable(match)
+            files.append(_fingerprint(len(files), path, name, fmt, compressed, os.path.dirname(path)))
+    if not files:
+        raise InputError("no inputs given")
+    return files
+
+
+def _fingerprint(order: int, path: str, name: str, fmt: str, compressed: bool, base_dir: str) -> InputFile:
+    try:
+        with open(path, "rb") as fh:
+            file_hash, size = _digest(fh)
+        content_hash, inflated_size = None, None
+        if compressed:  # inflated once here anyway: its size comes with its hash
+            with gzip.open(path, "rb") as inflated:
+                content_hash, inflated_size = _digest(inflated)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"cannot read input {name!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    return InputFile(
+        order, path, name, fmt, compressed, size, file_hash, base_dir, content_hash, inflated_size
+    )
+
+
+def _digest(stream: Any) -> tuple[str, int]:
+    """The sha256 (hex) of a binary stream's bytes, and how many there were."""
+    digest, size = hashlib.sha256(), 0
+    while block := stream.read(1 << 22):
+        digest.update(block)
+        size += len(block)
+    return digest.hexdigest(), size
+
+
+def plan_splits(files: list[InputFile], split_bytes: int) -> list[InputSplit]:
+    """Cut plain inputs of a line-splittable format (JSONL) into ~``split_bytes`` ranges at line
+    boundaries, numbering lines; any other input is one split (it can't be entered mid-way)."""
+    splits: list[InputSplit] = []
+    for file in files:
+        if file.format not in LINE_SPLIT_FORMATS or file.gzip or file.size <= split_bytes:
+            splits.append(InputSplit(file, 0, file.size, 1))
+            continue
+        start, line_no = 0, 1
+        with open(file.path, "rb") as fh:
+            while start < file.size:
+                fh.seek(start)
+                block = fh.read(split_bytes)
+                end = start + len(block)
+                newlines = block.count(b"\n")
+                if end < file.size and not block.endswith(b"\n"):
+                    # Finish the line the block cut, in chunks: one line may be gigabytes long.
+                    while chunk := fh.readline(1 << 20):
+                        end += len(chunk)
+                        if chunk.endswith(b"\n"):
+                            newlines += 1
+                            break
+                splits.append(InputSplit(file, start, end, line_no))
+                line_no += newlines
+                start = end
+    return splits
