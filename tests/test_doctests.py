@@ -19,6 +19,7 @@ MODULES = [
     "connectors.jsonl_source",
     "connectors.database_url",
     "transforms.dedup",
+    "transforms.dead_letter",
     "pipelines.batch_run",
     "pipelines.summary",
     "connectors.config",

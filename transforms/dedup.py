@@ -66,7 +66,7 @@ def collapse_duplicates(events: pa.Table) -> Deduplicated:
             conflicts.append(
                 DeadLetter(
                     source=row["source"],
-                    line_no=row["line_no"],
+                    position=str(row["line_no"]),
                     raw=row[RAW],
                     reason=Reason.CONFLICTING_DUPLICATE,
                     detail=(
@@ -129,7 +129,7 @@ def stored_conflicts(events: pa.Table, rows: np.ndarray, why: str) -> list[DeadL
     return [
         DeadLetter(
             source=row["source"],
-            line_no=row["line_no"],
+            position=str(row["line_no"]),
             raw=row[RAW],
             reason=Reason.CONFLICTING_DUPLICATE,
             detail=f"event_id {row['event_id'][:128]!r} was stored by {why} with another payload",

@@ -227,7 +227,7 @@ def _dead_letter(
     event_id, event_time = salvage_identity(obj, rules)
     return DeadLetter(
         source=records.source,
-        line_no=records.line_nos[i],
+        position=str(records.line_nos[i]),
         raw=records.raws[i],
         reason=reason,
         detail=detail,
