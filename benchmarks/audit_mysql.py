@@ -10,7 +10,7 @@ random name and dropped at the end):
    converted to tuples beforehand (not timed) and sorted by ``event_id`` as the sink sorts them,
    one commit per batch; PyMySQL rewrites it into multi-row INSERTs. The anchor: what the sink
    could reach with the same driver.
-2. **pipeline sink**: ``AuditWriter(open_engine(url), batch_rows).write(events)``, its sort and
+2. **pipeline sink**: ``AuditSink(open_engine(url), batch_rows).write(key, events)``, its sort and
    Arrow to Python conversion included.
 3. **replay**: the pipeline sink again into the already-filled table (every row a duplicate).
 4. **row-by-row**: one ``execute`` per row, one commit per batch, on the first ``--row-sample``
@@ -48,11 +48,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pymysql
 import sqlalchemy as sa
-from connectors.audit_store import AUDIT_COLUMNS, AuditWriter, open_engine, upgrade
 
 import schemas
 from benchmarks.measure import Measurement, Stopwatch, stopwatch
 from benchmarks.report import environment, print_environment
+from connectors.audit_sink import AUDIT_COLUMNS, AuditSink
+from connectors.database import open_engine, upgrade
 from connectors.database_url import redact, resolve_url
 from loadgen.events import KIND_SHARES, ModelCard, model_catalogue
 from loadgen.load import BASE_TIME, SPAN_MS, Population, user_count
@@ -167,7 +168,7 @@ def as_replay(events: pa.Table) -> pa.Table:
 
 
 def audit_rows(events: pa.Table) -> list[AuditRow]:
-    """The driver's tuples for ``events``, in the order and with the values ``AuditWriter`` sends.
+    """The driver's tuples for ``events``, in the order and with the values ``AuditSink`` sends.
 
     Sorted by ``event_id`` like the sink sorts, so both meet the unique index in the same order;
     times as ``YYYY-MM-DD HH:MM:SS`` UTC text (TIMESTAMP holds whole seconds), flags as 0/1.
@@ -234,12 +235,12 @@ def scratch_database(server: sa.URL, purpose: str) -> Iterator[sa.URL]:
 
 
 def time_sink(url: sa.URL, events: pa.Table, batch_rows: int, name: str, what: str) -> Measurement:
-    """Time ``AuditWriter.write(events)``; the engine and the writer are made before the clock starts."""
+    """Time ``AuditSink.write(key, events)``; the engine and the writer are made before the clock starts."""
     engine = open_engine(url.render_as_string(hide_password=False))
     try:
-        writer = AuditWriter(engine, batch_rows, inputs_fingerprint=INPUTS_FINGERPRINT)
+        writer = AuditSink(engine, batch_rows, outputs_id=INPUTS_FINGERPRINT)
         with stopwatch() as watch:
-            inserted = writer.write(events).inserted
+            inserted = writer.write("bench", events).counts["audit_rows_inserted"]
     finally:
         engine.dispose()
     return _measurement(name, what, events.num_rows, watch, inserted)
@@ -327,10 +328,10 @@ def measure_all(server: sa.URL, events: pa.Table, args: argparse.Namespace) -> d
         raw_count, _ = stored_totals(url)
     print(f"  measured {raw.name}: {raw.wall_s:.2f} s", flush=True)
     with scratch_database(server, "sink") as url:
-        what = "AuditWriter.write(events): sort, Arrow->Python, executemany via the engine pool"
+        what = "AuditSink.write(key, events): sort, Arrow->Python, executemany via the engine pool"
         sink = time_sink(url, events, batch, "pipeline sink", what)
         print(f"  measured {sink.name}: {sink.wall_s:.2f} s", flush=True)
-        what = "AuditWriter.write(events) again into the filled table: every row a duplicate"
+        what = "AuditSink.write(key, events) again into the filled table: every row a duplicate"
         replay = time_sink(url, as_replay(events), batch, "replay", what)
         print(f"  measured {replay.name}: {replay.wall_s:.2f} s", flush=True)
         problems = check_stored(url, events, replay)
@@ -374,12 +375,12 @@ def print_table(measured: list[Measurement]) -> dict[str, float]:
 
 
 def profile_sink(server: sa.URL, events: pa.Table, batch_rows: int, top: int) -> str:
-    """cProfile of one more ``AuditWriter.write`` into a fresh database: the top functions by own time."""
+    """cProfile of one more ``AuditSink.write`` into a fresh database: the top functions by own time."""
     with scratch_database(server, "profile") as url:
         engine = open_engine(url.render_as_string(hide_password=False))
         try:
             profiler = cProfile.Profile()
-            profiler.runcall(AuditWriter(engine, batch_rows).write, events)
+            profiler.runcall(AuditSink(engine, batch_rows).write, "bench", events)
         finally:
             engine.dispose()
     out = io.StringIO()
@@ -494,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = print_table(results["measurements"])
     print_verdict(results["problems"], args.rows, results["input_cost"])
     if args.profile:
-        print(f"\nprofile of AuditWriter.write ({args.rows:,} rows, top {args.profile} by own time):")
+        print(f"\nprofile of AuditSink.write ({args.rows:,} rows, top {args.profile} by own time):")
         print(profile_sink(server, events, args.batch_rows, args.profile))
     if args.json:
         figures = {

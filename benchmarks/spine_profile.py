@@ -48,22 +48,33 @@ AREAS = (
     ("<method", "other built-ins"),
     ("python3.11/", "stdlib"),
 )
-#: The spine's steps, whose cumulative time is listed one by one, as (file, function). Reading
-#: is a generator, so its time is that of the connector function that yields the batches.
-STEPS = (
-    ("connectors/jsonl_source.py", "read_jsonl"),
-    *(
-        ("pipelines/stages.py", name)
-        for name in (
-            "enrich",
-            "collapse",
-            "rate_limit",
-            "write_events",
-            "write_violations",
-            "write_dead_letters",
-        )
-    ),
+#: The spine's stages, whose cumulative time is listed one by one. Reading is a generator, so its
+#: time is that of the reader function that yields the batches; every other stage is the
+#: ``__call__`` of its class in ``pipelines/stages.py``.
+STAGES = (
+    "ValidateHashPrice",
+    "CollapseDuplicates",
+    "CompareWithStore",
+    "ResolveTiers",
+    "ApplyRateLimits",
+    "OrderForSinks",
+    "WriteEvents",
+    "WriteViolations",
+    "WriteDeadLetters",
 )
+
+
+def step_functions() -> list[tuple[str, int | None, str, str]]:
+    """``(file suffix, first line or None, function name, label)`` of each profiled step."""
+    from pipelines import stages
+
+    steps: list[tuple[str, int | None, str, str]] = [
+        ("connectors/jsonl_source.py", None, "read_jsonl", "ReadInputs")
+    ]
+    for name in STAGES:
+        code = getattr(stages, name).__call__.__code__
+        steps.append(("pipelines/stages.py", code.co_firstlineno, "__call__", name))
+    return steps
 
 
 def area_of(filename: str) -> str:
@@ -88,16 +99,19 @@ def print_areas(stats: pstats.Stats) -> None:
 
 def print_steps(stats: pstats.Stats) -> None:
     """Cumulative time of each spine step: the rest of the run is the engine and start-up."""
-    cumulative: Counter[tuple[str, str]] = Counter()
-    for (filename, _, name), row in stats.stats.items():  # type: ignore[attr-defined]
-        step = next((s for s in STEPS if filename.endswith(s[0]) and name == s[1]), None)
+    steps = step_functions()
+    cumulative: Counter[tuple[str, int | None, str, str]] = Counter()
+    for (filename, line, name), row in stats.stats.items():  # type: ignore[attr-defined]
+        step = next(
+            (s for s in steps if filename.endswith(s[0]) and name == s[2] and s[1] in (None, line)), None
+        )
         if step:
             cumulative[step] += row[3]
     total = stats.total_tt  # type: ignore[attr-defined]
     print(f"\ncumulative time per spine step (run total {total:.1f} profiled s):")
-    for step in STEPS:
+    for step in steps:
         seconds = cumulative[step]
-        print(f"  {step[1]:<24}{seconds:>8.2f} s {100 * seconds / total:>6.1f} %")
+        print(f"  {step[3]:<24}{seconds:>8.2f} s {100 * seconds / total:>6.1f} %")
     rest = total - sum(cumulative.values())
     print(f"  {'(engine, start-up)':<24}{rest:>8.2f} s {100 * rest / total:>6.1f} %")
 

@@ -69,7 +69,7 @@ class ReadInputSplit(_StageDoFn):
 
     def process(self, split: InputSplit) -> Iterator[InputRecords]:
         for records in self.worker.read(split):
-            progress.advance(sum(map(len, records.raws)) + len(records.raws) + records.blank_lines)
+            progress.advance(records.bytes_read)
             yield records
 
 

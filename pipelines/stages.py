@@ -48,7 +48,7 @@ from connectors.readers import read_split
 from connectors.sinks import Counts, Sink
 from connectors.users import UserDirectory
 from transforms.cost import PriceBook
-from transforms.dead_letter import DeadLetter, dead_letter_table
+from transforms.dead_letter import DeadLetter, dead_letter_bucket, dead_letter_table, sorted_by_position
 from transforms.dedup import (
     CONTEXT,
     STORED,
@@ -77,9 +77,6 @@ from transforms.windows import TumblingWindows, pane_seconds
 
 #: The tier of an event that names none and whose user has none (DESIGN.md, stage 3).
 DEFAULT_TIER = "free"
-
-#: Dead letters of one source are written in files of at most this many lines of input.
-DEAD_LETTER_BUCKET_LINES = 1_000_000
 
 #: A dead-letter file's key (input position and bucket of lines) and its rows.
 Keyed = tuple[str, pa.Table]
@@ -155,13 +152,12 @@ class StageOutput:
 
 
 def dead_letter_files(letters: Sequence[DeadLetter]) -> list[Keyed]:
-    """Dead letters keyed by (input position, bucket of lines): each key becomes one file."""
+    """Dead letters keyed by (input position, bucket of positions): each key becomes one file."""
     if not letters:
         return []
     groups: dict[str, list[DeadLetter]] = {}
     for letter in letters:
-        key = f"{letter.source_order:04d}-{letter.line_no // DEAD_LETTER_BUCKET_LINES:04d}"
-        groups.setdefault(key, []).append(letter)
+        groups.setdefault(dead_letter_bucket(letter), []).append(letter)
     schema = schemas.arrow_schema("dead_letter")
     return [(key, dead_letter_table(group, schema)) for key, group in sorted(groups.items())]
 
@@ -364,7 +360,7 @@ class WriteDeadLetters:
         self.sink = sink
 
     def __call__(self, key: str, tables: Iterable[pa.Table]) -> Counts:
-        letters = pa.concat_tables(tables).sort_by([("source", "ascending"), ("line_no", "ascending")])
+        letters = sorted_by_position(pa.concat_tables(tables))
         self.sink.write(key, letters)
         reasons = Counter(letters.column("reason").to_pylist())
         return {"events_dead_lettered": letters.num_rows} | {

@@ -1,6 +1,6 @@
 """Alembic environment: runs the versioned migrations on the connection the caller hands in.
 
-Called by ``connectors.audit_store.upgrade``; there is no alembic.ini, the script location and
+Called by ``connectors.database.upgrade``; there is no alembic.ini, the script location and
 connection come from the caller so the same migrations serve SQLite, MariaDB and MySQL.
 """
 
