@@ -231,3 +231,24 @@ def test_panes_nest_whole_rate_limit_windows(tmp_path: Path, window_seconds: int
     plan = RunPlan(**{**plan.__dict__, "config": PipelineConfig(window_seconds=window_seconds)})
     pane = plan.panes.size_seconds
     assert pane % window_seconds == 0 and pane % 86_400 == 0
+
+
+def test_the_layers_import_as_the_design_says() -> None:
+    """transforms/ and connectors/ import no engine and nothing from pipelines/ (DESIGN.md,
+    Engines): a stage or sink is usable by any engine adapter."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    for package in ("transforms", "connectors"):
+        for path in (root / package).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
+                for name in names:
+                    top = name.split(".")[0]
+                    assert top not in ("pipelines", "apache_beam", "bytewax"), f"{path.name} imports {name}"
