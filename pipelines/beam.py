@@ -20,7 +20,7 @@ from apache_beam.transforms.window import FixedWindows, GlobalWindows, Timestamp
 from apache_beam.utils.timestamp import Timestamp
 
 from connectors.inputs import InputSplit
-from connectors.spill import Spill
+from connectors.spill import Spill, SpillRef
 from pipelines import progress
 from pipelines.stages import Counts, PaneKey, RunPlan, SpineWorker, StageOutput, pane_label
 from transforms.event_batch import InputRecords
@@ -54,14 +54,15 @@ class _StageDoFn(beam.DoFn):  # type: ignore[misc]
         """Count a stage's output, spill its tables under their keys, and send its dead letters to
         the tagged output. Tables keyed by a pane carry the pane's start as their event time."""
         self.count(output.counts)
-        for key, table in output.tables:
-            path = self.spill.put(step, table)
+        refs = self.spill.put_many(step, [table for _, table in output.tables])
+        for (key, _), ref in zip(output.tables, refs, strict=True):
             if isinstance(key, tuple):  # (user shard, pane start in µs)
-                yield TimestampedValue((key, path), Timestamp(micros=key[1]))
+                yield TimestampedValue((key, ref), Timestamp(micros=key[1]))
             else:
-                yield key, path
-        for bucket, letters in output.dead_letters:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, (bucket, self.spill.put(DEAD_LETTER, letters)))
+                yield key, ref
+        letters = self.spill.put_many(DEAD_LETTER, [table for _, table in output.dead_letters])
+        for (bucket, _), ref in zip(output.dead_letters, letters, strict=True):
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, (bucket, ref))
 
 
 class ReadInputSplit(_StageDoFn):
@@ -84,7 +85,7 @@ class CollapseDuplicates(_StageDoFn):
     """All copies of a shard's event_ids → one per event_id, compared with the audit trail →
     ((user shard, pane), spilled events), each stamped with its pane's start."""
 
-    def process(self, element: tuple[int, Iterable[str]]) -> Iterator[Any]:
+    def process(self, element: tuple[int, Iterable[SpillRef]]) -> Iterator[Any]:
         events, collapsed = self.worker.collapse(self.spill.load(element[1]))
         yield from self.emit(collapsed, "by_event_id")
         yield from self.emit(self.worker.compare(events), "by_user_pane")
@@ -94,7 +95,7 @@ class ApplyRateLimits(_StageDoFn):
     """All events of a user shard's pane → (file key, events ready for the sinks); violations to
     a tagged output."""
 
-    def process(self, element: tuple[PaneKey, Iterable[str]]) -> Iterator[Any]:
+    def process(self, element: tuple[PaneKey, Iterable[SpillRef]]) -> Iterator[Any]:
         key, paths = element
         worker = self.worker
         events, violations = worker.rate_limits(worker.tiers(pa.concat_tables(self.spill.load(paths))))
@@ -123,7 +124,7 @@ class WriteViolations(_StageDoFn):
 class WriteDeadLetters(_StageDoFn):
     """Sink: dead_letter Parquet, one file per (source, bucket of lines)."""
 
-    def process(self, element: tuple[str, Iterable[str]]) -> None:
+    def process(self, element: tuple[str, Iterable[SpillRef]]) -> None:
         key, paths = element
         self.count(self.worker.write_dead_letters(key, self.spill.load(paths)))
 

@@ -70,7 +70,7 @@ from transforms.event_batch import (
 )
 from transforms.hashing import ContentHasher
 from transforms.rate_limit import RateLimits, apply_rate_limits
-from transforms.sharding import split_by_shard, user_shard
+from transforms.sharding import split_by_shard, split_by_shard_and_window, user_shard
 from transforms.tiers import resolve_tiers
 from transforms.validate import EventRules
 from transforms.windows import TumblingWindows, pane_seconds
@@ -239,11 +239,9 @@ class CompareWithStore:
             .append_column(STORED, pa.array(verdicts[keep] != Verdict.NEW))
             .append_column(CONTEXT, pa.array(held[keep]))
         )
-        keyed: list[tuple[PaneKey, pa.Table]] = [
-            ((shard, start), pane)
-            for shard, part in split_by_shard(events, user_shard(events, self.shards))
-            for start, pane in self.panes.split(part, "event_time")
-        ]
+        keyed = list(
+            split_by_shard_and_window(events, user_shard(events, self.shards), self.panes, "event_time")
+        )
         return StageOutput(
             keyed, dead_letter_files(conflicts), {"duplicates_collapsed": int(np.count_nonzero(held))}
         )

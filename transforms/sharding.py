@@ -8,6 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms.windows import TumblingWindows
+
 
 def split_by_shard(table: pa.Table, shard: pa.ChunkedArray | pa.Array) -> Iterator[tuple[int, pa.Table]]:
     """Yield ``(shard, rows of that shard)`` for each shard present, in shard order.
@@ -26,6 +28,30 @@ def split_by_shard(table: pa.Table, shard: pa.ChunkedArray | pa.Array) -> Iterat
     for start, end in zip(starts, ends, strict=True):
         # take, not slice: a slice shares (and would pickle) the whole parent's buffers.
         yield int(keys[start]), table.take(pa.array(order[start:end]))
+
+
+def split_by_shard_and_window(
+    table: pa.Table, shard: pa.Array, windows: TumblingWindows, time_column: str
+) -> Iterator[tuple[tuple[int, int], pa.Table]]:
+    """Yield ``((shard, window start in µs), rows)`` for each pair present, in that order; one
+    sort and one take per pair, rows keeping their order within a pair.
+
+    >>> t = pa.table({"t": pa.array([0, 61_000_000, 5_000_000], pa.timestamp("us"))})
+    >>> parts = split_by_shard_and_window(t, pa.array([1, 1, 0]), TumblingWindows(60), "t")
+    >>> [(key, part.num_rows) for key, part in parts]
+    [((0, 0), 1), ((1, 0), 1), ((1, 60000000), 1)]
+    """
+    if table.num_rows == 0:
+        return
+    shards = np.asarray(shard, dtype=np.int64)
+    starts = windows.starts(table.column(time_column))
+    order = np.lexsort((starts, shards))  # by shard, then window; stable
+    keys_shard, keys_start = shards[order], starts[order]
+    change = np.flatnonzero((np.diff(keys_shard) != 0) | (np.diff(keys_start) != 0)) + 1
+    bounds = np.concatenate(([0], change, [order.size]))
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        # take, not slice: a slice shares (and would pickle) the whole parent's buffers.
+        yield (int(keys_shard[lo]), int(keys_start[lo])), table.take(pa.array(order[lo:hi]))
 
 
 def user_shard(table: pa.Table, shards: int) -> pa.Array:
