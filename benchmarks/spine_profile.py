@@ -72,8 +72,10 @@ def step_functions() -> list[tuple[str, int | None, str, str]]:
         ("connectors/jsonl_source.py", None, "read_jsonl", "ReadInputs")
     ]
     for name in STAGES:
-        code = getattr(stages, name).__call__.__code__
-        steps.append(("pipelines/stages.py", code.co_firstlineno, "__call__", name))
+        # WriteEvents writes what it gathered when it flushes; every other stage when called.
+        method = "flush" if name == "WriteEvents" else "__call__"
+        code = getattr(getattr(stages, name), method).__code__
+        steps.append(("pipelines/stages.py", code.co_firstlineno, method, name))
     return steps
 
 

@@ -207,7 +207,12 @@ class PipelineConfig:
         "pipeline", "split_mb", 32, "JSONL is read in ranges this large", between=(1, 1 << 20), summary=False
     )
     audit_batch_rows: int = setting(
-        "pipeline", "audit_batch_rows", 10_000, "rows per audit commit", between=(1, 100_000), summary=False
+        "pipeline",
+        "audit_batch_rows",
+        10_000,
+        "rows per audit statement",
+        between=(1, 100_000),
+        summary=False,
     )
     audit_retry_attempts: int = setting(
         "audit", "retry_attempts", 8, "tries per batch on transient errors", between=(1, 100), summary=False

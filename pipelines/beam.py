@@ -18,6 +18,7 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import FixedWindows, GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from connectors.inputs import InputSplit
 from connectors.spill import Spill, SpillRef
@@ -106,12 +107,27 @@ class ApplyRateLimits(_StageDoFn):
 
 
 class WriteEvents(_StageDoFn):
-    """Sinks: the audit trail, then events Parquet; events another run stored meanwhile with
-    another payload become dead letters."""
+    """Sinks: the audit trail, then events Parquet, gathered over several panes (see the stage);
+    events another run stored meanwhile with another payload become dead letters, in the window
+    of the pane they came from."""
 
-    def process(self, element: tuple[str, pa.Table]) -> Iterator[Any]:
-        conflicts, counts = self.worker.write_events(*element)
-        yield from self.emit(StageOutput(dead_letters=conflicts, counts=counts), DEAD_LETTER)
+    def start_bundle(self) -> None:
+        self._windows: dict[str, Any] = {}
+
+    def process(self, element: tuple[str, pa.Table], window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
+        self._windows[element[0]] = window
+        for _, letters, counts in self.worker.write_events.add(*element):
+            yield from self.emit(StageOutput(dead_letters=letters, counts=counts), DEAD_LETTER)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        for key, letters, counts in self.worker.write_events.flush():
+            window = self._windows[key]
+            for output in self.emit(StageOutput(dead_letters=letters, counts=counts), DEAD_LETTER):
+                # Outside process(), an output names its window itself: its pane's.
+                yield beam.pvalue.TaggedOutput(
+                    output.tag, WindowedValue(output.value, window.start, (window,))
+                )
+        self._windows.clear()
 
 
 class WriteViolations(_StageDoFn):
