@@ -206,6 +206,13 @@ class PipelineConfig:
     split_mb: int = setting(
         "pipeline", "split_mb", 32, "JSONL is read in ranges this large", between=(1, 1 << 20), summary=False
     )
+    carry_content: bool = setting(
+        "pipeline",
+        "carry_content",
+        False,
+        "carry texts and inline images to the sinks, for model stages",
+        summary=False,
+    )
     audit_batch_rows: int = setting(
         "pipeline",
         "audit_batch_rows",

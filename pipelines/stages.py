@@ -174,12 +174,18 @@ class ReadInputs:
 
 
 class ValidateHashPrice:
-    """Stage 2: validate, resolve images, hash and price; key valid events by event_id shard."""
+    """Stage 2: validate, resolve images, hash and price; key valid events by event_id shard.
 
-    def __init__(self, settings: EnrichSettings, image_dirs: Sequence[str]) -> None:
+    With ``carry_content`` the events keep their texts and images in internal columns for the
+    stages after rate limiting (the model stages); without, only hashes leave this stage.
+    """
+
+    def __init__(
+        self, settings: EnrichSettings, image_dirs: Sequence[str], carry_content: bool = False
+    ) -> None:
         self.settings = settings
         self.image_dirs = image_dirs
-        self.schema = in_flight_schema(schemas.arrow_schema("events"))
+        self.schema = in_flight_schema(schemas.arrow_schema("events"), content=carry_content)
 
     def __call__(self, records: InputRecords) -> StageOutput:
         loader = FolderImageLoader(self.image_dirs[records.source_order], self.settings.rules.image_max_bytes)
@@ -439,7 +445,7 @@ class SpineWorker:
 
     @cached_property
     def validate(self) -> ValidateHashPrice:
-        return ValidateHashPrice(self.settings, self.plan.image_dirs)
+        return ValidateHashPrice(self.settings, self.plan.image_dirs, self.plan.config.carry_content)
 
     @cached_property
     def collapse(self) -> CollapseDuplicates:

@@ -5,6 +5,7 @@ a worker releases its database connections when it ends."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -133,7 +134,10 @@ def test_content_rides_to_the_sinks_and_matches_its_hashes(tmp_path: Path) -> No
     (tmp_path / "cat.png").write_bytes(PNG)
     audit_url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
     upgrade(open_engine(audit_url))
-    worker = SpineWorker(plan_for(tmp_path, audit_url, quota=100))
+    plan = plan_for(tmp_path, audit_url, quota=100)
+    worker = SpineWorker(
+        dataclasses.replace(plan, config=dataclasses.replace(plan.config, carry_content=True))
+    )
     raws = [line(f"e{i}", f"2025-07-01T10:00:{i:02d}Z") for i in range(5)]
     raws.append(line("img", "2025-07-01T11:00:00Z", output={"image": {"path": "cat.png"}}))
     inline = {"base64": base64.b64encode(PNG).decode(), "mime": "image/png"}
@@ -157,6 +161,16 @@ def test_content_rides_to_the_sinks_and_matches_its_hashes(tmp_path: Path) -> No
             assert hashlib.sha256(PNG).hexdigest() == row["output_hash"]
         else:
             assert row[OUTPUT_TEXT] == f"answer {row['event_id']}" and row[IMAGE] is None
+
+
+def test_without_a_model_stage_no_content_leaves_the_first_stage(tmp_path: Path) -> None:
+    audit_url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    worker = SpineWorker(plan_for(tmp_path, audit_url))
+    records = InputRecords("in.jsonl", 0, [1], [line("e1", "2025-07-01T10:00:00Z")])
+    ((_, table),) = worker.validate(records).tables
+    assert not {INPUT_TEXT, OUTPUT_TEXT, IMAGE, IMAGE_PATH} & set(table.column_names)
+    internal = {c for c in table.column_names if c.startswith("_")}
+    assert internal == {"_order", "_raw", "_fingerprint", "_shard"}
 
 
 def test_a_pane_holds_whole_windows_of_one_user_shard(tmp_path: Path) -> None:
