@@ -315,10 +315,11 @@ class OrderForSinks:
         return flagged
 
 
-#: Rows ``WriteEvents`` gathers (from several panes) before it writes them: the audit trail gets
-#: fewer, larger writes whose batches each cover a narrow range of event ids (an embedded store's
-#: commit costs about the index pages it touches). At about 1.5 KB in flight per event, ~75 MB.
-WRITE_BUFFER_ROWS = 50_000
+#: ``WriteEvents`` gathers this many audit batches of rows (``audit_batch_rows``; 50,000 rows by
+#: default, ~75 MB at about 1.5 KB in flight per event), from several panes, before it writes
+#: them: the audit trail gets fewer, larger writes whose batches each cover a narrow range of
+#: event ids (an embedded store's commit costs about the index pages it touches).
+WRITE_BUFFER_BATCHES = 5
 
 
 class WriteEvents:
@@ -334,7 +335,7 @@ class WriteEvents:
     Calling the stage writes one table at once.
     """
 
-    def __init__(self, audit: Sink, events: Sink, buffer_rows: int = WRITE_BUFFER_ROWS) -> None:
+    def __init__(self, audit: Sink, events: Sink, buffer_rows: int) -> None:
         self.audit = audit
         self.events = events
         self.buffer_rows = buffer_rows
@@ -485,7 +486,7 @@ class SpineWorker:
             self.engine, config.audit_batch_rows, config.audit_retry_attempts, self.plan.outputs_id
         )
         self._sinks.append(audit)
-        return WriteEvents(audit, self.parquet("events"))
+        return WriteEvents(audit, self.parquet("events"), WRITE_BUFFER_BATCHES * config.audit_batch_rows)
 
     @cached_property
     def write_violations(self) -> WriteViolations:
