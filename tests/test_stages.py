@@ -266,3 +266,30 @@ def test_the_layers_import_as_the_design_says() -> None:
                 for name in names:
                     top = name.split(".")[0]
                     assert top not in ("pipelines", "apache_beam", "bytewax"), f"{path.name} imports {name}"
+
+
+def test_conflicts_found_at_write_time_leave_through_beam_as_dead_letters(tmp_path: Path) -> None:
+    """The Beam adapter's write step gathers panes and writes at the end of a bundle; a conflict
+    the audit sink finds then still reaches the dead-letter output, with the rest written."""
+    from connectors.inputs import discover_inputs, plan_splits
+    from pipelines import beam
+
+    audit_url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    upgrade(open_engine(audit_url))
+    # Another run stored "c" with another payload after this run looked at the store.
+    other = SpineWorker(plan_for(tmp_path / "other", audit_url))
+    run_stages(other, [line("c", "2025-07-01T10:00:00Z", user=3)])
+    other.close()
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(
+        b"\n".join([line("a", "2025-07-01T10:00:00Z"), line("c", "2025-07-01T10:00:05Z")]) + b"\n"
+    )
+    plan = dataclasses.replace(plan_for(tmp_path, audit_url), compare_with_store=False)
+    files = discover_inputs([str(data)], tmp_path / "stdin.jsonl")
+    counts = beam.run(plan_splits(files, 1 << 20), plan, str(tmp_path / "staging"), [])
+
+    assert (counts["events_read"], counts["events_processed"], counts["events_dead_lettered"]) == (2, 1, 1)
+    (letter,) = read_dataset(tmp_path / "out", "dead_letter", "line_no")
+    assert (letter["reason"], letter["event_id"], letter["line_no"]) == ("conflicting_duplicate", "c", 2)
+    assert "another run at the same time" in letter["detail"]
+    assert [e["event_id"] for e in read_dataset(tmp_path / "out", "events", "event_id")] == ["a"]
