@@ -45,7 +45,7 @@ from transforms.event_batch import InputRecords, enrich_records, in_flight_schem
 SCHEMA = schemas.event_json_schema()
 PROPS = SCHEMA["properties"]
 SETTINGS = enrich_settings(shards=4)
-IN_FLIGHT = in_flight_schema(schemas.arrow_schema("events"))
+IN_FLIGHT = in_flight_schema(schemas.arrow_schema("events"), content=True)  # every column a stage can build
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 REASONS = {str(reason) for reason in Reason}
 PRICED = [row["model"] for row in schemas.pricing_rows()]

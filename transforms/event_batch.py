@@ -90,7 +90,7 @@ class EnrichedBatch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
-def in_flight_schema(events_schema: pa.Schema, content: bool = True) -> pa.Schema:
+def in_flight_schema(events_schema: pa.Schema, content: bool = False) -> pa.Schema:
     """Schema of the table between stages: the events dataset's columns, less those later
     stages add, plus the internal ordering, raw-record, fingerprint and shard columns, and (with
     ``content``) the texts and image bytes."""
