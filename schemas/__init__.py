@@ -42,20 +42,43 @@ def dataset_names() -> list[str]:
     return [name for name in _datasets() if not name.startswith("$")]
 
 
+_SIMPLE_TYPES = {
+    "string": pa.string(),
+    "int64": pa.int64(),
+    "bool": pa.bool_(),
+    "binary": pa.binary(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+}
+
+
 def _arrow_type(spec: str) -> pa.DataType:
+    """The Arrow type a ``datasets.json`` type names.
+
+    >>> _arrow_type("fixed_size_list<float32>[384]")
+    FixedSizeListType(fixed_size_list<item: float>[384])
+    >>> _arrow_type("map<string,int64>")
+    MapType(map<string, int64>)
+    """
+    spec = spec.replace(" ", "")
     if spec.startswith("decimal(") and spec.endswith(")"):
         precision, scale = (int(part) for part in spec[len("decimal(") : -1].split(","))
         return pa.decimal128(precision, scale)
-    simple = {
-        "string": pa.string(),
-        "int64": pa.int64(),
-        "bool": pa.bool_(),
-        "binary": pa.binary(),
-        "timestamp": pa.timestamp("us", tz="UTC"),
-    }
-    if spec not in simple:
-        raise ValueError(f"datasets.json: unknown type {spec!r}; expected one of {sorted(simple)}")
-    return simple[spec]
+    if spec.startswith("fixed_size_list<") and spec.endswith("]"):
+        item, size = spec[len("fixed_size_list<") : -1].split(">[")
+        return pa.list_(_arrow_type(item), int(size))
+    if spec.startswith("list<") and spec.endswith(">"):
+        return pa.list_(_arrow_type(spec[len("list<") : -1]))
+    if spec.startswith("map<") and spec.endswith(">"):
+        key, value = spec[len("map<") : -1].split(",", 1)
+        return pa.map_(_arrow_type(key), _arrow_type(value))
+    if spec not in _SIMPLE_TYPES:
+        raise ValueError(
+            f"datasets.json: unknown type {spec!r}; expected one of {sorted(_SIMPLE_TYPES)},"
+            " decimal(P,S), list<T>, fixed_size_list<T>[N] or map<K,V>"
+        )
+    return _SIMPLE_TYPES[spec]
 
 
 @dataclass(frozen=True)
