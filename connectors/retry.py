@@ -2,7 +2,8 @@
 
 Transient: MySQL/MariaDB lost or refused connections (2003 can't connect, 2006 gone away, 2013
 lost during query), deadlocks (1213) and lock wait timeouts (1205); a SQLite database still
-locked after its busy timeout. Anything else fails at once; a transient error that outlasts the
+locked after its busy timeout; a Redis connection refused, dropped or timed out (a refused
+password is not transient). Anything else fails at once; a transient error that outlasts the
 attempts fails the run loudly, never a silently skipped batch.
 """
 
@@ -12,11 +13,18 @@ import logging
 import sqlite3
 
 import pymysql
+import redis
 import tenacity
 
 log = logging.getLogger("aiep.retry")
 
 TRANSIENT_MYSQL_ERRORS = frozenset({2003, 2006, 2013, 1205, 1213})
+#: Redis reports a refused password as a kind of ConnectionError; retrying it cannot help.
+_REDIS_CREDENTIAL_ERRORS = (
+    redis.exceptions.AuthenticationError,
+    redis.exceptions.AuthorizationError,
+    redis.exceptions.ExternalAuthProviderError,
+)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -29,6 +37,8 @@ def is_transient(exc: BaseException) -> bool:
         return code in TRANSIENT_MYSQL_ERRORS or isinstance(exc, pymysql.err.InterfaceError)
     if isinstance(exc, sqlite3.OperationalError):
         return "locked" in str(exc) or "busy" in str(exc)
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return not isinstance(exc, _REDIS_CREDENTIAL_ERRORS)
     return False
 
 
