@@ -194,6 +194,31 @@ def mysql_db(mysql_server: tuple[str, int]) -> Any:
         drop_database(db)
 
 
+# --- Redis -----------------------------------------------------------------------------------
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_START_HINT = (
+    "start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no`"
+)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> tuple[str, int]:
+    """The shared Redis on 127.0.0.1:6379. Under CI=true a missing server fails; locally it skips."""
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        message = f"Redis is not answering on {REDIS_HOST}:{REDIS_PORT} ({exc}); {REDIS_START_HINT}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    finally:
+        client.close()
+    return REDIS_HOST, REDIS_PORT
+
+
 def enrich_settings(shards: int) -> Any:
     """The first stage's settings from the shipped contracts, as every worker builds them."""
     from connectors.config import PipelineConfig

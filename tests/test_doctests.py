@@ -18,6 +18,7 @@ MODULES = [
     "connectors.inputs",
     "connectors.jsonl_source",
     "connectors.database_url",
+    "connectors.embedding_cache",
     "transforms.dedup",
     "transforms.dead_letter",
     "pipelines.batch_run",
