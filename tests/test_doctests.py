@@ -20,6 +20,8 @@ MODULES = [
     "connectors.database_url",
     "transforms.dedup",
     "transforms.dead_letter",
+    "transforms.personalization",
+    "transforms.topics",
     "pipelines.batch_run",
     "pipelines.summary",
     "connectors.config",
