@@ -25,6 +25,7 @@ from transforms.topics import TopicIndex, row_cosines, unit_rows
 from transforms.windows import TumblingWindows
 
 _EVENT_COLUMNS = ("user_id", "event_time", "operation_type", "modality", "cost")
+_COUNTS = ("events", "text_events", "image_events", "unpriced_events", "prompts_embedded")
 
 
 @dataclass(slots=True)
@@ -32,12 +33,12 @@ class WindowAggregate:
     """What one user's events in one window add up to so far."""
 
     events: int = 0
-    by_operation: dict[str, int] = field(default_factory=dict)
     text_events: int = 0
     image_events: int = 0
     cost_micros: int = 0
     unpriced_events: int = 0
     prompts_embedded: int = 0
+    by_operation: dict[str, int] = field(default_factory=dict)
     #: The float64 sum of the prompt vectors; ``None`` while there are none.
     vector_sum: np.ndarray | None = None
 
@@ -180,15 +181,11 @@ class UserFeatureWindows:
             "user_id": pa.array([user for user, _ in keys], pa.int64()),
             "window_start": pa.array(starts, timestamp),
             "window_end": pa.array(starts + self.windows.size_us, timestamp),
-            "events": pa.array([a.events for a in aggregates], pa.int64()),
+            **{name: pa.array([getattr(a, name) for a in aggregates], pa.int64()) for name in _COUNTS},
             "events_by_operation": pa.array(
                 [sorted(a.by_operation.items()) for a in aggregates], self._type("events_by_operation")
             ),
-            "text_events": pa.array([a.text_events for a in aggregates], pa.int64()),
-            "image_events": pa.array([a.image_events for a in aggregates], pa.int64()),
             "cost": pa.array([Decimal(a.cost_micros).scaleb(-6) for a in aggregates], self._type("cost")),
-            "unpriced_events": pa.array([a.unpriced_events for a in aggregates], pa.int64()),
-            "prompts_embedded": pa.array([a.prompts_embedded for a in aggregates], pa.int64()),
             "flag_rate": pa.array([(flag_rates or {}).get(key) for key in keys], pa.float64()),
             **self._vector_columns(keys, aggregates, topics, prefs, previous),
         }
@@ -261,9 +258,7 @@ class UserFeatureWindows:
 
     def _user_vector(self, vector: np.ndarray, argument: str, user: int) -> np.ndarray:
         if np.shape(vector) != (self.dim,):
-            raise ValueError(
-                f"{argument}[{user}]: expected a vector of {self.dim}, got shape {np.shape(vector)}"
-            )
+            raise ValueError(f"{argument}[{user}]: expected shape ({self.dim},), got {np.shape(vector)}")
         return np.asarray(vector, dtype=np.float64)
 
     def _checked(self, events: pa.Table, prompt_vectors: np.ndarray) -> np.ndarray:
@@ -326,27 +321,17 @@ def _aggregate(events: pa.Table, vectors: np.ndarray, group: np.ndarray, n: int)
     embedded = ~np.isnan(vectors).any(axis=1)
     vector_sums = np.zeros((n, vectors.shape[1]))
     np.add.at(vector_sums, group[embedded], vectors[embedded].astype(np.float64))
-    columns = (
+    counts = (  # in the order of WindowAggregate's fields
         count(np.ones(len(group), dtype=bool)),
         count(is_modality("text")),
         count(is_modality("image")),
         cost_micros.tolist(),
         count(~priced),
         count(embedded),
-        vector_sums,
     )
-    batch = [
-        WindowAggregate(
-            events=e,
-            text_events=t,
-            image_events=i,
-            cost_micros=c,
-            unpriced_events=u,
-            prompts_embedded=p,
-            vector_sum=vector_sum if p else None,
-        )
-        for e, t, i, c, u, p, vector_sum in zip(*columns, strict=True)
-    ]
+    batch = [WindowAggregate(*window) for window in zip(*counts, strict=True)]
+    for aggregate, vector_sum in zip(batch, vector_sums, strict=True):
+        aggregate.vector_sum = vector_sum if aggregate.prompts_embedded else None
     pairs = (
         pa.table({"window": group, "operation": events.column("operation_type")})
         .group_by(["window", "operation"])

@@ -27,10 +27,10 @@ def unit_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rows = np.asarray(vectors, dtype=np.float64)
     if rows.ndim != 2:
         raise ValueError(f"expected a matrix of row vectors, got an array of shape {rows.shape}")
-    norms = np.linalg.norm(rows, axis=1)
-    valid = np.isfinite(rows).all(axis=1) & (norms > 0)
-    unit = np.full(rows.shape, np.nan)
-    unit[valid] = rows[valid] / norms[valid, None]
+    # A row's norm is finite only when all of its values are: one pass finds both.
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+    valid = np.isfinite(norms) & (norms > 0)
+    unit: np.ndarray = rows / np.where(valid, norms, np.nan)[:, None]
     return unit, valid
 
 
