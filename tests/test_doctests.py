@@ -21,6 +21,8 @@ MODULES = [
     "connectors.embedding_cache",
     "transforms.dedup",
     "transforms.dead_letter",
+    "transforms.personalization",
+    "transforms.topics",
     "pipelines.batch_run",
     "pipelines.summary",
     "connectors.config",
