@@ -1,7 +1,8 @@
 """aiep: the command line of the AI content governance pipeline.
 
     runner.py run --input PATH... --out DIR [--engine beam] [--audit-db URL] [--config FILE]
-                  [-- BEAM_OPTIONS...]
+                  [--no-embeddings] [--device auto|cpu|cuda] [--cache PATH|URL] [-- BEAM_OPTIONS...]
+    runner.py similar --out DIR "TEXT" [--k 10] [--field input|output|both]
     runner.py generate --events N --out FILE [--seed S] [--dup-rate R] [--bad-rate R] [--images]
     runner.py db upgrade|status --audit-db URL
 
@@ -38,10 +39,11 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="validate, deduplicate, hash, price and rate-limit events from files; "
-        "write Parquet and the audit store",
+        help="validate, deduplicate, hash, price and rate-limit events from files, embed their texts, "
+        "build user features; write Parquet and the audit store",
         usage="%(prog)s --input PATH [PATH ...] --out DIR [--engine {beam}] [--audit-db URL] "
-        "[--config FILE] [--no-progress] [-- BEAM_OPTIONS ...]",
+        "[--config FILE] [--no-embeddings] [--device {auto,cpu,cuda}] [--cache PATH|URL] "
+        "[--no-progress] [-- BEAM_OPTIONS ...]",
         description=(
             "Run the pipeline over input files. Arguments after `--` are passed to the engine "
             "as pipeline options, e.g. `-- --runner=FlinkRunner --flink_master=host:8081`."
@@ -80,6 +82,25 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="TOML file overriding quotas, window, pricing table, hashing mode and batch sizes",
     )
+    run.add_argument(
+        "--no-embeddings",
+        action="store_true",
+        help="skip the embedding stage and what needs it (topics, user features); "
+        "config: [embeddings] enabled = false",
+    )
+    run.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=None,
+        help="where models run; auto (the default) takes a GPU when there is one",
+    )
+    run.add_argument(
+        "--cache",
+        metavar="PATH|URL",
+        default=None,
+        help="embedding cache shared across runs: a SQLite file (default: <DIR>/_cache/embeddings.sqlite) "
+        "or redis://HOST:PORT/DB for several workers or machines",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     run.add_argument("engine_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
@@ -115,6 +136,30 @@ def _parser() -> argparse.ArgumentParser:
         "--images",
         action="store_true",
         help="give image events real PNG images (files under images/ beside FILE, and inline base64)",
+    )
+    near = commands.add_parser(
+        "similar",
+        help="semantic search: the stored prompts and outputs nearest a text, by cosine",
+        description="Embed TEXT with the pipeline's model and rank the vectors of <DIR>/embeddings "
+        "by cosine (DuckDB's array_cosine_similarity). Prints event_id, user_id, field, cosine and "
+        "the start of the text where the run kept it ([embeddings] keep_text_chars), else its hash.",
+        epilog="Exit status: 0 on success; 1 when DIR holds no embeddings or the model cannot load; "
+        "2 on bad flags.",
+    )
+    near.add_argument("--out", required=True, type=Path, metavar="DIR", help="a run's output directory")
+    near.add_argument("text", metavar="TEXT", help="the text to search for")
+    near.add_argument("--k", type=int, default=10, metavar="K", help="matches to print (default: 10)")
+    near.add_argument(
+        "--field",
+        choices=["input", "output", "both"],
+        default="both",
+        help="search prompts, outputs or both (default: both)",
+    )
+    near.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the model runs (default: auto)",
     )
     db = commands.add_parser(
         "db",
@@ -158,10 +203,40 @@ def _cmd_db(args: argparse.Namespace) -> int:
             state = "up to date" if before == head else "needs `db upgrade`"
             print(f"{shown}: schema version {before or 'none'}; newest {head} ({state})")
     except Exception as exc:  # a driver error of any kind: report it in one line, redacted
-        print(
-            f"error: audit store {shown}: {database.describe_error(exc, args.audit_db)}", file=sys.stderr
-        )
+        print(f"error: audit store {shown}: {database.describe_error(exc, args.audit_db)}", file=sys.stderr)
         return EXIT_FAILED
+    return 0
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the flags give, by field of ``PipelineConfig``; they win over the config file."""
+    overrides: dict[str, Any] = {}
+    if args.no_embeddings:
+        overrides["embeddings"] = False
+    if args.device is not None:
+        overrides["device"] = args.device
+    if args.cache is not None:
+        overrides["embedding_cache"] = args.cache
+    return overrides
+
+
+def _cmd_similar(args: argparse.Namespace) -> int:
+    from analytics.similar import SearchError, similar
+    from models.handler import ModelError
+
+    if args.k < 1:
+        print(f"error: --k must be at least 1, got {args.k}", file=sys.stderr)
+        return EXIT_BAD_FLAGS
+    try:
+        matches = similar(args.out, args.text, k=args.k, field=args.field, device=args.device)
+    except (SearchError, ModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{'event_id':<24} {'user_id':>20} {'field':<6} {'cosine':>7}  text")
+    for match in matches:
+        shown = match.text_prefix if match.text_prefix is not None else f"sha256:{match.content_hash}"
+        shown = shown.replace("\n", " ")[:80]
+        print(f"{match.event_id:<24} {match.user_id:>20} {match.field:<6} {match.cosine:7.4f}  {shown}")
     return 0
 
 
@@ -183,6 +258,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         audit_url=args.audit_db,
         config_path=args.config,
         engine_args=tuple(extra),
+        overrides=_config_overrides(args),
     )
     bar = _ReadingBar() if sys.stderr.isatty() and not args.no_progress else None
     try:
@@ -263,7 +339,16 @@ def _print_summary(summary: RunSummary) -> None:
     if summary.dead_letters_by_reason:
         reasons = ", ".join(f"{k} {v:,}" for k, v in summary.dead_letters_by_reason.items())
         print(f"  dead letters: {reasons}")
-    print(f"  outputs: {out}/{{events,rate_limit_violations,dead_letter}}/dt=*/*.parquet")
+    datasets = "events,rate_limit_violations,dead_letter"
+    if summary.config.get("embeddings"):
+        looked_up = summary.embedding_cache_hits + summary.embedding_cache_misses
+        print(
+            f"  embedded {summary.embeddings_written:,} texts: {summary.embedding_cache_hits:,} of"
+            f" {looked_up:,} distinct from the cache, {summary.embedding_cache_misses:,} by the model;"
+            f" {summary.user_features_written:,} user windows"
+        )
+        datasets += ",embeddings,user_features"
+    print(f"  outputs: {out}/{{{datasets}}}/dt=*/*.parquet")
     print(f"  audit:   {summary.audit_db}")
     print(f"  summary: {out / '_runs' / (summary.run_id + '.json')}")
 
@@ -326,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.batch_run import RunError
 
     try:
-        return {"run": _cmd_run, "generate": _cmd_generate, "db": _cmd_db}[args.command](args)
+        commands = {"run": _cmd_run, "generate": _cmd_generate, "similar": _cmd_similar, "db": _cmd_db}
+        return commands[args.command](args)
     except (RunError, InputError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -221,6 +221,56 @@ class PipelineConfig:
         between=(1, 100_000),
         summary=False,
     )
+    embeddings: bool = setting(
+        "embeddings",
+        "enabled",
+        True,
+        "embed prompts and outputs; off also turns off topics and user features",
+    )
+    device: str = setting(
+        "embeddings",
+        "device",
+        "auto",
+        "where models run: auto takes a GPU when there is one",
+        choices=("auto", "cpu", "cuda"),
+        summary="embedding_device",
+    )
+    embedding_batch_size: int = setting(
+        "embeddings", "batch_size", 64, "texts per model call", between=(1, 4096), summary=False
+    )
+    embedding_cache: str = setting(
+        "embeddings",
+        "cache",
+        "",
+        "embedding cache: a SQLite file or redis://HOST:PORT/DB; empty: <out>/_cache/embeddings.sqlite",
+        summary=False,
+    )
+    embedding_lru_entries: int = setting(
+        "embeddings",
+        "lru_entries",
+        50_000,
+        "vectors each worker keeps in memory in front of the cache",
+        between=(0, 10_000_000),
+        summary=False,
+    )
+    topics_path: Path = setting(
+        "embeddings", "topics", schemas.DEFAULT_TOPICS, "topic labels, relative to this file", summary=False
+    )
+    keep_text_chars: int = setting(
+        "embeddings",
+        "keep_text_chars",
+        0,
+        "characters of each embedded text kept in embeddings/ (for `similar`); 0 keeps hashes only",
+        between=(0, 10_000),
+        summary=False,
+    )
+    features_window_seconds: int = setting(
+        "personalization",
+        "window_seconds",
+        3600,
+        "seconds of event time per user-features window",
+        between=(1, 2**31),
+    )
     audit_retry_attempts: int = setting(
         "audit", "retry_attempts", 8, "tries per batch on transient errors", between=(1, 100), summary=False
     )
@@ -255,6 +305,11 @@ class PipelineConfig:
             "properties": {s.summary_name: s.json_schema() for s in _settings() if s.summary_name},
             "additionalProperties": False,
         }
+
+    @property
+    def carries_content(self) -> bool:
+        """Whether events carry their texts and images past validation: a model stage needs them."""
+        return self.carry_content or self.embeddings
 
     def hmac_key(self) -> bytes | None:
         """The HMAC key for ``hmac-sha256`` mode, from the environment; ``None`` for sha256."""
@@ -338,6 +393,8 @@ def _checked(config: PipelineConfig, where: str) -> PipelineConfig:
         if problem := spec.problem(spec.file_value(getattr(config, spec.attribute))):
             raise ConfigError(f"{where}: {problem}")
     _check_pricing(config.pricing_path)
+    if config.embeddings:
+        _check_topics(config.topics_path, where)
     try:
         config.hmac_key()  # fail now, not in a worker, when the key is missing
     except ConfigError as exc:
@@ -392,6 +449,16 @@ def _read_regular_file(path: Path, what: str) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
+
+
+def _check_topics(path: Path, where: str) -> None:
+    _read_regular_file(path, "topics file")
+    try:
+        schemas.topics(path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: embeddings.topics {str(path)!r} is not UTF-8: {exc.reason}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: embeddings.topics: {exc}") from None
 
 
 def _check_pricing(path: Path) -> None:

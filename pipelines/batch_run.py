@@ -10,11 +10,12 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import filelock
 
@@ -45,6 +46,8 @@ class RunRequest:
     audit_url: str | None = None
     config_path: Path | None = None
     engine_args: tuple[str, ...] = ()
+    #: Settings the command line gives, by field of ``PipelineConfig``; they win over the file.
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
@@ -96,7 +99,10 @@ def run_batch(request: RunRequest, on_progress: Callable[[int, int], None] | Non
     """
     if request.engine not in ENGINES:
         raise RunError(f"unknown engine {request.engine!r}; available: {', '.join(ENGINES)}")
-    config = load_config(request.config_path)
+    config = dataclasses.replace(load_config(request.config_path), **request.overrides)
+    if config.embedding_cache and "://" not in config.embedding_cache:
+        # Workers may start elsewhere: a cache file is named absolutely.
+        config = dataclasses.replace(config, embedding_cache=str(Path(config.embedding_cache).resolve()))
     out_dir = request.out_dir.resolve()
     _prepare_out_dir(out_dir)
     lock = filelock.FileLock(str(out_dir / ".aiep.lock"))
@@ -135,6 +141,8 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> RunSummary:  # t
             raise RunError(
                 f"audit store {redact(audit_url)} is unusable: {database.describe_error(exc, audit_url)}"
             ) from exc
+        if config.embeddings:
+            _check_models(config, out_dir)
         # Inflated sizes, as the readers go through them: a worker's batches grow with the
         # content, not with how well it compressed; the progress bar counts in the same unit.
         content_bytes = sum(f.content_size for f in files)
@@ -163,6 +171,22 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> RunSummary:  # t
     )
     _write_summary(out_dir, run_id, summary)
     return summary
+
+
+def _check_models(config: PipelineConfig, out_dir: Path) -> None:
+    """Fail the run now, in one line, when its models cannot run where asked or its embedding cache
+    cannot be opened; not later in a worker."""
+    from connectors.embedding_cache import EmbeddingCacheError
+    from models.embedder import TextEmbedder
+    from models.handler import ModelError
+    from pipelines.semantic import open_cache
+
+    embedder = TextEmbedder(device=config.device)
+    try:
+        embedder.device  # noqa: B018  (resolving it checks that the device exists)
+        open_cache(config, out_dir, embedder).close()
+    except (ModelError, EmbeddingCacheError) as exc:
+        raise RunError(str(exc)) from None
 
 
 def _run_engine(request, splits, plan, staging_dir: str, total_bytes: int, on_progress) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -222,6 +246,10 @@ def _summary(
             cost_total=Decimal(counts.get("cost_total_micros", 0)).scaleb(-6),
             rate_limit_violations=counts.get("rate_limit_violations", 0),
             audit_rows_inserted=counts.get("audit_rows_inserted", 0),
+            embedding_cache_hits=counts.get("embedding_cache_hits", 0),
+            embedding_cache_misses=counts.get("embedding_cache_misses", 0),
+            embeddings_written=counts.get("embeddings_written", 0),
+            user_features_written=counts.get("user_features_written", 0),
             blank_lines=counts.get("blank_lines", 0),
             dead_letters_by_reason=dict(
                 sorted(

@@ -23,12 +23,14 @@ from apache_beam.utils.windowed_value import WindowedValue
 from connectors.inputs import InputSplit
 from connectors.spill import Spill, SpillRef
 from pipelines import progress
+from pipelines.semantic import EmbeddedPane
 from pipelines.stages import Counts, PaneKey, RunPlan, SpineWorker, StageOutput, pane_label
 from transforms.event_batch import InputRecords
 
 NAMESPACE = "aiep"
 DEAD_LETTER = "dead_letter"
 VIOLATIONS = "rate_limit_violations"
+EMBEDDINGS = "embeddings"
 
 
 class _StageDoFn(beam.DoFn):  # type: ignore[misc]
@@ -93,17 +95,54 @@ class CollapseDuplicates(_StageDoFn):
 
 
 class ApplyRateLimits(_StageDoFn):
-    """All events of a user shard's pane → (file key, events ready for the sinks); violations to
-    a tagged output."""
+    """All events of a user shard's pane → (pane, events ready for the sinks); violations to a
+    tagged output."""
 
     def process(self, element: tuple[PaneKey, Iterable[SpillRef]]) -> Iterator[Any]:
         key, paths = element
         worker = self.worker
         events, violations = worker.rate_limits(worker.tiers(pa.concat_tables(self.spill.load(paths))))
-        label = pane_label(key)
-        yield label, worker.order(events)
+        yield key, worker.order(events)
         if violations.num_rows:
-            yield beam.pvalue.TaggedOutput(VIOLATIONS, (label, violations))
+            yield beam.pvalue.TaggedOutput(VIOLATIONS, (pane_label(key), violations))
+
+
+class EmbedTexts(_StageDoFn):
+    """Panes' events → the same events with their prompt vectors; ``embeddings/`` rows to a tagged
+    output. Texts of several panes are embedded together (see the stage); each output keeps the
+    window of the pane it came from. The model loads once per worker process."""
+
+    def start_bundle(self) -> None:
+        self._windows: dict[PaneKey, Any] = {}
+
+    def process(
+        self, element: tuple[PaneKey, pa.Table], window: Any = beam.DoFn.WindowParam
+    ) -> Iterator[Any]:
+        self._windows[element[0]] = window
+        yield from self._emit(*self.worker.embed_texts.add(*element))
+
+    def finish_bundle(self) -> Iterator[Any]:
+        yield from self._emit(*self.worker.embed_texts.flush())
+        self._windows.clear()
+
+    def _emit(self, panes: list[EmbeddedPane], counts: Counts) -> Iterator[Any]:
+        self.count(counts)
+        for pane in panes:
+            window = self._windows.pop(pane.key)
+            yield WindowedValue((pane.key, pane.events), window.start, (window,))
+            if pane.rows.num_rows:
+                rows = WindowedValue((pane_label(pane.key), pane.rows), window.start, (window,))
+                yield beam.pvalue.TaggedOutput(EMBEDDINGS, rows)
+
+
+class ProfileWindows(_StageDoFn):
+    """A pane's events → its users' window features (all but drift), keyed by user shard."""
+
+    def process(self, element: tuple[PaneKey, pa.Table]) -> Iterator[Any]:
+        (shard, _), events = element
+        rows = self.worker.profile(events)
+        if rows.num_rows:
+            yield from self.emit(StageOutput([(shard, rows)]), "user_features")
 
 
 class WriteEvents(_StageDoFn):
@@ -114,9 +153,12 @@ class WriteEvents(_StageDoFn):
     def start_bundle(self) -> None:
         self._windows: dict[str, Any] = {}
 
-    def process(self, element: tuple[str, pa.Table], window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
-        self._windows[element[0]] = window
-        for _, letters, counts in self.worker.write_events.add(*element):
+    def process(
+        self, element: tuple[PaneKey, pa.Table], window: Any = beam.DoFn.WindowParam
+    ) -> Iterator[Any]:
+        label = pane_label(element[0])
+        self._windows[label] = window
+        for _, letters, counts in self.worker.write_events.add(label, element[1]):
             yield from self.emit(StageOutput(dead_letters=letters, counts=counts), DEAD_LETTER)
 
     def finish_bundle(self) -> Iterator[Any]:
@@ -135,6 +177,21 @@ class WriteViolations(_StageDoFn):
 
     def process(self, element: tuple[str, pa.Table]) -> None:
         self.count(self.worker.write_violations(*element))
+
+
+class WriteEmbeddings(_StageDoFn):
+    """Sink: embeddings Parquet, one file per pane."""
+
+    def process(self, element: tuple[str, pa.Table]) -> None:
+        self.count(self.worker.write_embeddings(*element))
+
+
+class WriteUserFeatures(_StageDoFn):
+    """Sink: user_features Parquet, one file per user shard, drift computed over all its windows."""
+
+    def process(self, element: tuple[int, Iterable[SpillRef]]) -> None:
+        shard, paths = element
+        self.count(self.worker.write_user_features(f"{shard:04d}", self.spill.load(paths)))
 
 
 class WriteDeadLetters(_StageDoFn):
@@ -172,9 +229,20 @@ def build(pipeline: beam.Pipeline, splits: list[InputSplit], plan: RunPlan, stag
         | "GroupByUserPane" >> beam.GroupByKey()
         | "ApplyRateLimits" >> stage(ApplyRateLimits).with_outputs(VIOLATIONS, main="events")
     )
-    written = limited.events | "WriteAuditAndEvents" >> stage(WriteEvents).with_outputs(
-        DEAD_LETTER, main="done"
-    )
+    ready = limited.events
+    if plan.config.embeddings:
+        embedded = ready | "EmbedTexts" >> stage(EmbedTexts).with_outputs(EMBEDDINGS, main="events")
+        ready = embedded.events
+        _ = embedded[EMBEDDINGS] | "WriteEmbeddings" >> stage(WriteEmbeddings)
+        _ = (
+            ready
+            | "ProfileUserWindows" >> stage(ProfileWindows)
+            # Drift looks back to a user's previous window, maybe in an earlier pane.
+            | "OutOfPanesForDrift" >> beam.WindowInto(GlobalWindows())
+            | "GroupFeaturesByUserShard" >> beam.GroupByKey()
+            | "WriteUserFeatures" >> stage(WriteUserFeatures)
+        )
+    written = ready | "WriteAuditAndEvents" >> stage(WriteEvents).with_outputs(DEAD_LETTER, main="done")
     _ = limited[VIOLATIONS] | "WriteRateLimitViolations" >> stage(WriteViolations)
     late_letters = written[DEAD_LETTER] | "OutOfPanes" >> beam.WindowInto(GlobalWindows())
     _ = (

@@ -41,12 +41,23 @@ import schemas
 from connectors.audit_sink import AuditSink, StoredEvents
 from connectors.config import PipelineConfig
 from connectors.database import open_engine
+from connectors.embedding_cache import EmbeddingCache
 from connectors.images import FolderImageLoader
 from connectors.inputs import InputSplit
 from connectors.parquet_sink import FileNaming, ParquetSink, partition_dates
 from connectors.readers import read_split
 from connectors.sinks import Counts, Sink
 from connectors.users import UserDirectory
+from models.embedder import TextEmbedder
+from pipelines.semantic import (
+    CachedEmbedder,
+    EmbedTexts,
+    ProfileWindows,
+    WriteEmbeddings,
+    WriteUserFeatures,
+    open_cache,
+    topic_index,
+)
 from transforms.cost import PriceBook
 from transforms.dead_letter import DeadLetter, dead_letter_bucket, dead_letter_table, sorted_by_position
 from transforms.dedup import (
@@ -69,9 +80,11 @@ from transforms.event_batch import (
     in_flight_schema,
 )
 from transforms.hashing import ContentHasher
+from transforms.personalization import UserFeatureWindows
 from transforms.rate_limit import RateLimits, apply_rate_limits
 from transforms.sharding import split_by_shard, split_by_shard_and_window, user_shard
 from transforms.tiers import resolve_tiers
+from transforms.topics import TopicIndex
 from transforms.validate import EventRules
 from transforms.windows import TumblingWindows, pane_seconds
 
@@ -139,7 +152,7 @@ class RunPlan:
     @property
     def panes(self) -> TumblingWindows:
         """Shuffle 2's panes: they hold whole windows of every windowed stage."""
-        return TumblingWindows(pane_seconds(self.config.window_seconds))
+        return TumblingWindows(pane_seconds(self.config.window_seconds, self.config.features_window_seconds))
 
 
 @dataclass
@@ -422,7 +435,7 @@ class SpineWorker:
         self.plan = plan
         self.out_dir = Path(plan.out_dir)
         self._engine: sa.Engine | None = None
-        self._sinks: list[Sink] = []
+        self._sinks: list[Sink | EmbeddingCache] = []  # what close() closes
 
     @property
     def engine(self) -> sa.Engine:
@@ -446,7 +459,7 @@ class SpineWorker:
 
     @cached_property
     def validate(self) -> ValidateHashPrice:
-        return ValidateHashPrice(self.settings, self.plan.image_dirs, self.plan.config.carry_content)
+        return ValidateHashPrice(self.settings, self.plan.image_dirs, self.plan.config.carries_content)
 
     @cached_property
     def collapse(self) -> CollapseDuplicates:
@@ -461,15 +474,18 @@ class SpineWorker:
         return CompareWithStore(stored, self.parquet("events").held_elsewhere, config.shards, self.plan.panes)
 
     @cached_property
-    def tiers(self) -> ResolveTiers:
+    def users(self) -> UserDirectory:
         config = self.plan.config
-        users = UserDirectory(
+        return UserDirectory(
             self.engine,
             ttl_seconds=config.users_ttl_seconds,
             retry_attempts=config.audit_retry_attempts,
             tiers=frozenset(config.quotas),
         )
-        return ResolveTiers(users)
+
+    @cached_property
+    def tiers(self) -> ResolveTiers:
+        return ResolveTiers(self.users)
 
     @cached_property
     def rate_limits(self) -> ApplyRateLimits:
@@ -495,6 +511,40 @@ class SpineWorker:
     @cached_property
     def write_dead_letters(self) -> WriteDeadLetters:
         return WriteDeadLetters(self.parquet("dead_letter"))
+
+    @cached_property
+    def embedder(self) -> TextEmbedder:
+        config = self.plan.config
+        return TextEmbedder(device=config.device, batch_size=config.embedding_batch_size)
+
+    @cached_property
+    def cached_embedder(self) -> CachedEmbedder:
+        cache = open_cache(self.plan.config, self.out_dir, self.embedder)
+        self._sinks.append(cache)
+        return CachedEmbedder(self.embedder, cache, self.settings.hasher, self.embedder.dimensions)
+
+    @cached_property
+    def topics(self) -> TopicIndex:
+        return topic_index(schemas.topics(self.plan.config.topics_path), self.cached_embedder)
+
+    @cached_property
+    def embed_texts(self) -> EmbedTexts:
+        model = (self.embedder.name, self.embedder.version)
+        return EmbedTexts(self.cached_embedder, self.topics, model, self.plan.config.keep_text_chars)
+
+    @cached_property
+    def profile(self) -> ProfileWindows:
+        config = self.plan.config
+        windows = UserFeatureWindows(config.features_window_seconds, schemas.arrow_schema("user_features"))
+        return ProfileWindows(windows, self.topics, self.users, self.cached_embedder)
+
+    @cached_property
+    def write_embeddings(self) -> WriteEmbeddings:
+        return WriteEmbeddings(self.parquet("embeddings"))
+
+    @cached_property
+    def write_user_features(self) -> WriteUserFeatures:
+        return WriteUserFeatures(self.parquet("user_features"))
 
     def close(self) -> None:
         """Close the sinks and dispose of the worker's database engine (its pooled connections);

@@ -101,6 +101,12 @@ class RunSummary:
     cost_total: Amount
     rate_limit_violations: Count  # (user, window) pairs over quota
     audit_rows_inserted: Count
+    #: Distinct texts a worker looked up in the embedding cache (its in-memory LRU included) and
+    #: found, and those it did not: the model embedded each miss in this run.
+    embedding_cache_hits: Count
+    embedding_cache_misses: Count
+    embeddings_written: Count  # rows of embeddings/: one per embedded prompt or output text
+    user_features_written: Count  # rows of user_features/: one per (user, window)
     blank_lines: Count
     dead_letters_by_reason: Mapping[Reason, Count]
     events_per_second: Count | None  # None when the run took no measurable time

@@ -178,3 +178,35 @@ def _pricing_header_problem(header: list[str]) -> str | None:
             return f"unknown column {name!r}; expected {expected}"
     missing = [name for name in PRICING_COLUMNS if name not in header]
     return f"no column {missing[0]!r}; expected {expected}" if missing else None
+
+
+#: The default topic list of semantic analysis (``topics.json``).
+DEFAULT_TOPICS = HERE / "topics.json"
+
+
+def topics(path: Path | None = None) -> list[tuple[str, str]]:
+    """``(label, description)`` of each topic in ``topics.json`` (or the file at ``path``).
+
+    ValueError says what is wrong: not a JSON object with a ``topics`` list, an entry without a
+    label (1 to 64 characters) or a description, a label given twice.
+    """
+    where = str(path or DEFAULT_TOPICS)
+    try:
+        doc = json.loads((path or DEFAULT_TOPICS).read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"topics file {where!r} is not JSON: {exc}") from None
+    entries = doc.get("topics") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"topics file {where!r}: expected an object with a non-empty `topics` list")
+    found: list[tuple[str, str]] = []
+    for i, entry in enumerate(entries):
+        label = entry.get("label") if isinstance(entry, dict) else None
+        description = entry.get("description") if isinstance(entry, dict) else None
+        if not isinstance(label, str) or not 1 <= len(label) <= 64 or not isinstance(description, str):
+            raise ValueError(
+                f"topics file {where!r}: topics[{i}] must be {{label: 1-64 characters, description: text}}"
+            )
+        if label in (seen[0] for seen in found):
+            raise ValueError(f"topics file {where!r}: label {label!r} is given twice")
+        found.append((label, description))
+    return found

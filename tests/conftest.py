@@ -39,10 +39,18 @@ def run_cli(
     stdin: bytes | None = None,
     env: dict[str, str] | None = None,
     out_dir: Path | None = None,
+    embeddings: bool = False,
 ) -> CliResult:
-    """Run ``runner.py`` in a fresh process, exactly as a user would."""
+    """Run ``runner.py`` in a fresh process, exactly as a user would.
+
+    A ``run`` skips the embedding stage (``--no-embeddings``) unless ``embeddings=True``: most
+    tests are about other stages, and loading the model costs seconds.
+    """
+    argv = [str(arg) for arg in args]
+    if argv[:1] == ["run"] and not embeddings and "--no-embeddings" not in argv:
+        argv.insert(argv.index("--") if "--" in argv else len(argv), "--no-embeddings")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "runner.py"), *map(str, args)],
+        [sys.executable, str(ROOT / "runner.py"), *argv],
         cwd=cwd or ROOT,
         input=stdin if stdin is not None else b"",
         capture_output=True,
@@ -59,10 +67,21 @@ def run_pipeline(
     cwd: Path | None = None,
     stdin: bytes | None = None,
     env: dict[str, str] | None = None,
+    embeddings: bool = False,
 ) -> CliResult:
     """``runner.py run --input ... --out out_dir extra...``; fails the test unless it exits 0."""
     result = run_cli(
-        "run", "--input", *inputs, "--out", out_dir, *extra, cwd=cwd, stdin=stdin, env=env, out_dir=out_dir
+        "run",
+        "--input",
+        *inputs,
+        "--out",
+        out_dir,
+        *extra,
+        cwd=cwd,
+        stdin=stdin,
+        env=env,
+        out_dir=out_dir,
+        embeddings=embeddings,
     )
     assert result.returncode == 0, f"run failed ({result.returncode}):\n{result.stderr}"
     return result

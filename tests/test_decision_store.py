@@ -47,8 +47,7 @@ def test_automatic_decisions_upsert_but_never_overwrite_a_human_review(store_url
     writer = DecisionSink(engine, batch_rows=2)
     hostile = "h'; DROP TABLE moderation_decisions; --"
     writer.write(
-        "0",
-        decisions(("h1", "approved", "0.10"), ("h2", "flagged", "0.60"), (hostile, "approved", "0.01"))
+        "0", decisions(("h1", "approved", "0.10"), ("h2", "flagged", "0.60"), (hostile, "approved", "0.01"))
     )
     with engine.begin() as conn:
         conn.execute(

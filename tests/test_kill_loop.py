@@ -88,7 +88,16 @@ def test_a_run_killed_at_any_moment_then_rerun_equals_a_clean_run(
     workload: dict[str, Any], tmp_path: Path, target: str, when: str, nth: int
 ) -> None:
     out = tmp_path / "out"
-    args = ["run", "--input", str(workload["source"]), "--out", str(out), "--config", str(workload["config"])]
+    args = [
+        "run",
+        "--input",
+        str(workload["source"]),
+        "--out",
+        str(out),
+        "--config",
+        str(workload["config"]),
+        "--no-embeddings",
+    ]
     killed = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "kill_at.py"), target, when, str(nth), "--", *args],
         cwd=ROOT,

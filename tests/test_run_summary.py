@@ -32,7 +32,9 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunSummary, Path
     """A run over generated events (duplicates and bad lines included): what it returned, and its file."""
     base = tmp_path_factory.mktemp("summary")
     generate_events(300, base / "events.jsonl", seed=5)
-    returned = run_batch(RunRequest(inputs=[str(base / "events.jsonl")], out_dir=base / "out"))
+    returned = run_batch(
+        RunRequest(inputs=[str(base / "events.jsonl")], out_dir=base / "out", overrides={"embeddings": False})
+    )
     (written,) = (base / "out" / "_runs").glob("*.json")
     return returned, written
 
@@ -63,6 +65,7 @@ def test_the_file_keeps_the_keys_runs_have_always_written(real_run: tuple[RunSum
         *("run_id", "engine", "engine_args", "started_at", "finished_at", "seconds", "events_read"),
         *("events_processed", "events_dead_lettered", "duplicates_collapsed", "rate_limited"),
         *("late_events", "unpriced_events", "cost_total", "rate_limit_violations", "audit_rows_inserted"),
+        *("embedding_cache_hits", "embedding_cache_misses", "embeddings_written", "user_features_written"),
         *("blank_lines", "dead_letters_by_reason", "events_per_second", "inputs", "inputs_fingerprint"),
         *("out_dir", "audit_db", "audit_schema_version", "config"),
     ]
@@ -74,6 +77,9 @@ def test_the_file_keeps_the_keys_runs_have_always_written(real_run: tuple[RunSum
         "hash_mode",
         "shards",
         "batch_size",
+        "embeddings",
+        "embedding_device",
+        "features_window_seconds",
     ]
     assert isinstance(data["cost_total"], str) and Decimal(data["cost_total"]) > 0
     assert list(data["dead_letters_by_reason"]) == sorted(data["dead_letters_by_reason"])
@@ -208,6 +214,10 @@ def summaries(draw: st.DrawFn) -> RunSummary:
         cost_total=Decimal(draw(st.integers(0, 10**18))).scaleb(-6),
         rate_limit_violations=draw(counts),
         audit_rows_inserted=draw(counts),
+        embedding_cache_hits=draw(counts),
+        embedding_cache_misses=draw(counts),
+        embeddings_written=draw(counts),
+        user_features_written=draw(counts),
         blank_lines=draw(counts),
         dead_letters_by_reason=dict(sorted(by_reason.items())),
         events_per_second=draw(st.none() | counts),

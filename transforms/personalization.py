@@ -207,7 +207,7 @@ class UserFeatureWindows:
                 sums[row] = aggregate.vector_sum
         unit, has_vector = unit_rows(sums)
         interest = unit.astype(np.float32)  # NaN rows: no interest vector
-        drift = 1.0 - row_cosines(interest, self._previous(users, interest, previous))
+        drift = 1.0 - row_cosines(interest, _previous_interest(users, interest, previous, self.dim))
         affinity = row_cosines(interest, self._declared(users, prefs))
         return {
             "interest_vector": pa.FixedSizeListArray.from_arrays(
@@ -224,27 +224,6 @@ class UserFeatureWindows:
     def _type(self, column: str) -> pa.DataType:
         return self.schema.field(column).type
 
-    def _previous(
-        self, users: np.ndarray, interest: np.ndarray, previous: Mapping[int, np.ndarray] | None
-    ) -> np.ndarray:
-        """For each row (sorted by user, then time), the interest vector of the user's previous
-        window that has one: within these rows, else ``previous``; NaN when there is none."""
-        rows = np.arange(len(users))
-        with_vector = np.where(~np.isnan(interest).any(axis=1), rows, -1)
-        before = np.roll(np.maximum.accumulate(with_vector), 1)  # the latest row with one, before
-        before[:1] = -1
-        first_of_user = np.ones(len(users), dtype=bool)
-        first_of_user[1:] = users[1:] != users[:-1]
-        first_of_user = np.maximum.accumulate(np.where(first_of_user, rows, 0))
-        found = before >= first_of_user
-        earlier = np.full(interest.shape, np.nan)
-        earlier[found] = interest[before[found]]
-        for row in np.flatnonzero(~found & (with_vector >= 0)).tolist():  # at most one per user
-            vector = (previous or {}).get(int(users[row]))
-            if vector is not None:
-                earlier[row] = self._user_vector(vector, "previous", int(users[row]))
-        return earlier
-
     def _declared(self, users: np.ndarray, prefs: Mapping[int, np.ndarray]) -> np.ndarray:
         """Each row's user's preferences vector; NaN for a user without one."""
         distinct, which = np.unique(users, return_inverse=True)
@@ -257,9 +236,7 @@ class UserFeatureWindows:
         return rows
 
     def _user_vector(self, vector: np.ndarray, argument: str, user: int) -> np.ndarray:
-        if np.shape(vector) != (self.dim,):
-            raise ValueError(f"{argument}[{user}]: expected shape ({self.dim},), got {np.shape(vector)}")
-        return np.asarray(vector, dtype=np.float64)
+        return _user_vector(vector, argument, user, self.dim)
 
     def _checked(self, events: pa.Table, prompt_vectors: np.ndarray) -> np.ndarray:
         missing = [name for name in _EVENT_COLUMNS if name not in events.column_names]
@@ -280,6 +257,53 @@ class UserFeatureWindows:
                 f" one row per event; got {vectors.shape}"
             )
         return vectors
+
+
+def with_drift(features: pa.Table, previous: Mapping[int, np.ndarray] | None = None) -> pa.Table:
+    """``features`` (``user_features`` rows of several panes) sorted by (user_id, window_start),
+    with drift recomputed across all of them; ``previous`` as for ``extract_output``.
+
+    Panes extracted one by one know nothing of a user's windows in earlier panes; a batch engine
+    gathers a user shard's rows and calls this, a stream carries ``last_interest_vectors`` instead.
+    Both give the drift of one pass.
+    """
+    ordered = features.sort_by([("user_id", "ascending"), ("window_start", "ascending")])
+    size = ordered.schema.field("interest_vector").type.list_size
+    column = ordered.column("interest_vector").combine_chunks()
+    filled = pc.fill_null(column, pa.scalar([np.nan] * size, column.type))
+    interest = filled.flatten().to_numpy(zero_copy_only=False).reshape(-1, size).astype(np.float64)
+    users = ordered.column("user_id").to_numpy()
+    drift = 1.0 - row_cosines(interest, _previous_interest(users, interest, previous, size))
+    index = ordered.schema.get_field_index("drift")
+    return ordered.set_column(index, "drift", pa.array(drift, pa.float64(), from_pandas=True))
+
+
+def _previous_interest(
+    users: np.ndarray, interest: np.ndarray, previous: Mapping[int, np.ndarray] | None, dim: int
+) -> np.ndarray:
+    """For each row (sorted by user, then time), the interest vector of the user's previous
+    window that has one: within these rows, else ``previous``; NaN when there is none."""
+    rows = np.arange(len(users))
+    with_vector = np.where(~np.isnan(interest).any(axis=1), rows, -1)
+    before = np.roll(np.maximum.accumulate(with_vector), 1) if len(rows) else rows
+    before[:1] = -1
+    first_of_user = np.ones(len(users), dtype=bool)
+    first_of_user[1:] = users[1:] != users[:-1]
+    first_of_user = np.maximum.accumulate(np.where(first_of_user, rows, 0))
+    found = before >= first_of_user
+    earlier = np.full(interest.shape, np.nan)
+    earlier[found] = interest[before[found]]
+    for row in np.flatnonzero(~found & (with_vector >= 0)).tolist():  # at most one per user
+        vector = (previous or {}).get(int(users[row]))
+        if vector is not None:
+            earlier[row] = _user_vector(vector, "previous", int(users[row]), dim)
+    return earlier
+
+
+def _user_vector(vector: np.ndarray, argument: str, user: int, dim: int) -> np.ndarray:
+    if np.shape(vector) != (dim,):
+        raise ValueError(f"{argument}[{user}]: expected shape ({dim},), got {np.shape(vector)}")
+    return np.asarray(vector, dtype=np.float64)
 
 
 def last_interest_vectors(

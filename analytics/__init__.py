@@ -1,0 +1,1 @@
+"""What analysts run over a run's outputs: DuckDB queries over the Parquet datasets."""
