@@ -51,7 +51,7 @@ def similar(out_dir: Path, query: str, k: int = 10, field: str = "both", device:
     fields = ["input", "output"] if field == "both" else [field]
     sql = f"""
         SELECT event_id, user_id, field,
-               array_cosine_similarity(vector, $query::FLOAT[{dim}]) AS cosine,
+               array_cosine_similarity(vector::FLOAT[{dim}], $query::FLOAT[{dim}]) AS cosine,
                text_prefix, content_hash
         FROM read_parquet($files, hive_partitioning = true)
         WHERE model = $model AND model_version = $version AND list_contains($fields, field)
