@@ -9,6 +9,7 @@ the benchmark's own peak (a million parsed rows) whenever that is the larger.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import resource
@@ -16,11 +17,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -46,6 +47,26 @@ class Measurement:
     def events_per_s(self) -> float:
         """Events per wall-clock second."""
         return self.events / self.wall_s if self.wall_s > 0 else float("nan")
+
+
+MeasuredT = TypeVar("MeasuredT")
+"""A measurement dataclass with a ``name``, a ``wall_s`` and a ``details`` dict."""
+
+
+def best_of(times: int, measure: Callable[[int], MeasuredT]) -> MeasuredT:
+    """Call ``measure(attempt)`` ``times`` times; keep the fastest, noting every wall time."""
+    runs = []
+    for attempt in range(times):
+        runs.append(measure(attempt))
+        print(f"  measured {runs[-1].name}: {runs[-1].wall_s:.2f} s", flush=True)  # type: ignore[attr-defined]
+    return fastest(runs)
+
+
+def fastest(runs: list[MeasuredT]) -> MeasuredT:
+    """The run with the least wall time, with every run's wall time noted in its details."""
+    best: Any = min(runs, key=lambda m: m.wall_s)  # type: ignore[attr-defined]
+    walls = [round(m.wall_s, 3) for m in runs]  # type: ignore[attr-defined]
+    return dataclasses.replace(best, details={**best.details, "walls_s": walls})  # type: ignore[no-any-return]
 
 
 @dataclass
