@@ -15,6 +15,9 @@ dependency of the project: they are installed apart (first command) and put on `
 
 Prints texts/s of torch (``SentenceTransformer.encode``), ONNX float32 and ONNX int8 on the same
 texts, measured one after the other on the same threads, and each ONNX vector's cosine to torch's.
+On the corpus texts the int8 model's worst cosine is about 0.97 (mean 0.99); other dynamic int8
+settings tried by hand on 600 texts (int8 weights, MatMul only, asymmetric weights, reduced range)
+gave 0.968-0.976, none the 0.99 the issue asks.
 """
 
 from __future__ import annotations
