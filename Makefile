@@ -12,7 +12,7 @@ STAMP       = $(VENV)/.installed
 
 export HF_HUB_OFFLINE = 1
 
-.PHONY: install run test lint format fuzz crash-loop clean
+.PHONY: install run test lint format fuzz crash-loop bench-embeddings clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ fuzz: $(STAMP)
 CRASH_EVENTS ?= 200000
 crash-loop: $(STAMP)
 	AIEP_CRASH_EVENTS=$(CRASH_EVENTS) $(VENV)/bin/pytest -n 2 tests/test_kill_loop.py
+
+# Outside `make test`: the pipeline with embeddings on beside a raw encode of the same texts and
+# Beam's MLTransform, on BENCH_EVENTS events (benchmarks/embedding_throughput.py; prints, never asserts).
+BENCH_EVENTS ?= 1500
+bench-embeddings: $(STAMP)
+	$(PY) benchmarks/embedding_throughput.py --events $(BENCH_EVENTS)
 
 clean:
 	rm -rf $(VENV) $(OUT) sample .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -31,8 +31,8 @@ def _memory_gib() -> float | None:
         return None
 
 
-def environment() -> dict[str, Any]:
-    """Machine, versions, the commit and the exact command line."""
+def environment(packages: tuple[str, ...] = ("apache-beam", "pyarrow", "duckdb")) -> dict[str, Any]:
+    """Machine, versions (of ``packages``), the commit and the exact command line."""
     return {
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
         "cwd": os.getcwd(),
@@ -40,7 +40,7 @@ def environment() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "memory_gib": _memory_gib(),
         "python": platform.python_version(),
-        "versions": {name: version(name) for name in ("apache-beam", "pyarrow", "duckdb")},
+        "versions": {name: version(name) for name in packages},
         "git": git_state(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }

@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(tempfile.mkdtemp(prefix="profile-", dir=source.path.parent))
     profiler = cProfile.Profile()
     try:
-        summary = profiler.runcall(run_batch, RunRequest(inputs=[str(source.path)], out_dir=out))
+        # The spine alone: the embedding stage has its own benchmark (embedding_throughput.py).
+        request = RunRequest(inputs=[str(source.path)], out_dir=out, overrides={"embeddings": False})
+        summary = profiler.runcall(run_batch, request)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     print(f"profiled run: {summary.events_read:,} events in {summary.seconds:.1f} s (under cProfile)")

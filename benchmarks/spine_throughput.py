@@ -21,11 +21,9 @@ input grows. Timings are printed, never asserted.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ import orjson
 
 from benchmarks.anchors import PEER_SIMPLIFICATIONS, duckdb_peer, raw_parse
 from benchmarks.event_files import event_file
-from benchmarks.measure import REPO, Measurement, checkout_commit, run_spine
+from benchmarks.measure import REPO, Measurement, best_of, checkout_commit, run_spine
 from benchmarks.report import (
     environment,
     print_agreement,
@@ -163,16 +161,6 @@ def compare(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         "agreement": agreement,
         "peer_simplifications": list(PEER_SIMPLIFICATIONS),
     }
-
-
-def best_of(times: int, measure: Callable[[int], Measurement]) -> Measurement:
-    """Call ``measure(attempt)`` ``times`` times; keep the fastest, noting every wall time."""
-    runs = []
-    for attempt in range(times):
-        runs.append(measure(attempt))
-        print(f"  measured {runs[-1].name}: {runs[-1].wall_s:.2f} s", flush=True)
-    best = min(runs, key=lambda m: m.wall_s)
-    return dataclasses.replace(best, details={**best.details, "walls_s": [round(m.wall_s, 3) for m in runs]})
 
 
 def scaling(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
