@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import schemas
 from connectors.config import PipelineConfig
@@ -191,7 +192,7 @@ class ProfileWindows:
         self._prefs: dict[tuple[str, ...], np.ndarray | None] = {}
 
     def __call__(self, events: pa.Table) -> pa.Table:
-        kept = events.filter(pa.compute.invert(events.column("rate_limited")))
+        kept = events.filter(pc.invert(events.column("rate_limited")))
         flat = kept.column(PROMPT_VECTOR).combine_chunks().flatten().to_numpy(zero_copy_only=False)
         vectors = flat.reshape(kept.num_rows, -1).astype(np.float32, copy=False)
         accumulator = self.windows.add_batch(self.windows.create_accumulator(), kept, vectors)
