@@ -5,7 +5,7 @@ PYTHON     ?= python3.11
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 SAMPLE     ?= sample/events.jsonl
-SAMPLE_N   ?= 50000
+SAMPLE_N   ?= 10000
 OUT        ?= out
 PY          = $(VENV)/bin/python
 STAMP       = $(VENV)/.installed
