@@ -116,6 +116,19 @@ class ParquetSink:
         own already hold; see :func:`held_event_ids`."""
         return held_event_ids(self.out_dir, wanted, self.naming, self.dataset.name)
 
+    def rows_elsewhere(self, columns: Sequence[str], where: pc.Expression) -> pa.Table:
+        """The ``columns`` of rows matching ``where`` in this dataset's files that the naming does
+        not own: what other runs wrote into this output."""
+        files = sorted(
+            str(path)
+            for path in (self.out_dir / self.dataset.name).glob("dt=*/part-*.parquet")
+            if not self.naming.owns(path.name)
+        )
+        if not files:
+            return self.dataset.schema.empty_table().select(list(columns))
+        found = ds.dataset(files, format="parquet", schema=self.dataset.schema)
+        return found.to_table(columns=list(columns), filter=where)
+
     def close(self) -> None:
         """Nothing to release: every write closed its file."""
 

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import schemas
 from connectors.config import PipelineConfig
 from connectors.embedding_cache import EmbeddingCache, open_embedding_cache
+from connectors.parquet_sink import ParquetSink
 from connectors.sinks import Counts, Sink
 from connectors.users import UserDirectory
 from models.embedder import TextEmbedder
@@ -40,7 +41,7 @@ from transforms.embedding import (
     texts_to_embed,
 )
 from transforms.hashing import ContentHasher
-from transforms.personalization import UserFeatureWindows, with_drift
+from transforms.personalization import UserFeatureWindows, last_interest_vectors, with_drift
 from transforms.topics import TopicIndex, prefs_topics, prefs_vector
 
 
@@ -223,12 +224,32 @@ class WriteEmbeddings:
 
 class WriteUserFeatures:
     """Sink: every window of a user shard in time order, with drift from each user's previous
-    window that has an interest vector."""
+    window that has an interest vector: in this run, or before its first window here, in what
+    earlier runs wrote to this output (daily runs over daily files drift as one run would)."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: ParquetSink) -> None:
         self.sink = sink
 
     def __call__(self, key: str, tables: Iterable[pa.Table]) -> Counts:
-        rows = with_drift(pa.concat_tables(tables))
+        rows = pa.concat_tables(tables)
+        rows = with_drift(rows, self._earlier_vectors(rows))
         self.sink.write(key, rows)
         return {"user_features_written": rows.num_rows}
+
+    def _earlier_vectors(self, rows: pa.Table) -> dict[int, np.ndarray]:
+        """Each user's last interest vector that other runs wrote before the user's first window here."""
+        firsts = rows.group_by("user_id").aggregate([("window_start", "min")])
+        if not firsts.num_rows:
+            return {}
+        latest_first = pc.max(firsts.column("window_start_min"))
+        earlier = self.sink.rows_elsewhere(
+            ["user_id", "window_start", "interest_vector"],
+            pc.field("user_id").isin(firsts.column("user_id"))
+            & (pc.field("window_start") < latest_first)
+            & pc.field("interest_vector").is_valid(),
+        )
+        if not earlier.num_rows:
+            return {}
+        which = pc.index_in(earlier.column("user_id"), value_set=firsts.column("user_id"))
+        first_here = pc.take(firsts.column("window_start_min"), which)
+        return last_interest_vectors(earlier.filter(pc.less(earlier.column("window_start"), first_here)))

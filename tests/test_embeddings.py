@@ -444,3 +444,21 @@ def test_an_unusable_device_or_cache_fails_the_run_in_one_line(
         assert result.returncode == 1, result.stderr
         last = result.stderr.splitlines()[-1]
         assert last.startswith("error: ") and words in last and "Traceback" not in result.stderr
+
+
+def test_drift_looks_back_into_what_earlier_runs_wrote(semantic_run: dict[str, Any], tmp_path: Path) -> None:
+    """Two runs over consecutive hours give the user features of one run over both."""
+    out = tmp_path / "out"
+    with_user_prefs(out)
+    lines = semantic_run["source"].read_text().splitlines(keepends=True)
+    split = (START + timedelta(hours=2)).isoformat().replace("+00:00", "Z")
+    early, late = tmp_path / "early.jsonl", tmp_path / "late.jsonl"
+    early.write_text("".join(line for line in lines if json.loads(line)["event_time"] < split))
+    late.write_text("".join(line for line in lines if json.loads(line)["event_time"] >= split))
+    for part in (early, late):
+        run_pipeline([part], out, "--config", semantic_run["config"], embeddings=True)
+    mine, theirs = _comparable(out), _comparable(semantic_run["out"])
+    later = [row for row in theirs["features"] if row["window_start"] >= START + timedelta(hours=2)]
+    assert any(row["drift"] is not None for row in later)  # the case this test is about
+    assert mine["features"] == theirs["features"]
+    assert (mine["vectors"][1] * theirs["vectors"][1]).sum(axis=1).min() > 0.9999
