@@ -136,6 +136,7 @@ class EmbedTexts:
         self.dim = self.schema.field("vector").type.list_size
         self._pending: list[tuple[Any, pa.Table, TextsToEmbed]] = []
         self._pending_texts = 0
+        self._pending_rows = 0
 
     def __call__(self, events: pa.Table) -> tuple[pa.Table, pa.Table, Counts]:
         """(events with ``PROMPT_VECTOR``, their ``embeddings/`` rows, cache counts)."""
@@ -149,11 +150,14 @@ class EmbedTexts:
         texts = texts_to_embed(events)
         self._pending.append((key, events, texts))
         self._pending_texts += len(texts)
-        return self.flush() if self._pending_texts >= self.buffer_texts else ([], {})
+        self._pending_rows += events.num_rows
+        # Events without texts (images, rate limited) gather too: their rows bound the wait as well.
+        enough = self._pending_texts >= self.buffer_texts or self._pending_rows >= 8 * self.buffer_texts
+        return self.flush() if enough else ([], {})
 
     def flush(self) -> tuple[list[EmbeddedPane], Counts]:
         """Embed every gathered pane's texts in one go; each pane with its vectors and rows."""
-        pending, self._pending, self._pending_texts = self._pending, [], 0
+        pending, self._pending, self._pending_texts, self._pending_rows = self._pending, [], 0, 0
         together = TextsToEmbed(
             np.concatenate([texts.rows for _, _, texts in pending] or [np.zeros(0, np.int64)]),
             tuple(field for _, _, texts in pending for field in texts.fields),
