@@ -112,16 +112,24 @@ class ParquetSink:
         return Written({f"parquet_rows.{self.dataset.name}": rows.num_rows})
 
     def held_elsewhere(self, wanted: Mapping[str, Sequence[str]]) -> set[str]:
-        """Which of the ``wanted`` keys (event ids, grouped by ``dt``) files this naming does not
-        own already hold; see :func:`held_event_ids`."""
-        return held_event_ids(self.out_dir, wanted, self.naming, self.dataset.name)
+        """Which of the ``wanted`` event ids (grouped by their ``dt`` partition) files this naming
+        does not own already hold. An event can only be in its own day's partition, so only those
+        folders are read, and of their files only ``event_id``, filtered to the ids asked for."""
+        held: set[str] = set()
+        for day, ids in wanted.items():
+            if ids:
+                found = self.rows_elsewhere(["event_id"], pc.field("event_id").isin(list(ids)), day)
+                held.update(found.column("event_id").to_pylist())
+        return held
 
-    def rows_elsewhere(self, columns: Sequence[str], where: pc.Expression) -> pa.Table:
+    def rows_elsewhere(
+        self, columns: Sequence[str], where: pc.Expression, day: str | None = None
+    ) -> pa.Table:
         """The ``columns`` of rows matching ``where`` in this dataset's files that the naming does
-        not own: what other runs wrote into this output."""
+        not own (what other runs wrote into this output), in the ``dt`` partition ``day`` or all."""
         files = sorted(
             str(path)
-            for path in (self.out_dir / self.dataset.name).glob("dt=*/part-*.parquet")
+            for path in (self.out_dir / self.dataset.name).glob(f"dt={day or '*'}/part-*.parquet")
             if not self.naming.owns(path.name)
         )
         if not files:
@@ -166,27 +174,3 @@ def remove_temporary_files(out_dir: Path) -> list[Path]:
             path.unlink()
             removed.append(path)
     return removed
-
-
-def held_event_ids(
-    out_dir: Path, wanted: Mapping[str, Sequence[str]], other_than: FileNaming, dataset: str = "events"
-) -> set[str]:
-    """Which of the ``wanted`` event ids (grouped by their ``dt`` partition) the ``events`` dataset
-    under ``out_dir`` holds in files the naming ``other_than`` does not own.
-
-    An event can only be in its own day's partition, so only those folders are read, and of their
-    files only the ``event_id`` column, filtered to the ids asked for.
-    """
-    held: set[str] = set()
-    for dt, ids in wanted.items():
-        files = sorted(
-            str(path)
-            for path in (out_dir / dataset / f"dt={dt}").glob("part-*.parquet")
-            if not other_than.owns(path.name)
-        )
-        if files and ids:
-            found = ds.dataset(files, format="parquet").to_table(
-                columns=["event_id"], filter=pc.field("event_id").isin(list(ids))
-            )
-            held.update(found.column("event_id").to_pylist())
-    return held

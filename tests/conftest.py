@@ -8,7 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import duckdb
 import pytest
@@ -113,6 +113,14 @@ def png_bytes() -> bytes:
     return buffer.getvalue()
 
 
+def service_missing(message: str) -> NoReturn:
+    """A service an integration test needs is missing: under ``CI=true`` the test fails (CI must
+    run every integration test); on a developer's machine it skips with ``message``."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 # --- MySQL / MariaDB -------------------------------------------------------------------------
 MYSQL_HOST, MYSQL_PORT = "127.0.0.1", 3306
 START_HINT = "start it with `start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd`"
@@ -136,9 +144,7 @@ def mysql_server() -> tuple[str, int]:
         mysql_admin().close()
     except pymysql.err.OperationalError as exc:
         message = f"MariaDB is not answering on {MYSQL_HOST}:{MYSQL_PORT} ({exc.args[1]}); {START_HINT}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        service_missing(message)
     return MYSQL_HOST, MYSQL_PORT
 
 
@@ -230,9 +236,7 @@ def redis_server() -> tuple[str, int]:
         client.ping()
     except redis.RedisError as exc:
         message = f"Redis is not answering on {REDIS_HOST}:{REDIS_PORT} ({exc}); {REDIS_START_HINT}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        service_missing(message)
     finally:
         client.close()
     return REDIS_HOST, REDIS_PORT
