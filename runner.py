@@ -1,7 +1,8 @@
 """aiep: the command line of the AI content governance pipeline.
 
     runner.py run --input PATH... --out DIR [--engine beam] [--audit-db URL] [--config FILE]
-                  [--no-embeddings] [--device auto|cpu|cuda] [--cache PATH|URL] [-- BEAM_OPTIONS...]
+                  [--no-embeddings] [--no-moderation] [--device auto|cpu|cuda] [--cache PATH|URL]
+                  [-- BEAM_OPTIONS...]
     runner.py similar --out DIR "TEXT" [--k 10] [--field input|output|both]
     runner.py generate --events N --out FILE [--seed S] [--dup-rate R] [--bad-rate R] [--images]
     runner.py db upgrade|status --audit-db URL
@@ -42,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         help="validate, deduplicate, hash, price and rate-limit events from files, embed their texts, "
         "build user features; write Parquet and the audit store",
         usage="%(prog)s --input PATH [PATH ...] --out DIR [--engine {beam}] [--audit-db URL] "
-        "[--config FILE] [--no-embeddings] [--device {auto,cpu,cuda}] [--cache PATH|URL] "
+        "[--config FILE] [--no-embeddings] [--no-moderation] [--device {auto,cpu,cuda}] [--cache PATH|URL] "
         "[--no-progress] [-- BEAM_OPTIONS ...]",
         description=(
             "Run the pipeline over input files. Arguments after `--` are passed to the engine "
@@ -87,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the embedding stage and what needs it (topics, user features); "
         "config: [embeddings] enabled = false",
+    )
+    run.add_argument(
+        "--no-moderation",
+        action="store_true",
+        help="skip moderation (no decisions: for runs that only account costs, and the spine "
+        "benchmark); config: [moderation] enabled = false",
     )
     run.add_argument(
         "--device",
@@ -213,6 +220,8 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if args.no_embeddings:
         overrides["embeddings"] = False
+    if args.no_moderation:
+        overrides["moderation"] = False
     if args.device is not None:
         overrides["device"] = args.device
     if args.cache is not None:
@@ -348,6 +357,15 @@ def _print_summary(summary: RunSummary) -> None:
             f" {summary.user_features_written:,} user windows"
         )
         datasets += ",embeddings,user_features"
+    if summary.config.get("moderation"):
+        print(
+            f"  decisions: approved {summary.decisions_approved:,}, flagged {summary.decisions_flagged:,},"
+            f" rejected {summary.decisions_rejected:,};"
+            f" {summary.moderation_rows_written:,} contents moderated"
+        )
+        datasets += ",moderation"
+    else:
+        print("  moderation: off (--no-moderation): no decisions were made")
     print(f"  outputs: {out}/{{{datasets}}}/dt=*/*.parquet")
     print(f"  audit:   {summary.audit_db}")
     print(f"  summary: {out / '_runs' / (summary.run_id + '.json')}")

@@ -100,7 +100,12 @@ def pipeline_run(
     """Time ``run_batch`` over ``source`` into ``out_dir`` (fresh cache there unless ``cache``)."""
     from pipelines.batch_run import RunRequest, run_batch
 
-    overrides: dict[str, Any] = {"embeddings": embeddings, "device": "cpu", "quotas": UNREACHED_QUOTAS}
+    overrides: dict[str, Any] = {
+        "embeddings": embeddings,
+        "moderation": False,
+        "device": "cpu",
+        "quotas": UNREACHED_QUOTAS,
+    }
     if cache is not None:
         overrides["embedding_cache"] = str(cache)
     request = RunRequest(inputs=[str(source.path)], out_dir=out_dir, overrides=overrides)

@@ -249,14 +249,15 @@ def checkout_commit(ref: str, where: Path) -> Path:
 
 
 @functools.cache
-def knows_no_embeddings(repo: Path) -> bool:
-    """Whether ``repo``'s ``runner.py run`` has ``--no-embeddings`` (asked of its ``--help``, so an
-    older commit's runner, which has no embedding stage and no such flag, is run without it)."""
+def model_stage_flags(repo: Path) -> tuple[str, ...]:
+    """The flags of ``repo``'s ``runner.py run`` that turn its model stages off
+    (``--no-embeddings``, ``--no-moderation``), asked of its ``--help``: an older commit's runner,
+    which lacks a stage, lacks its flag too."""
     command = [sys.executable, str(repo / "runner.py"), "run", "--help"]
     done = subprocess.run(command, cwd=repo, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"`{' '.join(command)}` failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
-    return "--no-embeddings" in done.stdout
+    return tuple(flag for flag in ("--no-embeddings", "--no-moderation") if flag in done.stdout)
 
 
 def run_spine(
@@ -268,11 +269,11 @@ def run_spine(
     its summary); the process wall time, which adds interpreter start and imports, is a detail.
     ``engine_args`` go to Beam after ``--`` (e.g. ``--direct_num_workers=2``). ``repo`` is the
     checkout whose ``runner.py`` runs (another commit's, for a before/after comparison).
-    The embedding stage is turned off (``--no-embeddings``) where that runner has it, so the spine
-    is measured alone; a commit older than the stage has nothing to turn off.
+    The model stages are turned off (``--no-embeddings``, ``--no-moderation``) where that runner
+    has them, so the spine is measured alone; a commit older than a stage has nothing to turn off.
     """
     command = [sys.executable, str(repo / "runner.py"), "run", "--no-progress"]
-    command += ["--no-embeddings"] if knows_no_embeddings(repo) else []
+    command += list(model_stage_flags(repo))
     command += ["--input", str(input_path), "--out", str(out_dir)]
     command += ["--", *engine_args] if engine_args else []
     log = out_dir.with_name(out_dir.name + ".log")
@@ -284,7 +285,7 @@ def run_spine(
         raise RuntimeError(f"spine run failed (exit {run.exit_code}): {' '.join(command)}\n{tail}")
     summary = orjson.loads(next((out_dir / "_runs").glob("*.json")).read_bytes())
     cpu = run.usage.ru_utime + run.usage.ru_stime
-    options = ", --no-embeddings" if "--no-embeddings" in command else ""
+    options = "".join(f", {flag}" for flag in model_stage_flags(repo))
     options += f", Beam options {' '.join(engine_args)}" if engine_args else ""
     return Measurement(
         name="spine" if repo == REPO else f"spine at {_git_at(repo)}",

@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     profiler = cProfile.Profile()
     try:
         # The spine alone: the embedding stage has its own benchmark (embedding_throughput.py).
-        request = RunRequest(inputs=[str(source.path)], out_dir=out, overrides={"embeddings": False})
+        request = RunRequest(
+            inputs=[str(source.path)], out_dir=out, overrides={"embeddings": False, "moderation": False}
+        )
         summary = profiler.runcall(run_batch, request)
     finally:
         shutil.rmtree(out, ignore_errors=True)

@@ -271,6 +271,70 @@ class PipelineConfig:
         "seconds of event time per user-features window",
         between=(1, 2**31),
     )
+    moderation: bool = setting(
+        "moderation",
+        "enabled",
+        True,
+        "moderate every event (texts, images, rules); off: costs only, no decisions",
+    )
+    flag_threshold: float = setting(
+        "moderation",
+        "flag_threshold",
+        0.5,
+        "overall score at or above which content is flagged",
+        between=(0, 1),
+    )
+    reject_threshold: float = setting(
+        "moderation",
+        "reject_threshold",
+        0.85,
+        "overall score at or above which content is rejected",
+        between=(0, 1),
+    )
+    strict_flag_threshold: float = setting(
+        "moderation",
+        "strict_flag_threshold",
+        0.3,
+        'flag threshold for users whose prefs say "sensitivity": "strict"',
+        between=(0, 1),
+    )
+    strict_reject_threshold: float = setting(
+        "moderation",
+        "strict_reject_threshold",
+        0.6,
+        'reject threshold for users whose prefs say "sensitivity": "strict"',
+        between=(0, 1),
+    )
+    blocklist_path: Path = setting(
+        "moderation",
+        "blocklist",
+        schemas.DEFAULT_BLOCKLIST,
+        "phrases that reject a text, one per line, relative to this file",
+        summary=False,
+    )
+    image_blocklist_path: Path = setting(
+        "moderation",
+        "image_blocklist",
+        schemas.DEFAULT_IMAGE_BLOCKLIST,
+        "perceptual hashes (16 hex) that reject an image, one per line, relative to this file",
+        summary=False,
+    )
+    image_hash_distance: int = setting(
+        "moderation",
+        "image_hash_distance",
+        6,
+        "an image within this Hamming distance of a blocklisted hash is rejected",
+        between=(0, 64),
+        summary=False,
+    )
+    max_image_pixels: int = setting(
+        "moderation",
+        "max_image_pixels",
+        40_000_000,
+        "an image with more pixels is not decoded: flagged image_oversized",
+        between=(1, 1_000_000_000),
+        summary=False,
+    )
     audit_retry_attempts: int = setting(
         "audit", "retry_attempts", 8, "tries per batch on transient errors", between=(1, 100), summary=False
     )
@@ -309,7 +373,12 @@ class PipelineConfig:
     @property
     def carries_content(self) -> bool:
         """Whether events carry their texts and images past validation: a model stage needs them."""
-        return self.carry_content or self.embeddings
+        return self.carry_content or self.embeddings or self.moderation
+
+    @property
+    def needs_vectors(self) -> bool:
+        """Whether the run embeds texts: for ``embeddings/`` and features, or for moderation."""
+        return self.embeddings or self.moderation
 
     def hmac_key(self) -> bytes | None:
         """The HMAC key for ``hmac-sha256`` mode, from the environment; ``None`` for sha256."""
@@ -395,6 +464,8 @@ def _checked(config: PipelineConfig, where: str) -> PipelineConfig:
     _check_pricing(config.pricing_path)
     if config.embeddings:
         _check_topics(config.topics_path, where)
+    if config.moderation:
+        _check_moderation(config, where)
     try:
         config.hmac_key()  # fail now, not in a worker, when the key is missing
     except ConfigError as exc:
@@ -459,6 +530,27 @@ def _check_topics(path: Path, where: str) -> None:
         raise ConfigError(f"{where}: embeddings.topics {str(path)!r} is not UTF-8: {exc.reason}") from None
     except ValueError as exc:
         raise ConfigError(f"{where}: embeddings.topics: {exc}") from None
+
+
+def _check_moderation(config: PipelineConfig, where: str) -> None:
+    for strictness, flag, reject in (
+        ("", config.flag_threshold, config.reject_threshold),
+        ("strict_", config.strict_flag_threshold, config.strict_reject_threshold),
+    ):
+        if not 0 < flag <= reject:
+            raise ConfigError(
+                f"{where}: moderation.{strictness}flag_threshold ({flag}) must be above 0 and at most "
+                f"moderation.{strictness}reject_threshold ({reject})"
+            )
+    for spec_name, path in (
+        ("moderation.blocklist", config.blocklist_path),
+        ("moderation.image_blocklist", config.image_blocklist_path),
+    ):
+        _read_regular_file(path, spec_name)
+        try:
+            schemas.list_file(path)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{where}: {spec_name} {str(path)!r} is not UTF-8: {exc.reason}") from None
 
 
 def _check_pricing(path: Path) -> None:

@@ -163,16 +163,6 @@ def path_outside_input(event: dict[str, Any], variant: int, rng: random.Random) 
     return _set(event, "output.image", {"path": path})
 
 
-def image_url_not_fetched(event: dict[str, Any], variant: int, rng: random.Random) -> bytes:
-    """A path image that is a URL; the pipeline never fetches one."""
-    url = (
-        "https://example.com/x.png",
-        "http://cdn.example.com/a/1.png",
-        "HTTPS://EXAMPLE.COM/B.PNG",
-    )
-    return _set(event, "output.image", {"path": url[variant % 3]})
-
-
 def image_not_found(event: dict[str, Any], variant: int, rng: random.Random) -> bytes:
     """A path image inside the folder that does not exist."""
     path = ("images/missing.png", "images/img-9999.png")[variant % 2]
@@ -219,7 +209,6 @@ INLINE_MAKERS: dict[Reason, BadLineMaker] = {
 #: Makers that need image files beside the JSONL (``images=True``).
 FILE_IMAGE_MAKERS: dict[Reason, BadLineMaker] = {
     Reason.PATH_OUTSIDE_INPUT: path_outside_input,
-    Reason.IMAGE_URL_NOT_FETCHED: image_url_not_fetched,
     Reason.IMAGE_NOT_FOUND: image_not_found,
     Reason.IMAGE_UNREADABLE: image_unreadable,
 }

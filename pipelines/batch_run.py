@@ -250,6 +250,11 @@ def _summary(
             embedding_cache_misses=counts.get("embedding_cache_misses", 0),
             embeddings_written=counts.get("embeddings_written", 0),
             user_features_written=counts.get("user_features_written", 0),
+            decisions_approved=counts.get("decisions_approved", 0),
+            decisions_flagged=counts.get("decisions_flagged", 0),
+            decisions_rejected=counts.get("decisions_rejected", 0),
+            moderation_rows_written=counts.get("moderation_rows_written", 0),
+            decision_rows_changed=counts.get("decision_rows_changed", 0),
             blank_lines=counts.get("blank_lines", 0),
             dead_letters_by_reason=dict(
                 sorted(

@@ -31,6 +31,7 @@ NAMESPACE = "aiep"
 DEAD_LETTER = "dead_letter"
 VIOLATIONS = "rate_limit_violations"
 EMBEDDINGS = "embeddings"
+MODERATION = "moderation"
 
 
 class _StageDoFn(beam.DoFn):  # type: ignore[misc]
@@ -129,10 +130,26 @@ class EmbedTexts(_StageDoFn):
         self.count(counts)
         for pane in panes:
             window = self._windows.pop(pane.key)
-            yield WindowedValue((pane.key, pane.events), window.start, (window,))
+            # Moderation, next, reads the texts' vectors too.
+            value = (pane.key, pane) if self._plan.config.moderation else (pane.key, pane.events)
+            yield WindowedValue(value, window.start, (window,))
             if pane.rows.num_rows:
                 rows = WindowedValue((pane_label(pane.key), pane.rows), window.start, (window,))
                 yield beam.pvalue.TaggedOutput(EMBEDDINGS, rows)
+
+
+class ModerateContent(_StageDoFn):
+    """A pane's events and texts' vectors → the events with their decisions; each distinct
+    content's ``moderation/`` row to a tagged output, keyed by content shard."""
+
+    def process(self, element: tuple[PaneKey, EmbeddedPane]) -> Iterator[Any]:
+        key, pane = element
+        events, rows, counts = self.worker.moderate(pane.events, pane.texts, pane.vectors)
+        self.count(counts)
+        yield key, events
+        refs = self.spill.put_many(MODERATION, [table for _, table in rows])
+        for (shard, _), ref in zip(rows, refs, strict=True):
+            yield beam.pvalue.TaggedOutput(MODERATION, (shard, ref))
 
 
 class ProfileWindows(_StageDoFn):
@@ -194,6 +211,14 @@ class WriteUserFeatures(_StageDoFn):
         self.count(self.worker.write_user_features(f"{shard:04d}", self.spill.load(paths)))
 
 
+class WriteModeration(_StageDoFn):
+    """Sinks: moderation Parquet and ``moderation_decisions``, one file per content shard."""
+
+    def process(self, element: tuple[int, Iterable[SpillRef]]) -> None:
+        shard, paths = element
+        self.count(self.worker.write_moderation(f"{shard:04d}", self.spill.load(paths)))
+
+
 class WriteDeadLetters(_StageDoFn):
     """Sink: dead_letter Parquet, one file per (source, bucket of lines)."""
 
@@ -230,10 +255,23 @@ def build(pipeline: beam.Pipeline, splits: list[InputSplit], plan: RunPlan, stag
         | "ApplyRateLimits" >> stage(ApplyRateLimits).with_outputs(VIOLATIONS, main="events")
     )
     ready = limited.events
-    if plan.config.embeddings:
+    config = plan.config
+    if config.needs_vectors:
         embedded = ready | "EmbedTexts" >> stage(EmbedTexts).with_outputs(EMBEDDINGS, main="events")
         ready = embedded.events
         _ = embedded[EMBEDDINGS] | "WriteEmbeddings" >> stage(WriteEmbeddings)
+    if config.moderation:
+        moderated = ready | "ModerateContent" >> stage(ModerateContent).with_outputs(
+            MODERATION, main="events"
+        )
+        ready = moderated.events
+        _ = (
+            moderated[MODERATION]
+            | "OutOfPanesForContents" >> beam.WindowInto(GlobalWindows())
+            | "GroupModerationByContentShard" >> beam.GroupByKey()
+            | "WriteModerationAndDecisions" >> stage(WriteModeration)
+        )
+    if config.embeddings:
         _ = (
             ready
             | "ProfileUserWindows" >> stage(ProfileWindows)

@@ -103,16 +103,24 @@ EMBED_BUFFER_TEXTS = 4096
 
 @dataclass(frozen=True)
 class EmbeddedPane:
-    """One pane's events with their prompt vectors (``PROMPT_VECTOR``), and its ``embeddings/`` rows."""
+    """One pane's events with their prompt vectors (``PROMPT_VECTOR``), its ``embeddings/`` rows,
+    and every text embedded with its vector (for moderation, rate-limited events' texts too)."""
 
     key: Any
     events: pa.Table
     rows: pa.Table
+    texts: TextsToEmbed
+    vectors: np.ndarray
 
 
 class EmbedTexts:
     """Embed the prompt and output text of each event not rate limited, each distinct text once:
     from the cache where it holds it, else from the model (then kept in the cache).
+
+    With ``rate_limited_too`` (moderation on) the texts of rate-limited events are embedded as
+    well, for the moderation model; they get no ``embeddings/`` rows. Without ``topics``
+    (embeddings off, moderation on) no event gets ``embeddings/`` rows: the vectors are only for
+    moderation.
 
     ``add`` gathers panes until they hold ``buffer_texts`` texts, then embeds them all at once;
     ``flush`` embeds what is gathered (an engine calls it at the end of a bundle or epoch).
@@ -122,13 +130,16 @@ class EmbedTexts:
     def __init__(
         self,
         embedder: CachedEmbedder,
-        topics: TopicIndex,
+        topics: TopicIndex | None,
         model: tuple[str, str],
         keep_text_chars: int,
         buffer_texts: int = EMBED_BUFFER_TEXTS,
+        *,
+        rate_limited_too: bool = False,
     ) -> None:
         self.embedder = embedder
         self.topics = topics
+        self.rate_limited_too = rate_limited_too
         self.model = model
         self.keep_text_chars = keep_text_chars
         self.buffer_texts = buffer_texts
@@ -147,7 +158,7 @@ class EmbedTexts:
 
     def add(self, key: Any, events: pa.Table) -> tuple[list[EmbeddedPane], Counts]:
         """Gather one pane's events; embed everything gathered once it holds enough texts."""
-        texts = texts_to_embed(events)
+        texts = texts_to_embed(events, rate_limited_too=self.rate_limited_too)
         self._pending.append((key, events, texts))
         self._pending_texts += len(texts)
         self._pending_rows += events.num_rows
@@ -165,21 +176,26 @@ class EmbedTexts:
             tuple(text for _, _, texts in pending for text in texts.texts),
         )
         done = self.embedder.embed_texts(together)
-        prompts = np.array([field == "input" for field in together.fields], dtype=bool)
-        names, scores = self.topics.top(np.where(prompts[:, None], done.vectors, np.nan))
         panes, start = [], 0
         for key, events, texts in pending:
             end = start + len(texts)
             vectors = done.vectors[start:end]
-            topics = (names[start:end], scores[start:end])
-            rows = embeddings_table(
-                events, texts, vectors, topics, self.model, self.keep_text_chars, self.schema
-            )
             flat = pa.array(prompt_vectors(events, texts, vectors).reshape(-1), pa.float32())
             column = pa.FixedSizeListArray.from_arrays(flat, self.dim)
-            panes.append(EmbeddedPane(key, events.append_column(PROMPT_VECTOR, column), rows))
+            rows = self._rows(events, texts, vectors)
+            panes.append(EmbeddedPane(key, events.append_column(PROMPT_VECTOR, column), rows, texts, vectors))
             start = end
         return panes, {"embedding_cache_hits": done.hits, "embedding_cache_misses": done.misses}
+
+    def _rows(self, events: pa.Table, texts: TextsToEmbed, vectors: np.ndarray) -> pa.Table:
+        """The ``embeddings/`` rows of a pane: its texts but those of rate-limited events."""
+        if self.topics is None:
+            return self.schema.empty_table()
+        limited = events.column("rate_limited").to_numpy(zero_copy_only=False)[texts.rows]
+        texts, vectors = texts.take(~limited), vectors[~limited]
+        prompts = np.array([field == "input" for field in texts.fields], dtype=bool)
+        topics = self.topics.top(np.where(prompts[:, None], vectors, np.nan))
+        return embeddings_table(events, texts, vectors, topics, self.model, self.keep_text_chars, self.schema)
 
 
 class ProfileWindows:

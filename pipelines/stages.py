@@ -25,6 +25,7 @@ database engine when the worker ends.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,11 +37,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
+from models.image_moderator import ImageModerator
+from models.moderation_text import TextModerator
+from transforms.image_checks import PhashBlocklist
+from transforms.moderation_rules import RuleSet
 
 import schemas
 from connectors.audit_sink import AuditSink, StoredEvents
 from connectors.config import PipelineConfig
 from connectors.database import open_engine
+from connectors.decision_sink import DecisionSink
 from connectors.embedding_cache import EmbeddingCache
 from connectors.images import FolderImageLoader
 from connectors.inputs import InputSplit
@@ -49,6 +55,7 @@ from connectors.readers import read_split
 from connectors.sinks import Counts, Sink
 from connectors.users import UserDirectory
 from models.embedder import TextEmbedder
+from pipelines.moderation import ModerateContent, ScreenImages, WriteModeration
 from pipelines.semantic import (
     CachedEmbedder,
     EmbedTexts,
@@ -71,6 +78,7 @@ from transforms.dedup import (
 from transforms.event_batch import (
     CONTENT,
     FINGERPRINT,
+    IMAGE_PATH,
     ORDER,
     RAW,
     SHARD,
@@ -80,12 +88,13 @@ from transforms.event_batch import (
     in_flight_schema,
 )
 from transforms.hashing import ContentHasher
+from transforms.moderation import Thresholds
 from transforms.personalization import UserFeatureWindows
 from transforms.rate_limit import RateLimits, apply_rate_limits
 from transforms.sharding import split_by_shard, split_by_shard_and_window, user_shard
 from transforms.tiers import resolve_tiers
 from transforms.topics import TopicIndex
-from transforms.validate import EventRules
+from transforms.validate import EventRules, is_url
 from transforms.windows import TumblingWindows, pane_seconds
 
 #: The tier of an event that names none and whose user has none (DESIGN.md, stage 3).
@@ -203,11 +212,26 @@ class ValidateHashPrice:
     def __call__(self, records: InputRecords) -> StageOutput:
         loader = FolderImageLoader(self.image_dirs[records.source_order], self.settings.rules.image_max_bytes)
         batch = enrich_records(records, self.settings, loader, self.schema)
+        events = batch.events
+        if IMAGE_PATH in events.column_names:
+            events = _resolved_image_paths(events, self.image_dirs[records.source_order])
         return StageOutput(
-            list(split_by_shard(batch.events, batch.events.column(SHARD))),
+            list(split_by_shard(events, events.column(SHARD))),
             dead_letter_files(batch.dead_letters),
             {"events_read": len(records.raws), "blank_lines": records.blank_lines},
         )
+
+
+def _resolved_image_paths(events: pa.Table, image_dir: str) -> pa.Table:
+    """Path images as paths the moderation stage can read again (the input's folder joined to the
+    relative path validation checked); http(s) URLs as they are."""
+    paths = events.column(IMAGE_PATH)
+    if paths.null_count == len(paths):
+        return events
+    resolved = [p if p is None or is_url(p) else os.path.join(image_dir, p) for p in paths.to_pylist()]
+    return events.set_column(
+        events.schema.get_field_index(IMAGE_PATH), IMAGE_PATH, pa.array(resolved, pa.string())
+    )
 
 
 class CollapseDuplicates:
@@ -529,8 +553,42 @@ class SpineWorker:
 
     @cached_property
     def embed_texts(self) -> EmbedTexts:
+        config = self.plan.config
         model = (self.embedder.name, self.embedder.version)
-        return EmbedTexts(self.cached_embedder, self.topics, model, self.plan.config.keep_text_chars)
+        topics = self.topics if config.embeddings else None
+        return EmbedTexts(
+            self.cached_embedder, topics, model, config.keep_text_chars, rate_limited_too=config.moderation
+        )
+
+    @cached_property
+    def moderate(self) -> ModerateContent:
+        config = self.plan.config
+        images = ScreenImages(
+            ImageModerator(),
+            PhashBlocklist(schemas.list_file(config.image_blocklist_path), config.image_hash_distance),
+            config.max_image_pixels,
+            self.settings.rules.image_max_bytes,
+        )
+        thresholds = (
+            Thresholds.of(config.flag_threshold, config.reject_threshold),
+            Thresholds.of(config.strict_flag_threshold, config.strict_reject_threshold),
+        )
+        return ModerateContent(
+            TextModerator.load(),
+            RuleSet(blocklist=schemas.list_file(config.blocklist_path)),
+            images,
+            self.users,
+            thresholds,
+            schemas.arrow_schema("moderation"),
+            config.shards,
+        )
+
+    @cached_property
+    def write_moderation(self) -> WriteModeration:
+        config = self.plan.config
+        decisions = DecisionSink(self.engine, config.audit_batch_rows, config.audit_retry_attempts)
+        self._sinks.append(decisions)
+        return WriteModeration(self.parquet("moderation"), decisions)
 
     @cached_property
     def profile(self) -> ProfileWindows:

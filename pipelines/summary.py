@@ -107,6 +107,13 @@ class RunSummary:
     embedding_cache_misses: Count
     embeddings_written: Count  # rows of embeddings/: one per embedded prompt or output text
     user_features_written: Count  # rows of user_features/: one per (user, window)
+    #: Events by their decision (the strictest of their contents' at their user's thresholds);
+    #: all 0 when moderation was off (``config.moderation``).
+    decisions_approved: Count
+    decisions_flagged: Count
+    decisions_rejected: Count
+    moderation_rows_written: Count  # rows of moderation/: one per distinct content moderated
+    decision_rows_changed: Count  # moderation_decisions rows this run inserted or changed
     blank_lines: Count
     dead_letters_by_reason: Mapping[Reason, Count]
     events_per_second: Count | None  # None when the run took no measurable time

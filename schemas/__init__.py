@@ -182,6 +182,22 @@ def _pricing_header_problem(header: list[str]) -> str | None:
 
 #: The default topic list of semantic analysis (``topics.json``).
 DEFAULT_TOPICS = HERE / "topics.json"
+DEFAULT_BLOCKLIST = HERE / "moderation_blocklist.txt"
+DEFAULT_IMAGE_BLOCKLIST = HERE / "image_blocklist.txt"
+
+
+def list_file(path: Path) -> tuple[str, ...]:
+    """The entries of a one-per-line list file (a blocklist): stripped, blank lines and ``#``
+    comments left out, in file order.
+
+    UnicodeDecodeError when the file is not UTF-8.
+    """
+    entries = []
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            entries.append(entry)
+    return tuple(entries)
 
 
 def topics(path: Path | None = None) -> list[tuple[str, str]]:

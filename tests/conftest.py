@@ -40,15 +40,18 @@ def run_cli(
     env: dict[str, str] | None = None,
     out_dir: Path | None = None,
     embeddings: bool = False,
+    moderation: bool = False,
 ) -> CliResult:
     """Run ``runner.py`` in a fresh process, exactly as a user would.
 
-    A ``run`` skips the embedding stage (``--no-embeddings``) unless ``embeddings=True``: most
-    tests are about other stages, and loading the model costs seconds.
+    A ``run`` skips the embedding stage (``--no-embeddings``) unless ``embeddings=True``, and
+    moderation (``--no-moderation``) unless ``moderation=True``: most tests are about other
+    stages, and loading the models costs seconds.
     """
     argv = [str(arg) for arg in args]
-    if argv[:1] == ["run"] and not embeddings and "--no-embeddings" not in argv:
-        argv.insert(argv.index("--") if "--" in argv else len(argv), "--no-embeddings")
+    for flag, wanted in (("--no-embeddings", embeddings), ("--no-moderation", moderation)):
+        if argv[:1] == ["run"] and not wanted and flag not in argv:
+            argv.insert(argv.index("--") if "--" in argv else len(argv), flag)
     proc = subprocess.run(
         [sys.executable, str(ROOT / "runner.py"), *argv],
         cwd=cwd or ROOT,
@@ -68,6 +71,7 @@ def run_pipeline(
     stdin: bytes | None = None,
     env: dict[str, str] | None = None,
     embeddings: bool = False,
+    moderation: bool = False,
 ) -> CliResult:
     """``runner.py run --input ... --out out_dir extra...``; fails the test unless it exits 0."""
     result = run_cli(
@@ -82,6 +86,7 @@ def run_pipeline(
         env=env,
         out_dir=out_dir,
         embeddings=embeddings,
+        moderation=moderation,
     )
     assert result.returncode == 0, f"run failed ({result.returncode}):\n{result.stderr}"
     return result

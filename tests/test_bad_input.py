@@ -148,12 +148,6 @@ CASES: list[tuple[str, bytes, str, bool]] = [
         False,
     ),
     (
-        "image_url",
-        line(event("b-img2", output={"image": {"path": "https://example.com/a.png"}})),
-        "image_url_not_fetched",
-        False,
-    ),
-    (
         "image_bad_base64",
         line(event("b-img3", output={"image": {"base64": "not base64!!", "mime": "image/png"}})),
         "invalid_image",

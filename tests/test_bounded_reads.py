@@ -54,7 +54,14 @@ def test_a_gzip_that_inflates_to_one_huge_line_is_cut_while_read(tmp_path: Path)
     assert source.stat().st_size < 4 << 20  # small on disk
 
     code, peak = peak_rss_mb(
-        "run", "--input", source, "--out", tmp_path / "out", "--no-progress", "--no-embeddings"
+        "run",
+        "--input",
+        source,
+        "--out",
+        tmp_path / "out",
+        "--no-progress",
+        "--no-embeddings",
+        "--no-moderation",
     )
     assert code == 0
     assert peak < PEAK_RSS_LIMIT_MB, f"peak RSS {peak:.0f} MB: the line was held in memory"

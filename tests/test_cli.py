@@ -520,6 +520,7 @@ def test_a_run_on_a_terminal_draws_its_progress_bar_to_100_percent_and_succeeds(
             "--out",
             str(tmp_path / "o"),
             "--no-embeddings",
+            "--no-moderation",
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

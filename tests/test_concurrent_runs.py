@@ -24,7 +24,7 @@ PROCESSES = 4
 
 def start(*args: str | Path) -> subprocess.Popen[bytes]:
     """``runner.py args`` in the background; a ``run`` without the embedding stage (not tested here)."""
-    extra = ["--no-embeddings"] if args[0] == "run" else []
+    extra = ["--no-embeddings", "--no-moderation"] if args[0] == "run" else []
     return subprocess.Popen(
         [sys.executable, str(ROOT / "runner.py"), *map(str, args), *extra],
         stdout=subprocess.PIPE,

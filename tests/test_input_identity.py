@@ -128,7 +128,8 @@ def test_events_a_killed_run_stored_but_never_wrote_are_written_by_the_next_run(
     out = workspace / "out"
     killed = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "kill_at.py"), "connectors.database:BatchWriter._execute",
-         "after", "1", "--", "run", "--input", str(data), "--out", str(out), "--no-embeddings"],
+         "after", "1", "--", "run", "--input", str(data), "--out", str(out), "--no-embeddings",
+         "--no-moderation"],
         cwd=ROOT, capture_output=True, timeout=300,
     )  # fmt: skip
     assert killed.returncode == -signal.SIGKILL

@@ -134,7 +134,11 @@ def test_the_progress_of_a_gzip_input_never_passes_its_total(tmp_path: Path) -> 
     packed = generate(tmp_path / "events.jsonl.gz", 6000, 3)
     reports: list[tuple[int, int]] = []
     summary = run_batch(
-        RunRequest(inputs=[str(packed)], out_dir=tmp_path / "out", overrides={"embeddings": False}),
+        RunRequest(
+            inputs=[str(packed)],
+            out_dir=tmp_path / "out",
+            overrides={"embeddings": False, "moderation": False},
+        ),
         on_progress=lambda done, total: reports.append((done, total)),
     )
     inflated = len(gzip.decompress(packed.read_bytes()))

@@ -97,6 +97,7 @@ def test_a_run_killed_at_any_moment_then_rerun_equals_a_clean_run(
         "--config",
         str(workload["config"]),
         "--no-embeddings",
+        "--no-moderation",
     ]
     killed = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "kill_at.py"), target, when, str(nth), "--", *args],

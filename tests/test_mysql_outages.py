@@ -90,7 +90,15 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> Workload:
 
 def run_args(load: Workload, audit_url: str) -> list[str]:
     """The options of ``runner.py run`` after ``--input`` and ``--out``: audit store and config."""
-    return ["--audit-db", audit_url, "--config", str(load.config), "--no-progress", "--no-embeddings"]
+    return [
+        "--audit-db",
+        audit_url,
+        "--config",
+        str(load.config),
+        "--no-progress",
+        "--no-embeddings",
+        "--no-moderation",
+    ]
 
 
 @contextmanager

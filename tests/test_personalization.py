@@ -45,6 +45,7 @@ class Event:
     modality: str = "text"
     cost: str | None = "0.001000"
     prompt: np.ndarray | None = None
+    decision: str | None = None
 
 
 def batch(*events: Event) -> tuple[pa.Table, np.ndarray]:
@@ -59,6 +60,7 @@ def batch(*events: Event) -> tuple[pa.Table, np.ndarray]:
             "cost": pa.array(
                 [None if ev.cost is None else Decimal(ev.cost) for ev in events], pa.decimal128(10, 6)
             ),
+            "decision": pa.array([ev.decision for ev in events], pa.string()),
         }
     )
     vectors = np.full((len(events), DIM), np.nan, dtype=np.float32)
@@ -88,7 +90,7 @@ def test_a_window_counts_its_events_by_operation_and_by_modality() -> None:
     assert row["events"] == 4
     assert dict(row["events_by_operation"]) == {"chat": 2, "image_gen": 1, "embed": 1}
     assert (row["text_events"], row["image_events"]) == (3, 1)
-    assert row["flag_rate"] is None  # moderation is not built yet
+    assert row["flag_rate"] is None  # no decisions: moderation was off
 
 
 def test_cost_is_the_exact_sum_of_priced_costs_and_null_costs_count_as_unpriced() -> None:
@@ -235,10 +237,12 @@ def test_affinity_is_the_cosine_to_the_declared_prefs_and_null_without_them() ->
     assert user_without["affinity"] is None
 
 
-def test_flag_rate_is_written_where_a_later_stage_gives_it() -> None:
-    start_us = int(T0.timestamp()) * 1_000_000
-    rows = features(Event(1, T0), Event(2, T0), flag_rates={(1, start_us): 0.25})
-    assert [r["flag_rate"] for r in rows] == [0.25, None]
+def test_flag_rate_is_the_share_of_decided_events_flagged_or_rejected() -> None:
+    decisions = ["approved", "flagged", "rejected", "approved", None]
+    rows = features(
+        *(Event(1, T0 + timedelta(minutes=i), decision=d) for i, d in enumerate(decisions)), Event(2, T0)
+    )
+    assert [r["flag_rate"] for r in rows] == [0.5, None]  # 2 of the 4 with a decision; user 2: none
 
 
 def test_an_accumulator_without_events_extracts_no_rows() -> None:

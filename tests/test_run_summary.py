@@ -33,7 +33,11 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunSummary, Path
     base = tmp_path_factory.mktemp("summary")
     generate_events(300, base / "events.jsonl", seed=5)
     returned = run_batch(
-        RunRequest(inputs=[str(base / "events.jsonl")], out_dir=base / "out", overrides={"embeddings": False})
+        RunRequest(
+            inputs=[str(base / "events.jsonl")],
+            out_dir=base / "out",
+            overrides={"embeddings": False, "moderation": False},
+        )
     )
     (written,) = (base / "out" / "_runs").glob("*.json")
     return returned, written

@@ -40,7 +40,10 @@ def line(event_id: str, when: str, user: int = 7, **fields: Any) -> bytes:
 
 def plan_for(tmp_path: Path, audit_url: str, quota: int = 2, shards: int = 2) -> RunPlan:
     config = PipelineConfig(
-        shards=shards, quotas={"free": quota, "pro": 100, "enterprise": 1000}, embeddings=False
+        shards=shards,
+        quotas={"free": quota, "pro": 100, "enterprise": 1000},
+        embeddings=False,
+        moderation=False,
     )
     return RunPlan(
         run_id="r1",

@@ -45,7 +45,6 @@ class Reason(StrEnum):
     UNKNOWN_TIER = "unknown_tier"
     INVALID_IMAGE = "invalid_image"
     IMAGE_TOO_LARGE = "image_too_large"
-    IMAGE_URL_NOT_FETCHED = "image_url_not_fetched"
     PATH_OUTSIDE_INPUT = "path_outside_input"
     IMAGE_NOT_FOUND = "image_not_found"
     IMAGE_UNREADABLE = "image_unreadable"

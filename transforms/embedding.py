@@ -47,9 +47,22 @@ class TextsToEmbed:
     def __len__(self) -> int:
         return len(self.hashes)
 
+    def take(self, picked: np.ndarray) -> TextsToEmbed:
+        """The texts at the positions ``picked`` (a bool mask or indices), in order."""
+        at = np.flatnonzero(picked) if picked.dtype == bool else picked
+        return TextsToEmbed(
+            self.rows[at],
+            tuple(self.fields[i] for i in at),
+            tuple(self.hashes[i] for i in at),
+            tuple(self.texts[i] for i in at),
+        )
 
-def texts_to_embed(events: pa.Table) -> TextsToEmbed:
+
+def texts_to_embed(events: pa.Table, *, rate_limited_too: bool = False) -> TextsToEmbed:
     """The prompt and output texts of ``events`` that are to be embedded, by field then row.
+
+    ``rate_limited_too`` takes the texts of rate-limited events as well: moderation scores every
+    event, and its model reads the texts' vectors.
 
     >>> from transforms.event_batch import INPUT_TEXT, OUTPUT_TEXT
     >>> t = pa.table({"rate_limited": [False, True, False], "input_hash": ["a", "b", "c"],
@@ -59,7 +72,8 @@ def texts_to_embed(events: pa.Table) -> TextsToEmbed:
     >>> found.rows.tolist(), found.fields, found.texts
     ([0, 0], ('input', 'output'), ('hi', 'yo'))
     """
-    allowed = pc.invert(events.column("rate_limited"))
+    rate_limited = events.column("rate_limited")
+    allowed = pc.invert(rate_limited) if not rate_limited_too else pc.is_valid(rate_limited)
     rows: list[np.ndarray] = []
     fields: list[str] = []
     hashes: list[str] = []

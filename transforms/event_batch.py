@@ -26,6 +26,7 @@ from transforms.validate import (
     EventRules,
     ImageRef,
     ValidEvent,
+    is_url,
     json_bytes,
     metadata_json,
     parse_record,
@@ -175,11 +176,13 @@ def _event_row(
     fingerprint = hashlib.blake2b(json_bytes(_canonical(obj, event), rules, sort_keys=True), digest_size=16)
     output_hash = hasher.text(event.output_text)
     image_hash = None
-    if image_bytes is not None:
+    if event.image is not None:
+        # An http(s) image is never fetched: it is known by its URL (moderation flags it unscanned).
+        digest = hasher.data(image_bytes) if image_bytes is not None else hasher.text(event.image.path)
         if output_hash is None:
-            output_hash = hasher.data(image_bytes)
+            output_hash = digest
         else:
-            image_hash = hasher.data(image_bytes)
+            image_hash = digest
     return (
         event.event_id,
         event.event_time,
@@ -187,7 +190,7 @@ def _event_row(
         event.operation_type,
         event.model,
         event.ai_tier,
-        image_bytes is not None,
+        event.image is not None,
         hasher.text(event.input_text),
         output_hash,
         image_hash,
@@ -281,7 +284,7 @@ def _image_bytes(image: ImageRef | None, load_image: ImageLoader, rules: EventRu
     if image is None:
         return None
     if image.path is not None:
-        return load_image(image.path)
+        return None if is_url(image.path) else load_image(image.path)
     assert image.base64 is not None
     try:
         data = base64.b64decode(image.base64, validate=True)

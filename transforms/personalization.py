@@ -38,6 +38,9 @@ class WindowAggregate:
     cost_micros: int = 0
     unpriced_events: int = 0
     prompts_embedded: int = 0
+    #: Events with a moderation decision, and those flagged or rejected: the flag rate.
+    moderated: int = 0
+    flagged: int = 0
     by_operation: dict[str, int] = field(default_factory=dict)
     #: The float64 sum of the prompt vectors; ``None`` while there are none.
     vector_sum: np.ndarray | None = None
@@ -52,6 +55,8 @@ class WindowAggregate:
         self.cost_micros += other.cost_micros
         self.unpriced_events += other.unpriced_events
         self.prompts_embedded += other.prompts_embedded
+        self.moderated += other.moderated
+        self.flagged += other.flagged
         if other.vector_sum is not None:
             self.vector_sum = (
                 other.vector_sum.copy() if self.vector_sum is None else self.vector_sum + other.vector_sum
@@ -124,7 +129,9 @@ class UserFeatureWindows:
             acc: the accumulator to add to.
             events: ``user_id`` int64, ``event_time`` timestamp, ``operation_type`` and
                 ``modality`` (``"text"`` or ``"image"``) strings, ``cost`` decimal with at most
-                6 places, null when the event is unpriced; other columns are ignored.
+                6 places, null when the event is unpriced; an optional ``decision`` (moderation's: the
+                flag rate counts flagged and rejected events among those with one); other
+                columns are ignored.
             prompt_vectors: ``(events.num_rows, dim)`` floats; a row holding NaN is an event
                 without a prompt vector.
         """
@@ -155,7 +162,6 @@ class UserFeatureWindows:
         topics: TopicIndex,
         prefs: Mapping[int, np.ndarray],
         previous: Mapping[int, np.ndarray] | None = None,
-        flag_rates: Mapping[tuple[int, int], float] | None = None,
     ) -> pa.Table:
         """The ``user_features`` rows of ``acc``, sorted by ``(user_id, window_start)``.
 
@@ -170,8 +176,6 @@ class UserFeatureWindows:
             previous: each user's last interest vector before ``acc``'s windows (from
                 :func:`last_interest_vectors` of an earlier pane); a user missing here starts
                 with a NULL ``drift``.
-            flag_rates: ``flag_rate`` by ``(user_id, window_start µs)``, once moderation
-                provides it; NULL where missing.
         """
         keys = sorted(acc.windows)
         starts = np.array([start for _, start in keys], dtype=np.int64)
@@ -186,7 +190,9 @@ class UserFeatureWindows:
                 [sorted(a.by_operation.items()) for a in aggregates], self._type("events_by_operation")
             ),
             "cost": pa.array([Decimal(a.cost_micros).scaleb(-6) for a in aggregates], self._type("cost")),
-            "flag_rate": pa.array([(flag_rates or {}).get(key) for key in keys], pa.float64()),
+            "flag_rate": pa.array(
+                [a.flagged / a.moderated if a.moderated else None for a in aggregates], pa.float64()
+            ),
             **self._vector_columns(keys, aggregates, topics, prefs, previous),
         }
         return pa.Table.from_arrays([columns[name] for name in self.schema.names], schema=self.schema)
@@ -343,6 +349,7 @@ def _aggregate(events: pa.Table, vectors: np.ndarray, group: np.ndarray, n: int)
     cost_micros = np.zeros(n, dtype=np.int64)
     np.add.at(cost_micros, group[priced], np.asarray(pc.fill_null(micros, 0).to_numpy())[priced])
     embedded = ~np.isnan(vectors).any(axis=1)
+    moderated, flagged = _moderated(events)
     vector_sums = np.zeros((n, vectors.shape[1]))
     np.add.at(vector_sums, group[embedded], vectors[embedded].astype(np.float64))
     counts = (  # in the order of WindowAggregate's fields
@@ -352,6 +359,8 @@ def _aggregate(events: pa.Table, vectors: np.ndarray, group: np.ndarray, n: int)
         cost_micros.tolist(),
         count(~priced),
         count(embedded),
+        count(moderated),
+        count(flagged),
     )
     batch = [WindowAggregate(*window) for window in zip(*counts, strict=True)]
     for aggregate, vector_sum in zip(batch, vector_sums, strict=True):
@@ -364,3 +373,15 @@ def _aggregate(events: pa.Table, vectors: np.ndarray, group: np.ndarray, n: int)
     for window, operation, count_all in zip(*(pairs.column(i).to_pylist() for i in range(3)), strict=True):
         batch[window].by_operation[operation] = count_all
     return batch
+
+
+def _moderated(events: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Per event: whether it has a moderation decision, and whether that is flagged or rejected
+    (no ``decision`` column, or a null one: moderation was off)."""
+    if "decision" not in events.column_names:
+        none = np.zeros(events.num_rows, dtype=bool)
+        return none, none
+    decision = events.column("decision")
+    moderated = np.asarray(decision.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    approved = pc.fill_null(pc.equal(decision, "approved"), True).to_numpy(zero_copy_only=False)
+    return moderated, moderated & ~np.asarray(approved, dtype=bool)
