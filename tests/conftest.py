@@ -92,6 +92,42 @@ def run_pipeline(
     return result
 
 
+#: A ``sitecustomize`` that lets a child process reach local sockets only, and logs what it blocked.
+NETWORK_GUARD = """
+import os, socket
+LOG = os.environ["AIEP_TEST_NETWORK_LOG"]
+open(LOG, "a").write("guard installed\\n")
+LOCAL = ("127.0.0.1", "::1", "localhost")
+_connect = socket.socket.connect
+_getaddrinfo = socket.getaddrinfo
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in LOCAL:
+        open(LOG, "a").write(f"blocked connect {address!r}\\n")
+        raise OSError(f"network blocked by the test: {address!r}")
+    return _connect(self, address)
+def getaddrinfo(host, *args, **kwargs):
+    if host not in LOCAL and host is not None:
+        open(LOG, "a").write(f"blocked lookup {host!r}\\n")
+        raise socket.gaierror(f"network blocked by the test: {host!r}")
+    return _getaddrinfo(host, *args, **kwargs)
+socket.socket.connect = connect
+socket.getaddrinfo = getaddrinfo
+"""
+
+
+def offline_env(base: Path) -> dict[str, str]:
+    """The environment of a child process that can reach no non-local address (the guard logs to
+    ``env["AIEP_TEST_NETWORK_LOG"]``), with ``HF_HUB_OFFLINE`` unset: models must load anyway."""
+    guard = base / "guard"
+    guard.mkdir(exist_ok=True)
+    (guard / "sitecustomize.py").write_text(NETWORK_GUARD)
+    return {
+        "PYTHONPATH": str(guard),
+        "AIEP_TEST_NETWORK_LOG": str(base / "network.log"),
+        "HF_HUB_OFFLINE": "0",
+    }
+
+
 def read_dataset(out_dir: Path, dataset: str, order_by: str) -> list[dict[str, Any]]:
     """Every row of a Parquet dataset, read by DuckDB with Hive partitioning (``dt`` included)."""
     files = list((out_dir / dataset).glob("dt=*/*.parquet"))

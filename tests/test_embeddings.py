@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import read_dataset, run_cli, run_pipeline
+from tests.conftest import offline_env, read_dataset, run_cli, run_pipeline
 
 START = datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
 PLANTED = "How do I bake sourdough bread with a starter at home?"
@@ -72,28 +72,6 @@ def workload() -> list[dict[str, Any]]:
     return events
 
 
-GUARD = """
-import os, socket
-LOG = os.environ["AIEP_TEST_NETWORK_LOG"]
-open(LOG, "a").write("guard installed\\n")
-LOCAL = ("127.0.0.1", "::1", "localhost")
-_connect = socket.socket.connect
-_getaddrinfo = socket.getaddrinfo
-def connect(self, address):
-    if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in LOCAL:
-        open(LOG, "a").write(f"blocked connect {address!r}\\n")
-        raise OSError(f"network blocked by the test: {address!r}")
-    return _connect(self, address)
-def getaddrinfo(host, *args, **kwargs):
-    if host not in LOCAL and host is not None:
-        open(LOG, "a").write(f"blocked lookup {host!r}\\n")
-        raise socket.gaierror(f"network blocked by the test: {host!r}")
-    return _getaddrinfo(host, *args, **kwargs)
-socket.socket.connect = connect
-socket.getaddrinfo = getaddrinfo
-"""
-
-
 def with_user_prefs(out: Path) -> None:
     """An output directory whose audit store knows user 1's declared topics."""
     out.mkdir()
@@ -126,16 +104,14 @@ def semantic_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     out = base / "out"
     with_user_prefs(out)
-    guard = base / "guard"
-    guard.mkdir()
-    (guard / "sitecustomize.py").write_text(GUARD)
-    log = base / "network.log"
+    offline = offline_env(base)
+    log = Path(offline["AIEP_TEST_NETWORK_LOG"])
     result = run_pipeline(
         [source],
         out,
         "--config",
         config,
-        env={"PYTHONPATH": str(guard), "AIEP_TEST_NETWORK_LOG": str(log), "HF_HUB_OFFLINE": "0"},
+        env=offline,
         embeddings=True,
     )
     return {
