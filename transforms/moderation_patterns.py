@@ -278,7 +278,7 @@ PROMPT_INJECTION_FAMILIES: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] =
     ),
     _family(
         ("pretend", "imagine"),
-        r"(?:pretend|imagine)\s+(?:that\s+)?you\s+(?:have\s+no|(?:do\s+not|don't|don’t)\s+have\s+(?:any\s+)?)"
+        r"(?:pretend|imagine)\s+(?:that\s+)?you\s+(?:have\s+no|(?:do\s+not|don't|don’t)\s+have(?:\s+any)?)\s+"
         r"(?:[\w']+\s+){0,2}?(?:restrictions|rules|limits|limitations|filters|guidelines|policies|ethics)\b",
     ),
     # chat-template tokens and fake instruction headers pasted into a user turn
