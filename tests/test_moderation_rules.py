@@ -1,6 +1,7 @@
 """Moderation rules (transforms/moderation_rules.py): every rule fires on what it names and stays
 quiet on the look-alikes a careless pattern takes for it (years, prices, versions, prose about
-keys); the blocklist matches whole words after NFKC and casefolding; long hostile inputs return.
+keys); the blocklist matches whole words after NFKC and casefolding. Checksums and hostile inputs:
+tests/test_moderation_checks.py.
 
 Secret-shaped fixtures are assembled from pieces (``PEM_BEGIN + ...``), so that secret scanners
 reading this repository do not take the test data for leaked credentials.
@@ -14,8 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.moderation_checks import iban_valid, luhn_valid
-from transforms.moderation_patterns import IBAN_LENGTHS, PROMPT_INJECTION_FAMILIES
+from transforms.moderation_patterns import PROMPT_INJECTION_FAMILIES
 from transforms.moderation_rules import PII_AND_SECRETS, RULES, RuleSet, fold
 
 RULE_SET = RuleSet()
@@ -368,6 +368,7 @@ def test_without_a_blocklist_nothing_is_blocklisted() -> None:
     assert "blocklist" not in fired("any words at all")
 
 
+@settings(deadline=None)
 @given(
     phrase=st.text(alphabet="abcdefghijklmnopqrstuvwxyzäöüß", min_size=1, max_size=12),
     before=st.text(alphabet="abc XYZ.,!", max_size=30),
@@ -387,111 +388,13 @@ POSITIVES = [text for _, text, expected in CASES + SECRET_CASES if expected] + I
 PROSE = st.text(alphabet="abcdefghij ABC.,!?'\n", max_size=200)
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 @given(positive=st.sampled_from(POSITIVES), before=PROSE, after=PROSE)
 def test_surrounding_prose_never_hides_a_hit(positive: str, before: str, after: str) -> None:
     assert set(fired(positive)) <= set(fired(f"{before} {positive} {after}"))
 
 
+@settings(deadline=None)
 @given(texts=st.lists(st.one_of(st.none(), st.sampled_from(POSITIVES), PROSE), max_size=12))
 def test_a_batch_answers_as_its_texts_would_one_by_one(texts: list[str | None]) -> None:
     assert RULE_SET.hits(texts) == [fired(text) for text in texts]
-
-
-@given(digits=st.text(alphabet="0123456789", min_size=12, max_size=18), position=st.integers(0, 17))
-def test_luhn_catches_every_single_digit_error(digits: str, position: int) -> None:
-    check = next(d for d in "0123456789" if luhn_valid(digits + d))
-    number = digits + check
-    i = position % len(number)
-    wrong = str((int(number[i]) + 1) % 10)
-    assert not luhn_valid(number[:i] + wrong + number[i + 1 :])
-
-
-@given(
-    country=st.sampled_from(sorted(IBAN_LENGTHS)),
-    data=st.data(),
-)
-def test_an_iban_with_computed_check_digits_is_valid_and_any_other_check_digits_are_not(
-    country: str, data: st.DataObject
-) -> None:
-    bban = data.draw(
-        st.text(alphabet="0123456789", min_size=IBAN_LENGTHS[country] - 4, max_size=IBAN_LENGTHS[country] - 4)
-    )
-    numeric = int("".join(str(int(c, 36)) for c in bban + country + "00"))
-    check = f"{98 - numeric % 97:02d}"
-    assert iban_valid(country + check + bban)
-    other = data.draw(st.integers(2, 98).filter(lambda n: n != int(check)))
-    assert not iban_valid(f"{country}{other:02d}{bban}")
-
-
-# --- Hostile inputs return (no catastrophic backtracking); time is never asserted ---------------
-
-N = 100_000
-HOSTILE = {
-    "digits": "1" * N,
-    "spaced digits": "1 " * (N // 2),
-    "dashed digits": "4-" * (N // 2),
-    "plus signs": "+1 " * (N // 3),
-    "parentheses": "(415) " * (N // 6),
-    "PEM headers": PEM_BEGIN * (N // 11),
-    "PEM headers with key type": (PEM_BEGIN + "PRIVATE KEY-----\n") * (N // 28),
-    "PEM header lines": PEM_BEGIN + "PRIVATE KEY-----\n" + "A: b\n" * (N // 5),
-    "at signs": "a@" * (N // 2),
-    "a long local part": "a" * N + "@example.com",
-    "dotted labels": "x@" + "a." * (N // 2),
-    "JWT prefix": "eyJ" + "a" * N,
-    "JWT parts": "eyJhbGciOiJub25lIn0." * (N // 20),
-    "nested JSON header": "eyJ" + "W1s" * (N // 3) + ".aa.bb",
-    "override verbs": "ignore all " * (N // 11),
-    "whitespace": "ignore" + " " * N,
-    "key prefixes": "sk-ghp_xoxb-AKIA" * (N // 16),
-    "secret names": "aws_secret_access_key=" + "a/" * (N // 2),
-    "IBAN prefixes": "DE89 " + "AAAA " * (N // 5),
-    "SSN fragments": "123-45-" * (N // 7),
-    "invisible characters": "x\u200b" * (N // 2),
-}
-
-
-@pytest.mark.parametrize("text", HOSTILE.values(), ids=HOSTILE.keys())
-def test_hostile_inputs_of_100k_characters_return(text: str) -> None:
-    (result,) = RuleSet(blocklist=("a", "ignore all")).hits([text])
-    assert set(result) <= set(RULES)
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    st.lists(
-        st.sampled_from(
-            [
-                "1",
-                "0",
-                " ",
-                "-",
-                ".",
-                "+",
-                "(",
-                ")",
-                "@",
-                "a",
-                "Z",
-                "eyJ",
-                "AKIA",
-                "sk-",
-                "\n",
-                "ignore ",
-                "all ",
-                "previous ",
-                PEM_BEGIN,
-                "PRIVATE KEY-----",
-                "/",
-                "=",
-                "_",
-            ]
-        ),
-        min_size=1000,
-        max_size=5000,
-    )
-)
-def test_random_long_strings_of_pattern_fragments_return(fragments: list[str]) -> None:
-    (result,) = RuleSet(blocklist=("a",)).hits(["".join(fragments)])
-    assert set(result) <= set(RULES)
