@@ -364,6 +364,14 @@ def test_a_blocklist_entry_that_cannot_match_is_refused_at_construction(
         RuleSet(blocklist=blocklist)  # type: ignore[arg-type]
 
 
+def test_a_long_blocklist_of_words_and_phrases_finds_each_and_only_them() -> None:
+    words = [f"word{i}" for i in range(5000)]
+    phrases = [f"two words{i}" for i in range(500)] + ["c++", "f*ck"]
+    rules = RuleSet(blocklist=tuple(words + phrases))
+    texts = ["say WORD4999 now", "two  words499!", "no word5000 or words500", "what the F*CK", "c+"]
+    assert rules.hits(texts) == [("blocklist",), ("blocklist",), (), ("blocklist",), ()]
+
+
 def test_without_a_blocklist_nothing_is_blocklisted() -> None:
     assert "blocklist" not in fired("any words at all")
 

@@ -6,7 +6,9 @@ count (checksums, lengths, group shapes, context). Two habits keep them fast on 
 * no nested quantifier can split the same characters two ways (a separator is required between
   repeated groups, or the groups' classes do not overlap), so a failing match backtracks a
   bounded number of steps, never exponentially;
-* every repetition has an upper bound, so one start position costs at most a few hundred steps.
+* every repetition of a PII or secret pattern has an upper bound, so one start position costs at
+  most a bounded number of steps (the injection phrases' unbounded ``\\s+`` only spans the whitespace
+  between two words, which nothing else in the pattern can also match).
 
 Patterns that read prose (prompt injection) run on NFKC-normalised, casefolded text, so they are
 written in lower case; all others run on NFKC text and keep their case.
@@ -159,7 +161,8 @@ API_KEY_MARKERS: tuple[str, ...] = (
 )  # fmt: skip
 
 #: Tokens of API vendors, by their published prefixes (GitHub, Slack, Stripe, OpenAI, Anthropic,
-#: Hugging Face, GitLab, npm, SendGrid). ``body`` is the random part, checked for mixed characters.
+#: Hugging Face, GitLab, npm, SendGrid). Each vendor's named group holds the token's random part,
+#: which the check requires to mix character classes (placeholders such as ``xxxx…`` do not).
 API_KEY = re.compile(
     r"(?<![\w\-])(?:gh[pousr]_(?P<github>[A-Za-z0-9]{36})"
     r"|github_pat_(?P<github_pat>[A-Za-z0-9]{22}_[A-Za-z0-9]{59})"

@@ -98,28 +98,46 @@ def fold(text: str) -> str:
     return unicodedata.normalize("NFKC", normalise(text).casefold())
 
 
-def blocklist_pattern(phrases: Sequence[str]) -> re.Pattern[str] | None:
-    """One regex for the operator's phrases: folded, whole words, any run of spaces between words.
+_WORD = re.compile(r"\w+")
 
-    Each phrase must neither follow nor precede a letter, digit or ``_`` (so "ass" does not fire
-    inside "class"). The boundary before a phrase is checked after its first character is
-    matched, so the regex keeps a first-character prefilter and skips most of the text quickly.
 
-    >>> p = blocklist_pattern(["Bad Word", "ass"])
-    >>> bool(p.search(fold("a BAD\\nword here"))), bool(p.search(fold("first class pass")))
-    (True, False)
-    >>> blocklist_pattern([]) is None
-    True
+@dataclass(frozen=True)
+class Blocklist:
+    """The operator's phrases, folded, ready to find as whole words in folded text.
+
+    A phrase must neither follow nor precede a letter, digit or ``_`` (so "ass" does not fire
+    inside "class"); any run of whitespace stands for a space. One-word phrases, the usual
+    case, are a set that each word of a text is looked up in, so a long list costs no more than
+    a short one; the others ("launch codes", "c++") make one regex.
+
+    >>> b = Blocklist.of(["Bad Word", "ass", "C++"])
+    >>> b.found_in(fold("a BAD\\nword here")), b.found_in(fold("first class pass")), b.found_in("c++ rocks")
+    (True, False, True)
     """
-    if not phrases:
-        return None
-    alternatives = []
-    for words in sorted({tuple(fold(p).split()) for p in phrases}, key=lambda w: -len(" ".join(w))):
-        phrase = r"\s+".join(map(re.escape, words))
-        # Written as "first char, then nothing wordy before it": (?<!\w) first would hide the prefix.
-        first_len = len(re.escape(words[0][0]))
-        alternatives.append(phrase[:first_len] + r"(?<!\w[\s\S])" + phrase[first_len:])
-    return re.compile("(?:" + "|".join(alternatives) + r")(?!\w)")
+
+    words: frozenset[str]
+    pattern: re.Pattern[str] | None
+
+    @classmethod
+    def of(cls, phrases: Sequence[str]) -> Blocklist:
+        """Fold and sort the phrases; they must already be validated (see :class:`RuleSet`)."""
+        folded = {tuple(fold(phrase).split()) for phrase in phrases}
+        words = frozenset(w[0] for w in folded if len(w) == 1 and _WORD.fullmatch(w[0]))
+        alternatives = []
+        for phrase in sorted(w for w in folded if len(w) > 1 or w[0] not in words):
+            pattern = r"\s+".join(map(re.escape, phrase))
+            # "First character, then nothing wordy before it": a leading (?<!\w) would cost the
+            # regex its first-character prefilter, and it would try every position of the text.
+            first = len(re.escape(phrase[0][0]))
+            alternatives.append(pattern[:first] + r"(?<!\w[\s\S])" + pattern[first:])
+        regex = re.compile("(?:" + "|".join(alternatives) + r")(?!\w)") if alternatives else None
+        return cls(words, regex)
+
+    def found_in(self, folded: str) -> bool:
+        """Whether a folded text (:func:`fold`) holds one of the phrases as whole words."""
+        if self.words and not self.words.isdisjoint(_WORD.findall(folded)):
+            return True
+        return self.pattern is not None and self.pattern.search(folded) is not None
 
 
 @dataclass(frozen=True)
@@ -139,7 +157,7 @@ class RuleSet:
     """
 
     blocklist: tuple[str, ...] = ()
-    _blocklist: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    _blocklist: Blocklist | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.blocklist, str):
@@ -150,7 +168,7 @@ class RuleSet:
             if not fold(phrase).split():
                 raise ValueError(f"blocklist[{i}] is {phrase!r}: a phrase needs a visible character")
         object.__setattr__(self, "blocklist", tuple(self.blocklist))
-        object.__setattr__(self, "_blocklist", blocklist_pattern(self.blocklist))
+        object.__setattr__(self, "_blocklist", Blocklist.of(self.blocklist) if self.blocklist else None)
 
     def hits(self, texts: Sequence[str | None]) -> list[tuple[str, ...]]:
         """Per text, the names of the rules that fired, in :data:`RULES` order; ``()`` for None or ''.
@@ -183,6 +201,6 @@ class RuleSet:
         folded = fold(text)
         if has_prompt_injection(folded):
             fired.append("prompt_injection")
-        if self._blocklist is not None and self._blocklist.search(folded) is not None:
+        if self._blocklist is not None and self._blocklist.found_in(folded):
             fired.append("blocklist")
         return tuple(fired)
