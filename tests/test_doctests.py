@@ -32,6 +32,9 @@ MODULES = [
     "loadgen.images",
     "loadgen.load",
     "loadgen.text",
+    "transforms.image_checks",
+    "models.nudenet_detector",
+    "models.image_moderator",
 ]
 
 
