@@ -111,23 +111,36 @@ def preprocess(rgb: np.ndarray) -> np.ndarray:
     rows, next_rows, row_weight, next_row_weight = _taps(side)
     cols, next_cols, col_weight, next_col_weight = _taps(side)
 
-    def pick(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-        # The square's pixels at (ys, xs): the image's, black in the pad beyond it.
-        block = rgb[np.ix_(np.minimum(ys, height - 1), np.minimum(xs, width - 1))].astype(np.int32)
+    def square_rows(ys: np.ndarray) -> np.ndarray:
+        # The letterboxed square's rows ys: the image's, black below it.
+        block = np.take(rgb, ys, axis=0, mode="clip")
         block[ys >= height] = 0
-        block[:, xs >= width] = 0
         return block
 
-    col_w, next_col_w = col_weight[None, :, None], next_col_weight[None, :, None]
-    top = pick(rows, cols) * col_w + pick(rows, next_cols) * next_col_w
-    bottom = pick(next_rows, cols) * col_w + pick(next_rows, next_cols) * next_col_w
-    # OpenCV's vectorised vertical pass: 16-bit products keeping their high half, then a rounding shift.
-    summed = ((row_weight[:, None, None] * (top >> 4)) >> 16) + (
-        (next_row_weight[:, None, None] * (bottom >> 4)) >> 16
-    )
-    pixels = np.clip((summed + 2) >> 2, 0, 255)
-    bgr_first = pixels[:, :, ::-1].transpose(2, 0, 1)
-    return np.ascontiguousarray(bgr_first, dtype=np.float32) * np.float32(1 / 255.0)
+    def horizontal(block: np.ndarray) -> np.ndarray:
+        # Each row's 320 outputs, weighted, still scaled by 2**11; black right of the image.
+        left = np.take(block, cols, axis=1, mode="clip").astype(np.int32)
+        right = np.take(block, next_cols, axis=1, mode="clip").astype(np.int32)
+        left[:, cols >= width] = 0
+        right[:, next_cols >= width] = 0
+        return left * col_weight[None, :, None] + right * next_col_weight[None, :, None]
+
+    top, bottom = horizontal(square_rows(rows)), horizontal(square_rows(next_rows))
+    # OpenCV's vectorised vertical pass: 16-bit products keeping their high half, then a rounding
+    # shift. In place: these are the hot loop's largest arrays.
+    for block, weight in ((top, row_weight), (bottom, next_row_weight)):
+        block >>= 4
+        block *= weight[:, None, None]
+        block >>= 16
+    top += bottom
+    top += 2
+    top >>= 2
+    np.clip(top, 0, 255, out=top)
+    blob = np.empty((3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+    for channel in range(3):
+        blob[channel] = top[:, :, 2 - channel]  # BGR, as the wrapper's blob
+    blob *= np.float32(1 / 255.0)
+    return blob
 
 
 def _taps(side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
