@@ -35,6 +35,9 @@ MODULES = [
     "loadgen.images",
     "loadgen.load",
     "loadgen.text",
+    "transforms.image_checks",
+    "models.nudenet_detector",
+    "models.image_moderator",
 ]
 
 
