@@ -49,6 +49,8 @@ from typing import Any
 
 import schemas
 from transforms.cost import PriceBook
+from transforms.image_checks import PhashBlocklist
+from transforms.moderation_rules import RuleSet
 
 HMAC_KEY_ENV = "AIEP_HMAC_KEY"
 HASH_MODES = ("sha256", "hmac-sha256")
@@ -537,20 +539,22 @@ def _check_moderation(config: PipelineConfig, where: str) -> None:
         ("", config.flag_threshold, config.reject_threshold),
         ("strict_", config.strict_flag_threshold, config.strict_reject_threshold),
     ):
-        if not 0 < flag <= reject:
+        if flag > reject:
             raise ConfigError(
-                f"{where}: moderation.{strictness}flag_threshold ({flag}) must be above 0 and at most "
+                f"{where}: moderation.{strictness}flag_threshold ({flag}) must be at most "
                 f"moderation.{strictness}reject_threshold ({reject})"
             )
-    for spec_name, path in (
-        ("moderation.blocklist", config.blocklist_path),
-        ("moderation.image_blocklist", config.image_blocklist_path),
+    for spec_name, path, check in (
+        ("moderation.blocklist", config.blocklist_path, lambda entries: RuleSet(blocklist=entries)),
+        ("moderation.image_blocklist", config.image_blocklist_path, PhashBlocklist),
     ):
         _read_regular_file(path, spec_name)
         try:
-            schemas.list_file(path)
+            check(schemas.list_file(path))
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{where}: {spec_name} {str(path)!r} is not UTF-8: {exc.reason}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {spec_name} {str(path)!r}: {exc}") from None
 
 
 def _check_pricing(path: Path) -> None:

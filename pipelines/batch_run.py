@@ -141,7 +141,7 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> RunSummary:  # t
             raise RunError(
                 f"audit store {redact(audit_url)} is unusable: {database.describe_error(exc, audit_url)}"
             ) from exc
-        if config.embeddings:
+        if config.needs_vectors:
             _check_models(config, out_dir)
         # Inflated sizes, as the readers go through them: a worker's batches grow with the
         # content, not with how well it compressed; the progress bar counts in the same unit.
@@ -174,8 +174,8 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> RunSummary:  # t
 
 
 def _check_models(config: PipelineConfig, out_dir: Path) -> None:
-    """Fail the run now, in one line, when its models cannot run where asked or its embedding cache
-    cannot be opened; not later in a worker."""
+    """Fail the run now, in one line, when its models cannot run where asked, its embedding cache
+    cannot be opened or the moderation model's files are missing or damaged; not later in a worker."""
     from connectors.embedding_cache import EmbeddingCacheError
     from models.embedder import TextEmbedder
     from models.handler import ModelError
@@ -185,6 +185,10 @@ def _check_models(config: PipelineConfig, out_dir: Path) -> None:
     try:
         embedder.device  # noqa: B018  (resolving it checks that the device exists)
         open_cache(config, out_dir, embedder).close()
+        if config.moderation:
+            from models.moderation_text import TextModerator
+
+            TextModerator.load()  # the committed weights are there and whole
     except (ModelError, EmbeddingCacheError) as exc:
         raise RunError(str(exc)) from None
 

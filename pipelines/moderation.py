@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from models.image_moderator import IMAGE_CATEGORIES, ImageModerator
 from models.moderation_text import TEXT_CATEGORIES, TextModerator
-from transforms.image_checks import DecodedImage, ImageProblem, PhashBlocklist, decode_image
+from transforms.image_checks import DecodedImage, ImageProblem, PhashBlocklist, decode_image, unscanned
 from transforms.moderation_rules import RuleSet
+from transforms.validate import is_url
 
 from connectors.images import FolderImageLoader
 from connectors.parquet_sink import ParquetSink
@@ -51,7 +52,6 @@ from transforms.moderation import (
 #: Every category a content is scored in: the text model's, then the image detector's it lacks.
 #: Each is a column of ``moderation/`` (a test checks the dataset declares them all).
 CATEGORIES = TEXT_CATEGORIES + tuple(c for c in IMAGE_CATEGORIES if c not in TEXT_CATEGORIES)
-URL_PREFIXES = ("http://", "https://")
 
 
 class ScreenImages:
@@ -87,13 +87,13 @@ class ScreenImages:
                 hits[i] = ("image_blocklisted",)
             decoded.append((i, found))
         if decoded:
-            scores[[i for i, _ in decoded]] = self.model([image for _, image in decoded])
+            scores[[i for i, _ in decoded]] = self.model([image.rgb for _, image in decoded])
         return scores, hits, phashes
 
     def _decode(self, image: bytes | str) -> DecodedImage | ImageProblem:
         if isinstance(image, str):
-            if image.lower().startswith(URL_PREFIXES):
-                return ImageProblem("image_unscanned", "http(s) images are never fetched")
+            if is_url(image):
+                return unscanned(image)
             try:
                 image = FolderImageLoader(os.path.dirname(image), self.max_bytes)(os.path.basename(image))
             except ContractViolation as exc:  # gone or changed since validation

@@ -334,7 +334,8 @@ class ApplyRateLimits:
 
 class OrderForSinks:
     """Stage 7: leave out the events this output already holds, order the rest by (user_id,
-    event_time, event_id), in the events schema plus the internal columns sinks may use."""
+    event_time, event_id), in the events schema (``decision`` still NULL) plus the internal
+    columns sinks may use."""
 
     def __init__(self) -> None:
         self.schema = schemas.arrow_schema("events")
@@ -345,6 +346,8 @@ class OrderForSinks:
         ordered = written.sort_by(
             [("user_id", "ascending"), ("event_time", "ascending"), ("event_id", "ascending")]
         )
+        # Moderation, when on, decides each event after this stage.
+        ordered = ordered.append_column("decision", pa.nulls(ordered.num_rows, pa.string()))
         flagged = ordered.select(self.schema.names).cast(self.schema)
         for internal in CARRIED:
             if internal in ordered.column_names:

@@ -174,6 +174,22 @@ def one_key(spec: Setting, value: str) -> str:
     return f"[{spec.section}]\n{spec.key} = {value}\n"
 
 
+#: A threshold at a bound can pass its partner (flag <= reject is checked across keys): the
+#: partner moves to the same bound.
+ORDERED_PARTNER = {
+    (f"{strict}flag_threshold", 1): f"{strict}reject_threshold = 1\n" for strict in ("", "strict_")
+} | {(f"{strict}reject_threshold", 0): f"{strict}flag_threshold = 0\n" for strict in ("", "strict_")}
+
+
+def test_a_flag_threshold_above_the_reject_threshold_is_refused(tmp_path: Path) -> None:
+    message = load_error(
+        tmp_path, "[moderation]\nstrict_flag_threshold = 0.7\nstrict_reject_threshold = 0.6\n"
+    )
+    assert message == (
+        "moderation.strict_flag_threshold (0.7) must be at most moderation.strict_reject_threshold (0.6)"
+    )
+
+
 def a_table_entry(spec: Setting) -> str:
     """An entry the table holds by default (a tier of ``quotas``)."""
     return next(iter(getattr(PipelineConfig(), spec.attribute)))
@@ -210,7 +226,7 @@ def test_the_bounds_of_a_range_are_themselves_allowed(tmp_path: Path, spec: Sett
     path = tmp_path / "config.toml"
     for bound in spec.between:
         literal = f"{{ {a_table_entry(spec)} = {bound} }}" if spec.is_table else str(bound)
-        path.write_text(one_key(spec, literal))
+        path.write_text(one_key(spec, literal) + ORDERED_PARTNER.get((spec.key, bound), ""))
         loaded = getattr(load_config(path), spec.attribute)
         assert (loaded[a_table_entry(spec)] if spec.is_table else loaded) == bound
 

@@ -136,8 +136,8 @@ def test_an_event_naming_a_content_nobody_decided_is_an_error_not_an_approval() 
 
 
 def test_thresholds_must_be_ordered_and_inside_zero_to_one() -> None:
-    for flag, reject in ((0.0, 0.5), (0.6, 0.5), (0.5, 1.01)):
-        with pytest.raises(ValueError, match="0 < flag <= reject <= 1"):
+    for flag, reject in ((-0.1, 0.5), (0.6, 0.5), (0.5, 1.01)):
+        with pytest.raises(ValueError, match="0 <= flag <= reject <= 1"):
             Thresholds.of(flag, reject)
 
 

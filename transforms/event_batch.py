@@ -95,7 +95,7 @@ def in_flight_schema(events_schema: pa.Schema, content: bool = False) -> pa.Sche
     """Schema of the table between stages: the events dataset's columns, less those later
     stages add, plus the internal ordering, raw-record, fingerprint and shard columns, and (with
     ``content``) the texts and image bytes."""
-    later = {"rate_limited", "window_start", "tier_source"}
+    later = {"rate_limited", "window_start", "tier_source", "decision"}
     # ai_tier stays NULL until the user's tier is looked up (transforms.tiers.resolve_tiers).
     fields = [
         f.with_nullable(True) if f.name == "ai_tier" else f for f in events_schema if f.name not in later

@@ -74,8 +74,8 @@ class Thresholds:
     def of(cls, flag: float, reject: float) -> Thresholds:
         """Thresholds from scores in [0, 1], as the config gives them."""
         thresholds = cls(_cents(flag), _cents(reject))
-        if not 0 < thresholds.flag <= thresholds.reject <= 100:
-            raise ValueError(f"thresholds must satisfy 0 < flag <= reject <= 1, got {flag} and {reject}")
+        if not 0 <= thresholds.flag <= thresholds.reject <= 100:
+            raise ValueError(f"thresholds must satisfy 0 <= flag <= reject <= 1, got {flag} and {reject}")
         return thresholds
 
     def decide(self, cents: int) -> str:
