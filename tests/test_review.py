@@ -25,7 +25,7 @@ from connectors.review import (
     record_review,
     review_queue,
 )
-from tests.conftest import run_cli
+from tests.conftest import MySQLDatabase, run_cli
 
 SCORER = "aiep-text-moderation"
 START = datetime(2025, 7, 1, 8, 0, tzinfo=UTC)
@@ -279,3 +279,19 @@ def test_an_older_store_is_upgraded_before_review(tmp_path: Path) -> None:
     result = run_cli("review", "--audit-db", url, HASH, "--decision", "rejected", "--reviewer", "5")
     assert result.returncode == 0, result.stderr
     assert "none → rejected" in result.stdout
+
+
+def test_the_pipelines_least_privilege_account_can_review(mysql_db: MySQLDatabase) -> None:
+    engine = open_engine(mysql_db.root_url)
+    upgrade(engine)  # by an admin, as the README says; the review account only reads the version
+    decide(engine, ("a", "flagged", "0.70", ["hate"]))
+    engine.dispose()
+    mysql_db.grant_pipeline_privileges()
+    url = mysql_db.url()
+    recorded = run_cli(
+        "review", "--audit-db", url, content_hash("a"), "--decision", "rejected", "--reviewer", "8"
+    )
+    listed = run_cli("review", "--audit-db", url, "--list", "flagged", "--format", "json")
+    assert (recorded.returncode, listed.returncode) == (0, 0), recorded.stderr + listed.stderr
+    assert "flagged → rejected (reviewer 8)" in recorded.stdout and json.loads(listed.stdout) == []
+    assert mysql_db.password not in recorded.stdout + recorded.stderr + listed.stdout + listed.stderr
