@@ -13,7 +13,7 @@ A human decision is final for the pipeline: ``DecisionSink`` never changes a row
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -178,9 +178,8 @@ def _decisions_table(conn: sa.Connection) -> sa.Table:
 
 
 def _rows(table: sa.Table) -> sa.Select[Any]:
-    return sa.select(
-        *(table.c[name] for name in ReviewedDecision.__dataclass_fields__),
-    )
+    """The columns a ``ReviewedDecision`` holds, by its field names."""
+    return sa.select(*(table.c[field.name] for field in fields(ReviewedDecision)))
 
 
 def _reviewed_decision(row: sa.Row[Any]) -> ReviewedDecision:
