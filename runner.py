@@ -6,6 +6,8 @@
     runner.py similar --out DIR "TEXT" [--k 10] [--field input|output|both]
     runner.py generate --events N --out FILE [--seed S] [--dup-rate R] [--bad-rate R] [--images]
     runner.py db upgrade|status --audit-db URL
+    runner.py review --audit-db URL CONTENT_HASH --decision approved|flagged|rejected --reviewer ID
+    runner.py review --audit-db URL --list approved|flagged|rejected [--limit N] [--format table|json]
 
 Thin over the library: parsing and printing here, everything else in ``pipelines``/``connectors``
 (and, for ``generate``, ``loadgen``).
@@ -18,6 +20,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +32,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models never come from a hub at 
 PROG = "runner.py"
 EXIT_FAILED = 1
 EXIT_BAD_FLAGS = 2
+
+
+#: How the store's URL is given, wherever a command takes one.
+_AUDIT_DB_HELP = (
+    "sqlite:///PATH or mysql+pymysql://USER@HOST:PORT/DB (password from $AIEP_MYSQL_PASSWORD "
+    "or percent-encoded in the URL)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -179,14 +189,45 @@ def _parser() -> argparse.ArgumentParser:
         ("status", "show the applied migration version and the newest this code ships"),
     ):
         sub = db_commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
-        sub.add_argument(
-            "--audit-db",
-            required=True,
-            metavar="URL",
-            help="sqlite:///PATH or mysql+pymysql://USER@HOST:PORT/DB (password from $AIEP_MYSQL_PASSWORD "
-            "or percent-encoded in the URL)",
-        )
+        sub.add_argument("--audit-db", required=True, metavar="URL", help=_AUDIT_DB_HELP)
+    _add_review_parser(commands)
     return parser
+
+
+def _add_review_parser(commands: Any) -> None:
+    decisions = "{approved,flagged,rejected}"
+    review = commands.add_parser(
+        "review",
+        help="human review of moderation decisions: record a reviewer's decision, list the queue",
+        usage=f"%(prog)s --audit-db URL CONTENT_HASH --decision {decisions} --reviewer ID\n"
+        f"       %(prog)s --audit-db URL --list {decisions} [--limit N] [--format {{table,json}}]",
+        description="Record a human decision on a content (its moderation_decisions row, or a new "
+        "pre-emptive one where the pipeline has not decided yet), or list the decisions no human has "
+        "reviewed, oldest first. A later automatic run never changes a reviewed row. The store is "
+        "upgraded to the newest schema first; a SQLite file that does not exist is an error.",
+        epilog="Exit status: 0 on success; 1 when the audit store cannot be opened, upgraded or "
+        "written; 2 on bad arguments.",
+    )
+    review.add_argument(
+        "content_hash",
+        nargs="?",
+        metavar="CONTENT_HASH",
+        help="the content's SHA-256, 64 lowercase hex digits",
+    )
+    review.add_argument("--audit-db", required=True, metavar="URL", help=_AUDIT_DB_HELP)
+    review.add_argument("--decision", metavar=decisions, help="the reviewer's decision on CONTENT_HASH")
+    review.add_argument("--reviewer", metavar="ID", help="the reviewer's user id (1 to 2^63-1)")
+    review.add_argument(
+        "--list",
+        dest="queue",
+        metavar=decisions,
+        help="instead, list the unreviewed decisions of this kind, oldest first: content hash, "
+        "decision, score, categories, decided at",
+    )
+    review.add_argument("--limit", metavar="N", help="with --list: at most N rows, 1 to 1000 (default: 100)")
+    review.add_argument(
+        "--format", metavar="{table,json}", help="with --list: a table (default) or one JSON array"
+    )
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
@@ -213,6 +254,119 @@ def _cmd_db(args: argparse.Namespace) -> int:
         print(f"error: audit store {shown}: {database.describe_error(exc, args.audit_db)}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _cmd_review(args: argparse.Namespace) -> int:
+    from connectors import database
+    from connectors.database_url import redact
+
+    try:
+        _check_review_arguments(args)
+    except ValueError as exc:
+        return _bad_flags("review", str(exc))
+    try:
+        engine = database.open_engine(args.audit_db, create=False)
+        database.upgrade(engine)
+        if args.queue is not None:
+            _print_review_queue(engine, args.queue, int(args.limit or 100), args.format or "table")
+        else:
+            _record_review(engine, args.content_hash, args.decision, int(args.reviewer))
+    except Exception as exc:  # a driver error of any kind: report it in one line, redacted
+        shown = redact(args.audit_db)
+        print(f"error: audit store {shown}: {database.describe_error(exc, args.audit_db)}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _check_review_arguments(args: argparse.Namespace) -> None:
+    """ValueError (one line, for exit 2) unless the flags make one of the two uses of ``review``."""
+    from connectors import review
+
+    recording = {"CONTENT_HASH": args.content_hash, "--decision": args.decision, "--reviewer": args.reviewer}
+    listing = {"--limit": args.limit, "--format": args.format}
+    if args.queue is not None:
+        given = [flag for flag, value in recording.items() if value is not None]
+        if given:
+            raise ValueError(f"--list cannot go with {', '.join(given)}: they record a decision")
+        _check_flag("--list", review.check_decision, args.queue)
+        _check_flag("--limit", review.check_queue_limit, _whole_number("--limit", args.limit or "100"))
+        if args.format not in (None, "table", "json"):
+            raise ValueError(f"argument --format: must be table or json; got {args.format!r}")
+        return
+    if args.content_hash is None:
+        raise ValueError("give CONTENT_HASH with --decision and --reviewer, or --list DECISION")
+    for flag, value in [*recording.items(), *listing.items()]:
+        if flag in listing and value is not None:
+            raise ValueError(f"{flag} goes with --list, not with CONTENT_HASH")
+        if flag in recording and value is None:
+            raise ValueError(f"{flag} is required with CONTENT_HASH")
+    _check_flag("CONTENT_HASH", review.check_content_hash, args.content_hash)
+    _check_flag("--decision", review.check_decision, args.decision)
+    _check_flag("--reviewer", review.check_reviewer, _whole_number("--reviewer", args.reviewer))
+
+
+def _check_flag(flag: str, check: Callable[[object], None], value: object) -> None:
+    try:
+        check(value)
+    except ValueError as exc:
+        raise ValueError(f"argument {flag}: {exc}") from None
+
+
+def _whole_number(flag: str, text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"argument {flag}: must be a whole number; got {text!r}")
+    return int(text)
+
+
+def _record_review(engine: Any, content_hash: str, decision: str, reviewer_id: int) -> None:
+    """Record the decision; print one line: the hash, old → new decision, the reviewer."""
+    from connectors import review
+
+    before = review.decision_of(engine, content_hash)
+    after = review.record_review(engine, content_hash, decision, reviewer_id)
+    if before is None:
+        note = "; pre-emptive: no automatic decision yet"
+    elif before.reviewed_by is not None:
+        note = f"; was reviewed by {before.reviewed_by}"
+    else:
+        note = ""
+    old = before.decision if before is not None else "none"
+    print(f"{content_hash}: {old} → {after.decision} (reviewer {after.reviewed_by}{note})")
+
+
+def _print_review_queue(engine: Any, decision: str, limit: int, output: str) -> None:
+    """Print the queue, oldest first: a table, or one JSON array (scores as exact decimal strings)."""
+    import json
+
+    from connectors import review
+
+    rows = review.review_queue(engine, decision, limit)
+    if output == "json":
+        print(json.dumps([_queue_entry(row) for row in rows], indent=2))
+        return
+    width = max([len("categories"), *(len(",".join(row.categories)) for row in rows)])
+    print(f"{'content_hash':<64} {'decision':<8} {'score':>5} {'categories':<{width}} decided_at")
+    for entry in map(_queue_entry, rows):
+        print(
+            f"{entry['content_hash']:<64} {entry['decision']:<8} {entry['score'] or '-':>5} "
+            f"{','.join(entry['categories']):<{width}} {entry['decided_at'] or '-'}"
+        )
+    if not rows:
+        print(f"(no {decision} decision awaits review)", file=sys.stderr)
+
+
+def _queue_entry(row: Any) -> dict[str, Any]:
+    """A ``ReviewedDecision`` of the queue as JSON: the score as its exact decimal text, the time
+    as ISO 8601 UTC."""
+    return {
+        "content_hash": row.content_hash,
+        "decision": row.decision,
+        "score": None if row.score is None else str(row.score),
+        "categories": list(row.categories),
+        "scorer": row.scorer,
+        "scorer_version": row.scorer_version,
+        "decided_at": None if row.reviewed_at is None else f"{row.reviewed_at:%Y-%m-%dT%H:%M:%SZ}",
+    }
 
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -429,7 +583,13 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.batch_run import RunError
 
     try:
-        commands = {"run": _cmd_run, "generate": _cmd_generate, "similar": _cmd_similar, "db": _cmd_db}
+        commands = {
+            "run": _cmd_run,
+            "generate": _cmd_generate,
+            "similar": _cmd_similar,
+            "db": _cmd_db,
+            "review": _cmd_review,
+        }
         return commands[args.command](args)
     except (RunError, InputError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import filelock
 import pyarrow as pa
@@ -26,10 +26,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from pymysql.constants import CLIENT
 
 import schemas
 from connectors.database_url import hide_secrets, resolve_url
 from connectors.retry import transient_retry
+
+#: What a transaction's work returns (``in_transaction``).
+Outcome = TypeVar("Outcome")
 
 #: Event ids per ``SELECT ... WHERE event_id IN (...)``.
 LOOKUP_CHUNK = 1000
@@ -88,6 +92,10 @@ def open_engine(url: str, create: bool = True) -> sa.Engine:
             "init_command": "SET time_zone = '+00:00', sql_mode = 'TRADITIONAL'",
             "connect_timeout": 10,
         }
+        # Row counts are rows *changed* (MySQL's own default), as on SQLite: an upsert that
+        # keeps every value counts 0, so a replay reports no change. SQLAlchemy adds FOUND_ROWS
+        # (rows *matched*) for its ORM, which this project does not use.
+        connect_args["client_flag"] = int(str(parsed.query.get("client_flag", 0))) & ~CLIENT.FOUND_ROWS
         if parsed.password and not parsed.password.isascii():
             # PyMySQL sends a str password as Latin-1; servers store what clients send, UTF-8.
             connect_args["password"] = parsed.password.encode("utf-8")
@@ -291,13 +299,33 @@ def fetch_all(
     engine: sa.Engine, statement: sa.Executable, params: dict[str, Any], retry_attempts: int
 ) -> list[Any]:
     """Rows of one read, retried on transient errors like every write."""
+    return in_transaction(
+        engine, lambda conn: list(conn.execute(statement, params).all()), retry_attempts, commit=False
+    )
+
+
+def in_transaction(
+    engine: sa.Engine,
+    work: Callable[[sa.Connection], Outcome],
+    retry_attempts: int,
+    commit: bool = True,
+) -> Outcome:
+    """``work(connection)`` in one transaction, committed (or, with ``commit=False``, rolled back:
+    a read), and retried whole on transient errors like every batch write.
+
+    ``work`` may run more than once, so it must only touch the database: a retried transaction
+    either committed or rolled back, never half.
+    """
     for attempt in transient_retry(retry_attempts):
         with attempt:
             conn = engine.connect()
             try:
-                rows = list(conn.execute(statement, params).all())
-                conn.rollback()
-                return rows
+                result = work(conn)
+                if commit:
+                    conn.commit()
+                else:
+                    conn.rollback()
+                return result
             except BaseException:
                 # The connection may be dead (killed, server gone): never hand it back to the pool.
                 conn.invalidate()

@@ -260,6 +260,14 @@ def mysql_db(mysql_server: tuple[str, int]) -> Any:
         drop_database(db)
 
 
+@pytest.fixture(params=["sqlite", "mariadb"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty audit store's URL: an embedded SQLite file, then a fresh MariaDB database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    return str(request.getfixturevalue("mysql_db").root_url)
+
+
 # --- Redis -----------------------------------------------------------------------------------
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_START_HINT = (

@@ -422,14 +422,23 @@ def test_second_run_into_a_locked_output_refuses(tmp_path: Path) -> None:
     assert result.returncode == 1 and "another run" in result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["generate"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["generate"], ["review"]])
 def test_help_describes_every_command(command: list[str]) -> None:
     result = run_cli(*command, "--help")
     assert result.returncode == 0
     expected = {
-        (): ["run", "generate"],
+        (): ["run", "generate", "review"],
         ("run",): ["--input", "--out", "--engine", "--audit-db", "--config"],
         ("generate",): ["--events", "--seed", "--dup-rate", "--bad-rate", "--images"],
+        ("review",): [
+            "CONTENT_HASH",
+            "--decision",
+            "--reviewer",
+            "--list",
+            "--limit",
+            "--format",
+            "--audit-db",
+        ],
     }[tuple(command)]
     for word in expected:
         assert word in result.stdout

@@ -20,6 +20,7 @@ MODULES = [
     "connectors.database_url",
     "connectors.embedding_cache",
     "transforms.dedup",
+    "transforms.decision_categories",
     "transforms.dead_letter",
     "transforms.personalization",
     "transforms.topics",
