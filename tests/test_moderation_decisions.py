@@ -163,7 +163,7 @@ def test_moderation_rows_keep_one_row_per_content_its_first_seen_and_store_no_te
         "content_hash": "h1",
         "decision": "rejected",
         "score": Decimal("0.91"),
-        "categories": "hate,offensive",
+        "categories": ["hate", "offensive"],
         "scorer": "m",
         "scorer_version": "1",
     }

@@ -286,13 +286,13 @@ def first_per_content(rows: pa.Table) -> pa.Table:
 
 def decision_rows(rows: pa.Table) -> pa.Table:
     """What ``moderation_decisions`` stores of ``moderation/`` rows: hashes, decisions, scores,
-    what fired (comma-separated) and the scorer; never a text."""
+    what fired and the scorer; never a text."""
     return pa.table(
         {
             "content_hash": rows.column("content_hash"),
             "decision": rows.column("decision"),
             "score": rows.column("score"),
-            "categories": pc.binary_join(rows.column("categories"), ","),
+            "categories": rows.column("categories"),
             "scorer": rows.column("scorer"),
             "scorer_version": rows.column("scorer_version"),
         }
