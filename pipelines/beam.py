@@ -24,7 +24,8 @@ from connectors.inputs import InputSplit
 from connectors.spill import Spill, SpillRef
 from pipelines import progress
 from pipelines.semantic import EmbeddedPane
-from pipelines.stages import Counts, PaneKey, RunPlan, SpineWorker, StageOutput, pane_label
+from pipelines.stages import Counts, PaneKey, RunPlan, StageOutput, pane_label
+from pipelines.worker import SpineWorker
 from transforms.event_batch import InputRecords
 
 NAMESPACE = "aiep"

@@ -1,7 +1,7 @@
 """The moderation stages (DESIGN.md stage 5): every event, rate-limited ones included.
 
 They come after :class:`~pipelines.semantic.EmbedTexts`, which embeds every text a pane holds
-(the text model reads MiniLM vectors), and are built by :class:`~pipelines.stages.SpineWorker`:
+(the text model reads MiniLM vectors), and are built by :class:`~pipelines.worker.SpineWorker`:
 
 1. :class:`ModerateContent`: each distinct content of a pane (prompt, output text, image) is
    scored once: the text model and the rules on texts; decoding checks, the perceptual-hash
@@ -22,19 +22,17 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from models.image_moderator import IMAGE_CATEGORIES, ImageModerator
-from models.moderation_text import TEXT_CATEGORIES, TextModerator
-from transforms.image_checks import DecodedImage, ImageProblem, PhashBlocklist, decode_image, unscanned
-from transforms.moderation_rules import RuleSet
-from transforms.validate import is_url
 
 from connectors.images import FolderImageLoader
 from connectors.parquet_sink import ParquetSink
 from connectors.sinks import Counts, Sink
 from connectors.users import UserDirectory
+from models.image_moderator import IMAGE_CATEGORIES, ImageModerator
+from models.moderation_text import TEXT_CATEGORIES, TextModerator
 from transforms.dead_letter import ContractViolation
 from transforms.embedding import TextsToEmbed
 from transforms.event_batch import IMAGE, IMAGE_PATH, INPUT_TEXT, OUTPUT_TEXT
+from transforms.image_checks import DecodedImage, ImageProblem, PhashBlocklist, decode_image, unscanned
 from transforms.moderation import (
     DECISIONS,
     STRICT,
@@ -48,6 +46,8 @@ from transforms.moderation import (
     first_seen,
     moderation_table,
 )
+from transforms.moderation_rules import RuleSet
+from transforms.validate import is_url
 
 #: Every category a content is scored in: the text model's, then the image detector's it lacks.
 #: Each is a column of ``moderation/`` (a test checks the dataset declares them all).

@@ -1,7 +1,7 @@
 """The semantic stages: embed texts (through the cache), then personalization features.
 
 They come after rate limiting, on the events of one (user shard, pane), and are built by
-:class:`~pipelines.stages.SpineWorker` like every stage:
+:class:`~pipelines.worker.SpineWorker` like every stage:
 
 1. :class:`EmbedTexts`: each prompt's and output's vector, from the cache or the model, and its
    rows of ``embeddings/`` (a prompt's with its top topics). The events gain an internal column,

@@ -225,10 +225,10 @@ def test_one_moderation_row_per_distinct_content_rate_limited_events_included(
 
 
 def test_text_scores_equal_the_committed_model_run_on_a_direct_encode(moderated: dict[str, Any]) -> None:
-    from models.moderation_text import TEXT_CATEGORIES, TextModerator
     from sentence_transformers import SentenceTransformer
 
     from models.embedder import model_path
+    from models.moderation_text import TEXT_CATEGORIES, TextModerator
 
     texts: dict[str, str] = {}
     stored = by_id(moderated)

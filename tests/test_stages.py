@@ -22,7 +22,8 @@ import schemas
 from connectors.config import PipelineConfig
 from connectors.database import open_engine, upgrade
 from connectors.parquet_sink import ParquetSink, RunFileNames
-from pipelines.stages import CARRIED, RunPlan, SpineWorker, pane_label
+from pipelines.stages import CARRIED, RunPlan, pane_label
+from pipelines.worker import SpineWorker
 from tests.conftest import MySQLDatabase, read_dataset
 from transforms.event_batch import IMAGE, IMAGE_PATH, INPUT_TEXT, OUTPUT_TEXT, InputRecords
 from transforms.windows import TumblingWindows
@@ -159,8 +160,9 @@ def test_content_rides_to_the_sinks_and_matches_its_hashes(tmp_path: Path) -> No
         nfc = unicodedata.normalize("NFC", row[INPUT_TEXT]).encode()
         assert hashlib.sha256(nfc).hexdigest() == row["input_hash"]
         if row["event_id"] == "img":  # a path image travels as its path: read again where needed
-            assert (row[IMAGE], row[IMAGE_PATH], row[OUTPUT_TEXT]) == (None, "cat.png", None)
-            assert hashlib.sha256((tmp_path / row[IMAGE_PATH]).read_bytes()).hexdigest() == row["output_hash"]
+            path = str(plan.image_dirs[0]) + "/cat.png"  # resolved against the input's folder
+            assert (row[IMAGE], row[IMAGE_PATH], row[OUTPUT_TEXT]) == (None, path, None)
+            assert hashlib.sha256(Path(row[IMAGE_PATH]).read_bytes()).hexdigest() == row["output_hash"]
         elif row["event_id"] == "inline":  # inline bytes came with the input: carried
             assert (row[IMAGE], row[IMAGE_PATH], row[OUTPUT_TEXT]) == (PNG, None, None)
             assert hashlib.sha256(PNG).hexdigest() == row["output_hash"]

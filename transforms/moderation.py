@@ -149,8 +149,9 @@ def overall_cents(scores: np.ndarray) -> np.ndarray:
     a row with no score at all (an image the detector could not read, an empty text)."""
     if not scores.size:
         return np.zeros(scores.shape[0], np.int16)
-    top = np.nanmax(np.where(np.isnan(scores), -1.0, scores.astype(np.float64)), axis=1)
-    return np.clip(np.floor(top * 100 + 0.5), 0, 100).astype(np.int16)
+    top = np.max(np.where(np.isnan(scores), -1.0, scores.astype(np.float64)), axis=1)
+    cents: np.ndarray = np.clip(np.floor(top * 100 + 0.5), 0, 100).astype(np.int16)
+    return cents
 
 
 def rule_floors(hits: Sequence[tuple[str, ...]]) -> np.ndarray:
