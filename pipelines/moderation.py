@@ -32,7 +32,14 @@ from models.moderation_text import TEXT_CATEGORIES, TextModerator
 from transforms.dead_letter import ContractViolation
 from transforms.embedding import TextsToEmbed
 from transforms.event_batch import IMAGE, IMAGE_PATH, INPUT_TEXT, OUTPUT_TEXT
-from transforms.image_checks import DecodedImage, ImageProblem, PhashBlocklist, decode_image, unscanned
+from transforms.image_checks import (
+    IMAGE_UNDECODABLE,
+    DecodedImage,
+    ImageProblem,
+    PhashBlocklist,
+    decode_image,
+    unscanned,
+)
 from transforms.moderation import (
     DECISIONS,
     STRICT,
@@ -97,7 +104,7 @@ class ScreenImages:
             try:
                 image = FolderImageLoader(os.path.dirname(image), self.max_bytes)(os.path.basename(image))
             except ContractViolation as exc:  # gone or changed since validation
-                return ImageProblem("image_undecodable", f"{exc.reason.value}: {exc.detail}")
+                return ImageProblem(IMAGE_UNDECODABLE, f"{exc.reason.value}: {exc.detail}")
         return decode_image(image, max_pixels=self.max_pixels)
 
 
@@ -155,21 +162,18 @@ class ModerateContent:
         firsts: dict[str, int] = {}
         for i, content in enumerate(texts.hashes):
             firsts.setdefault(content, i)
-        hashes, at = list(firsts), np.fromiter(firsts.values(), np.int64, len(firsts))
+        at = np.fromiter(firsts.values(), np.int64, len(firsts))
         distinct = [texts.texts[i] for i in at]
-        scores = np.full((len(hashes), len(CATEGORIES)), np.nan, np.float32)
-        if distinct:
-            scores[:, : len(TEXT_CATEGORIES)] = self.text_model.score(distinct, vectors[at])
-        hits = self.rules.hits(distinct)
-        for content in _empty_texts(events, firsts.keys()):
-            hashes.append(content)
-            scores = np.vstack(
-                [scores, np.where(np.arange(len(CATEGORIES)) < len(TEXT_CATEGORIES), 0, np.nan)]
-            )
-            hits.append(())
+        empty = _empty_texts(events, firsts.keys())
+        hashes = [*firsts, *empty]
         n = len(hashes)
+        scores = np.full((n, len(CATEGORIES)), np.nan, np.float32)
+        scores[:, : len(TEXT_CATEGORIES)] = 0.0  # an empty text: nothing to object to
+        if distinct:
+            scores[: len(distinct), : len(TEXT_CATEGORIES)] = self.text_model.score(distinct, vectors[at])
+        hits = self.rules.hits(distinct) + [()] * len(empty)
         scorer = (self.text_model.name, self.text_model.version)
-        verdicts = ContentVerdicts.build(hashes, ["text"] * n, CATEGORIES, scores.astype(np.float32), hits)
+        verdicts = ContentVerdicts.build(hashes, ["text"] * n, CATEGORIES, scores, hits)
         return verdicts, Scorers([scorer[0]] * n, [scorer[1]] * n, [None] * n)
 
     def _images(self, events: pa.Table) -> tuple[ContentVerdicts, Scorers]:

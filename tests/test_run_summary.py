@@ -70,6 +70,8 @@ def test_the_file_keeps_the_keys_runs_have_always_written(real_run: tuple[RunSum
         *("events_processed", "events_dead_lettered", "duplicates_collapsed", "rate_limited"),
         *("late_events", "unpriced_events", "cost_total", "rate_limit_violations", "audit_rows_inserted"),
         *("embedding_cache_hits", "embedding_cache_misses", "embeddings_written", "user_features_written"),
+        *("decisions_approved", "decisions_flagged", "decisions_rejected", "moderation_rows_written"),
+        "decision_rows_changed",
         *("blank_lines", "dead_letters_by_reason", "events_per_second", "inputs", "inputs_fingerprint"),
         *("out_dir", "audit_db", "audit_schema_version", "config"),
     ]
@@ -84,6 +86,11 @@ def test_the_file_keeps_the_keys_runs_have_always_written(real_run: tuple[RunSum
         "embeddings",
         "embedding_device",
         "features_window_seconds",
+        "moderation",
+        "flag_threshold",
+        "reject_threshold",
+        "strict_flag_threshold",
+        "strict_reject_threshold",
     ]
     assert isinstance(data["cost_total"], str) and Decimal(data["cost_total"]) > 0
     assert list(data["dead_letters_by_reason"]) == sorted(data["dead_letters_by_reason"])
@@ -222,6 +229,11 @@ def summaries(draw: st.DrawFn) -> RunSummary:
         embedding_cache_misses=draw(counts),
         embeddings_written=draw(counts),
         user_features_written=draw(counts),
+        decisions_approved=draw(counts),
+        decisions_flagged=draw(counts),
+        decisions_rejected=draw(counts),
+        moderation_rows_written=draw(counts),
+        decision_rows_changed=draw(counts),
         blank_lines=draw(counts),
         dead_letters_by_reason=dict(sorted(by_reason.items())),
         events_per_second=draw(st.none() | counts),
