@@ -24,7 +24,7 @@ HATE, OFFENSIVE, NEITHER = 0, 1, 2
 class HeadSettings:
     """The head's hyper-parameters, chosen on a validation part of the training split."""
 
-    vector_weight: float = 0.5  # the MiniLM vector's scale next to the unit-norm TF-IDF parts
+    vector_weight: float = 0.25  # the MiniLM vector's scale next to the unit-norm TF-IDF parts
     toxic_c: float = 10.0  # inverse L2 strength, toxic (hate or offensive) vs neither
     hate_c: float = 0.3  # hate vs the rest: rarer, so regularised harder
     handwritten_weight: float = 2.0  # a hand-written prompt's weight next to a tweet's
@@ -37,7 +37,7 @@ class ProbeSettings:
 
     c: float = 1.0
     benign_share: float = 0.5  # of the negatives' weight: benign prompts; the rest, Davidson neither
-    neither_fire_rate: float = 0.003  # at most this share of neither tweets may reach 0.50
+    neither_fire_rate: float = 0.001  # at most this share of neither tweets may reach 0.50
     max_iter: int = 2000
 
 

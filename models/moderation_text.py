@@ -98,6 +98,8 @@ class HashedTfidf:
         """Raw hashed n-gram counts, one row per text."""
         from sklearn.feature_extraction.text import HashingVectorizer
 
+        if not texts:  # HashingVectorizer cannot transform an empty batch
+            return sp.csr_matrix((0, self.n_features), dtype=np.float64)
         normalised = normalise_texts(texts)
         common: dict[str, Any] = {"alternate_sign": False, "norm": None, "lowercase": True}
         words = HashingVectorizer(
@@ -248,10 +250,14 @@ class TextModerator:
     def score(self, texts: Sequence[str], vectors: np.ndarray) -> np.ndarray:
         """Category scores, (n, len(TEXT_CATEGORIES)) float32 in [0, 1], for texts and their vectors.
 
-        ``vectors`` are the L2-normalised MiniLM vectors of ``texts``, in the same order.
+        ``vectors`` are the L2-normalised MiniLM vectors of ``texts``, in the same order. A text
+        that is empty or only whitespace scores 0 everywhere: it says nothing to moderate (the
+        model's intercepts alone would give it a base rate).
         """
         head, probes = self.raw_logits(texts, vectors)
-        return category_scores(head, probes, self.head_calibrators, self.probe_calibrators)
+        scores = category_scores(head, probes, self.head_calibrators, self.probe_calibrators)
+        scores[[not text.strip() for text in texts]] = 0.0
+        return scores
 
     def classes(self, texts: Sequence[str], vectors: np.ndarray) -> np.ndarray:
         """Davidson's three-class view, (n,) int8: 0 hate, 1 offensive, 2 neither.

@@ -18,8 +18,6 @@ Two runs give byte-identical artefacts on the same machine and library versions.
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -27,11 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedKFold
 
 if __package__ in (None, ""):  # run as a script: make the ``models`` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from models.moderation_data import (
+    DEV_SHARE,
+    SEED,
+    Davidson,
+    Examples,
+    davidson_split,
+    embed,
+    read_davidson,
+    read_examples,
+)
 from models.moderation_fit import (
     HATE,
     NEITHER,
@@ -60,93 +68,11 @@ from models.moderation_text import (
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "moderation" / "davidson_train.csv"
 DEFAULT_EXAMPLES = Path(__file__).resolve().parent / "moderation_examples.json"
-SEED = 2017
-DEV_SHARE = 0.2
 FOLDS = 4
 #: Head calibrators that never fire: the probes' scores alone.
 NEVER = (Calibrator(1.0, np.inf), Calibrator(1.0, np.inf))
-LABELS = {"hate": HATE, "offensive": OFFENSIVE, "neither": NEITHER}
 MODEL_NAME = "aiep-text-moderation"
 FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Davidson:
-    """The labelled tweets: texts, integer labels (0 hate, 1 offensive, 2 neither), file sha256."""
-
-    texts: list[str]
-    labels: np.ndarray
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Examples:
-    """The hand-written texts: group (a category or ``benign``) and whether each is in dev."""
-
-    texts: list[str]
-    groups: np.ndarray
-    dev: np.ndarray
-    sha256: str
-
-
-def read_davidson(path: Path) -> Davidson:
-    """The tweets of ``path`` (columns text,label,...); a one-line error for a bad file."""
-    try:
-        raw = path.read_bytes()
-        rows = list(csv.DictReader(raw.decode("utf-8").splitlines(keepends=True)))
-        labels = np.array([LABELS[row["label"]] for row in rows], dtype=np.int64)
-        texts = [row["text"] for row in rows]
-    except (OSError, UnicodeDecodeError, KeyError) as exc:
-        raise SystemExit(f"train_moderation.py: cannot read {path}: {type(exc).__name__}: {exc}") from None
-    return Davidson(texts, labels, hashlib.sha256(raw).hexdigest())
-
-
-def davidson_split(labels: np.ndarray, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of train and dev: 80/20, stratified by label, seeded; the benchmark uses it too."""
-    rows = np.arange(len(labels))
-    train, dev = train_test_split(rows, test_size=DEV_SHARE, random_state=seed, stratify=labels)
-    return np.sort(train), np.sort(dev)
-
-
-def read_examples(path: Path, seed: int = SEED) -> Examples:
-    """The hand-written examples, each category's list and the benign list split 80/20 (seeded);
-    a category's description joins its train part."""
-    raw = path.read_bytes()
-    data = json.loads(raw)
-    lists = {name: data["categories"][name]["examples"] for name in TEXT_CATEGORIES}
-    lists["benign"] = data["benign"]
-    rng = np.random.default_rng(seed)
-    texts: list[str] = []
-    groups: list[str] = []
-    dev: list[bool] = []
-    for name, items in lists.items():
-        in_dev = np.zeros(len(items), dtype=bool)
-        in_dev[rng.permutation(len(items))[: round(DEV_SHARE * len(items))]] = True
-        texts += items
-        groups += [name] * len(items)
-        dev += in_dev.tolist()
-        if name != "benign":
-            texts.append(data["categories"][name]["description"])
-            groups.append(name)
-            dev.append(False)
-    return Examples(texts, np.array(groups), np.array(dev), hashlib.sha256(raw).hexdigest())
-
-
-def embed(texts: list[str], cache_dir: Path | None) -> np.ndarray:
-    """MiniLM vectors of ``texts`` (batched, CPU), from ``cache_dir`` when it has them."""
-    from models.embedder import TextEmbedder
-
-    embedder = TextEmbedder(device="cpu", batch_size=64)
-    key = hashlib.sha256(json.dumps([embedder.version, texts]).encode()).hexdigest()[:20]
-    cached = cache_dir / f"minilm-{key}.npy" if cache_dir else None
-    if cached is not None and cached.exists():
-        return np.load(cached, allow_pickle=False)
-    print(f"embedding {len(texts):,} texts with MiniLM ...", flush=True)
-    vectors = embedder(texts).astype(np.float32)
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cached, vectors, allow_pickle=False)
-    return vectors
 
 
 @dataclass(frozen=True)
@@ -257,6 +183,10 @@ def calibrate(
     validation = {
         **davidson_summary(scores[tweets], head_scores[tweets], rows.head_labels[tweets]),
         "handwritten": prompt_metrics(scores[~tweets], rows.groups[~tweets].tolist()),
+        "handwritten_overall_without_head": prompt_metrics(
+            category_scores(head_logits, probe_logits, NEVER, probe_cal)[~tweets],
+            rows.groups[~tweets].tolist(),
+        )["overall"],
     }
     return Calibration(tuple(head_cal), tuple(probe_cal), validation)
 
