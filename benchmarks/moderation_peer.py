@@ -6,8 +6,10 @@
 A benchmark script, not a test: figures are printed, never asserted. The dev split is the one
 ``models/train_moderation.py`` held out (20 % of ``davidson_train.csv``, stratified, seed 2017):
 no text of it was fitted or calibrated on by our model. alt-profanity-check's shipped model
-was trained by its authors on data that includes the Davidson tweets, so some dev tweets may
-have been in its training set: an advantage to the peer, if anything.
+was trained by its authors on the Davidson tweets (with Wikipedia comments), so these dev
+tweets were very likely in its training set: its Davidson figures are in-sample, ours are not.
+For a view without that advantage, the AUC of both on the dev part of our hand-written prompts
+is printed last (that one favours ours: the same hand wrote its training examples).
 
 Both are judged as the pipeline judges: toxic (hate or offensive) must reach 0.50, neither
 must stay under it. Ours: the overall score, the maximum over the seven category scores; the
@@ -138,8 +140,32 @@ def run(args: argparse.Namespace) -> None:
         f"  macro F1, ours - peer                      = {ours_row['macro_f1'] - peer_row['macro_f1']:+.4f}"
     )
     print(f"  AUC, ours - peer                           = {ours_row['auc'] - peer_row['auc']:+.4f}")
-    print(f"  texts/s, ours model only / peer            = {ours_model_tps / peer_tps:6.2f}x")
-    print(f"  texts/s, ours with MiniLM / peer           = {ours_full_tps / peer_tps:6.2f}x")
+    print(f"  texts/s, ours model only / peer            = {ours_model_tps / peer_tps:.3g}x")
+    print(f"  texts/s, ours with MiniLM / peer           = {ours_full_tps / peer_tps:.3g}x")
+    print_prompt_auc(model, embedder, profanity_check)
+
+
+def print_prompt_auc(model: Any, embedder: Any, peer: Any) -> None:
+    """AUC, harmful (any category) vs benign, on the dev part of the hand-written prompts."""
+    from sklearn.metrics import roc_auc_score
+
+    from models.moderation_data import read_examples
+    from models.train_moderation import DEFAULT_EXAMPLES
+
+    examples = read_examples(DEFAULT_EXAMPLES)
+    texts = [text for text, dev in zip(examples.texts, examples.dev, strict=True) if dev]
+    harmful = examples.groups[examples.dev] != "benign"
+    ours = model.score(texts, embedder(texts)).max(axis=1)
+    theirs = np.asarray(peer.predict_prob(texts))
+    counts = f"{int(harmful.sum())} harmful in 7 categories, {int((~harmful).sum())} benign"
+    print(
+        f"\nhand-written dev prompts ({counts}; written by the hand that wrote our training examples, "
+        "so favourable to ours):"
+    )
+    print(
+        f"  AUC, harmful vs benign: ours {roc_auc_score(harmful, ours):.4f}, "
+        f"alt-profanity-check {roc_auc_score(harmful, theirs):.4f}"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -174,8 +174,8 @@ def head_features(features: HashedTfidf, texts: Sequence[str], vectors: np.ndarr
 class TextModerator:
     """The loaded text moderation model; :meth:`score` gives (n, 7) category scores in [0, 1].
 
-    Build it with :meth:`load`. Weights are kept as read; scoring is two sparse products (head)
-    and one dense product (probes) per batch.
+    Build it with :meth:`load`. Weights are held as float64 (about 8 MB); scoring a batch is one
+    hashing transform, one sparse product (head) and one dense product (probes).
     """
 
     name: str
@@ -231,9 +231,9 @@ class TextModerator:
             version=f"{meta['format']}+{digest[:12]}",
             features=features,
             vector_weight=float(settings["vector_weight"]),
-            head_coef=arrays["head_coef"],
+            head_coef=arrays["head_coef"].astype(np.float64),
             head_intercept=arrays["head_intercept"].astype(np.float64),
-            probe_coef=arrays["probe_coef"],
+            probe_coef=arrays["probe_coef"].astype(np.float64),
             probe_intercept=arrays["probe_intercept"].astype(np.float64),
             head_calibrators=tuple(Calibrator(**head_cal[name]) for name in HEAD_OUTPUTS),
             probe_calibrators=tuple(Calibrator(**probe_cal[name]) for name in TEXT_CATEGORIES),
@@ -243,8 +243,8 @@ class TextModerator:
         """Uncalibrated logits: head (n, 2: toxic, hate) and probes (n, 7, in ``TEXT_CATEGORIES``)."""
         vectors = _checked_vectors(texts, vectors)
         rows = head_features(self.features, texts, vectors, self.vector_weight)
-        head = np.asarray(rows @ self.head_coef.T.astype(np.float64)) + self.head_intercept
-        probes = vectors.astype(np.float64) @ self.probe_coef.T.astype(np.float64) + self.probe_intercept
+        head = np.asarray(rows @ self.head_coef.T) + self.head_intercept
+        probes = vectors.astype(np.float64) @ self.probe_coef.T + self.probe_intercept
         return head, probes
 
     def score(self, texts: Sequence[str], vectors: np.ndarray) -> np.ndarray:

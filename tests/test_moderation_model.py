@@ -199,3 +199,12 @@ def _copy_model(tmp_path: Path) -> Path:
     copy = tmp_path / "moderation"
     shutil.copytree(DEFAULT_DIR, copy)
     return copy
+
+
+@pytest.mark.parametrize("module", ["models.moderation_text", "models.moderation_fit"])
+def test_docstring_examples_hold(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
