@@ -39,6 +39,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the ``benchmarks`` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import image_moderation_throughput as images
 from benchmarks.measure import REPO, stopwatch
 from benchmarks.report import environment, print_environment
 
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> None:
     from models.embedder import TextEmbedder
     from models.moderation_data import davidson_split, read_davidson
     from models.moderation_text import TextModerator, classes_of
+    from transforms.moderation_rules import RuleSet
 
     if args.threads:
         import torch
@@ -118,6 +120,13 @@ def run(args: argparse.Namespace) -> None:
     scores, ours_model_tps = timed(
         "ours, model only", args.repeat, lambda: model.score(texts, vectors), len(texts)
     )
+    rules = RuleSet()
+    _, ours_rules_tps = timed(
+        "ours, model and rules",
+        args.repeat,
+        lambda: (model.score(texts, vectors), rules.hits(texts)),
+        len(texts),
+    )
     peer, peer_tps = timed(
         "alt-profanity-check", args.repeat, lambda: profanity_check.predict_prob(texts), len(texts)
     )
@@ -126,13 +135,16 @@ def run(args: argparse.Namespace) -> None:
         "ours, model only (given vectors)": {
             **toxic_metrics(scores.max(axis=1), labels), "hate_f1": hate_f1, "texts_per_s": ours_model_tps
         },
+        "ours, model and rules (given vectors)": {"texts_per_s": ours_rules_tps},
         "ours with MiniLM embedding": {"texts_per_s": ours_full_tps},
         "alt-profanity-check": {**toxic_metrics(np.asarray(peer), labels), "texts_per_s": peer_tps},
     }  # fmt: skip
     print_table(rows)
     print("\n   row 1: TextModerator.score on precomputed MiniLM vectors (the pipeline's case)")
-    print("   row 2: TextEmbedder (MiniLM, CPU, batch 64) then TextModerator.score")
-    print("   row 3: profanity_check.predict_prob (its own TF-IDF + linear SVM, calibrated)")
+    print("   row 2: the same, then RuleSet.hits (PII, secrets, injection): the pipeline's text")
+    print("          moderation, embedding excluded")
+    print("   row 3: TextEmbedder (MiniLM, CPU, batch 64) then TextModerator.score")
+    print("   row 4: profanity_check.predict_prob (its own TF-IDF + linear SVM, calibrated)")
     print("\nratios (all measured in this run):")
     peer_row = rows["alt-profanity-check"]
     ours_row = rows["ours, model only (given vectors)"]
@@ -141,6 +153,7 @@ def run(args: argparse.Namespace) -> None:
     )
     print(f"  AUC, ours - peer                           = {ours_row['auc'] - peer_row['auc']:+.4f}")
     print(f"  texts/s, ours model only / peer            = {ours_model_tps / peer_tps:.3g}x")
+    print(f"  texts/s, ours model and rules / peer       = {ours_rules_tps / peer_tps:.3g}x")
     print(f"  texts/s, ours with MiniLM / peer           = {ours_full_tps / peer_tps:.3g}x")
     print_prompt_auc(model, embedder, profanity_check)
 
@@ -194,6 +207,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, default=None, metavar="T", help="torch threads (default: torch's own choice)"
     )
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=100,
+        metavar="N",
+        help="then image moderation's images/s on N images (benchmarks/image_moderation_throughput.py); "
+        "0 skips it (default: 100)",
+    )
     return parser
 
 
@@ -204,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("moderation_peer.py: --repeat must be at least 1")
     print_environment(environment(PACKAGES))
     run(args)
+    if args.images:
+        print(f"\nimages on the CPU, in the same run ({args.images} generated 512×512 JPEGs):\n")
+        images.run(images._parser().parse_args(["--images", str(args.images), "--repeat", str(args.repeat)]))
     return 0
 
 

@@ -296,14 +296,14 @@ class PipelineConfig:
     strict_flag_threshold: float = setting(
         "moderation",
         "strict_flag_threshold",
-        0.3,
+        0.35,
         'flag threshold for users whose prefs say "sensitivity": "strict"',
         between=(0, 1),
     )
     strict_reject_threshold: float = setting(
         "moderation",
         "strict_reject_threshold",
-        0.6,
+        0.7,
         'reject threshold for users whose prefs say "sensitivity": "strict"',
         between=(0, 1),
     )
