@@ -193,8 +193,8 @@ def test_rate_limits_trip_and_violations_match_flagged_events(default_run: dict[
     # Each event is judged by its own tier's quota; where one window's events name one tier, the
     # window's count past the quota is exactly what was limited.
     tiers = duckdb.execute(
-        f"SELECT user_id, window_start, count(DISTINCT ai_tier) FROM read_parquet('{out}/events/dt=*/*.parquet')"
-        " GROUP BY ALL"
+        "SELECT user_id, window_start, count(DISTINCT ai_tier)"
+        f" FROM read_parquet('{out}/events/dt=*/*.parquet') GROUP BY ALL"
     ).fetchall()
     one_tier = {(user, start) for user, start, n in tiers if n == 1}
     checked = [v for v in violations if (v["user_id"], v["window_start"]) in one_tier]

@@ -135,6 +135,15 @@ def test_an_event_naming_a_content_nobody_decided_is_an_error_not_an_approval() 
         )
 
 
+def test_every_rule_and_image_check_sets_a_floor() -> None:
+    from transforms.image_checks import IMAGE_REASONS
+    from transforms.moderation import FLAGGING_HITS, REJECTING_HITS
+    from transforms.moderation_rules import RULES
+
+    assert set(RULES) | set(IMAGE_REASONS) == FLAGGING_HITS | REJECTING_HITS
+    assert not FLAGGING_HITS & REJECTING_HITS
+
+
 def test_thresholds_must_be_ordered_and_inside_zero_to_one() -> None:
     for flag, reject in ((-0.1, 0.5), (0.6, 0.5), (0.5, 1.01)):
         with pytest.raises(ValueError, match="0 <= flag <= reject <= 1"):

@@ -30,32 +30,30 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms.image_checks import (
+    IMAGE_BLOCKLISTED,
+    IMAGE_BOMB,
+    IMAGE_OVERSIZED,
+    IMAGE_UNDECODABLE,
+    IMAGE_UNSCANNED,
+)
+from transforms.moderation_rules import PII_AND_SECRETS
+
 #: Decisions in order of strictness: an event takes the highest of its contents'.
 DECISIONS = ("approved", "flagged", "rejected")
 APPROVED, FLAGGED, REJECTED = range(3)
 
 #: Hits that make content at least flagged, whatever its score: PII and secrets (a prompt must not
 #: carry them), prompt injection, and an image the detector could not look at.
-FLAGGING_HITS = frozenset(
-    {
-        "pii_email",
-        "pii_phone",
-        "pii_card",
-        "pii_iban",
-        "pii_ssn",
-        "secret_cloud_key",
-        "secret_api_key",
-        "secret_private_key",
-        "secret_jwt",
-        "prompt_injection",
-        "image_undecodable",
-        "image_oversized",
-        "image_bomb",
-        "image_unscanned",
-    }
-)
+FLAGGING_HITS = PII_AND_SECRETS | {
+    "prompt_injection",
+    IMAGE_UNDECODABLE,
+    IMAGE_OVERSIZED,
+    IMAGE_BOMB,
+    IMAGE_UNSCANNED,
+}
 #: Hits that reject content: the operator's blocklists.
-REJECTING_HITS = frozenset({"blocklist", "image_blocklisted"})
+REJECTING_HITS = frozenset({"blocklist", IMAGE_BLOCKLISTED})
 
 #: The value of the ``sensitivity`` key in a user's ``personalization_prefs`` that asks for the
 #: stricter thresholds.
