@@ -410,3 +410,46 @@ def test_a_human_review_survives_a_rerun_on_mariadb(tmp_path: Path, mysql_db: An
     engine.dispose()
     assert sorted(before) == sorted(after) and again["decision_rows_changed"] == 0
     assert tuple(kept) == ("rejected", 5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "pipelines.moderation:ModerateContent.__call__ after 1",  # decided, nothing written yet
+        "connectors.decision_sink:DecisionSink.write after 1",  # some decisions and files written
+    ],
+)
+def test_kill_9_while_moderating_then_a_rerun_gives_the_outputs_of_a_clean_run(
+    moderated: dict[str, Any], tmp_path: Path, moment: str
+) -> None:
+    import subprocess
+    import sys
+
+    setup = prepare(tmp_path)
+    target, when, nth = moment.split()
+    args = [
+        "run",
+        "--input",
+        str(setup["source"]),
+        "--out",
+        str(setup["out"]),
+        "--config",
+        str(setup["config"]),
+    ]
+    killed = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "kill_at.py"), target, when, nth, "--", *args],
+        capture_output=True,
+        timeout=600,
+    )
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    run(setup)
+    rows = {r["content_hash"]: r for r in read_dataset(setup["out"], "moderation", "content_hash")}
+    assert rows == moderated["rows"]
+    events = read_dataset(setup["out"], "events", "event_id")
+    assert [(e["event_id"], e["decision"]) for e in events] == [
+        (e["event_id"], e["decision"]) for e in moderated["stored_events"]
+    ]
+    with sqlite3.connect(setup["out"] / "audit.sqlite") as con:
+        stored = dict(con.execute("SELECT content_hash, decision FROM moderation_decisions"))
+    assert stored == {h: r["decision"] for h, r in rows.items()}
