@@ -54,6 +54,7 @@ from transforms.moderation import (
     moderation_table,
 )
 from transforms.moderation_rules import RuleSet
+from transforms.sharding import split_by_shard
 from transforms.validate import is_url
 
 #: Every category a content is scored in: the text model's, then the image detector's it lacks.
@@ -222,16 +223,9 @@ def _empty_texts(events: pa.Table, embedded: Iterable[str]) -> list[str]:
 
 def split_by_content_shard(rows: pa.Table, shards: int) -> list[tuple[int, pa.Table]]:
     """``rows`` by the shard of their ``content_hash``: one content's rows meet in one place."""
-    if not rows.num_rows:
-        return []
-    shard = np.array(
-        [zlib.crc32(h.encode("ascii")) % shards for h in rows.column("content_hash").to_pylist()], np.int64
-    )
-    order = np.argsort(shard, kind="stable")
-    rows, shard = rows.take(pa.array(order)), shard[order]
-    cuts = np.flatnonzero(np.diff(shard)) + 1
-    bounds = zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(shard)]]), strict=True)
-    return [(int(shard[a]), rows.slice(a, b - a)) for a, b in bounds]
+    contents = rows.column("content_hash").to_pylist()
+    shard = pa.array([zlib.crc32(h.encode("ascii")) % shards for h in contents], pa.int64())
+    return list(split_by_shard(rows, shard))
 
 
 class WriteModeration:
