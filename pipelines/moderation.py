@@ -33,6 +33,7 @@ from transforms.dead_letter import ContractViolation
 from transforms.embedding import TextsToEmbed
 from transforms.event_batch import IMAGE, IMAGE_PATH, INPUT_TEXT, OUTPUT_TEXT
 from transforms.image_checks import (
+    IMAGE_BLOCKLISTED,
     IMAGE_UNDECODABLE,
     DecodedImage,
     ImageProblem,
@@ -60,6 +61,8 @@ from transforms.validate import is_url
 #: Every category a content is scored in: the text model's, then the image detector's it lacks.
 #: Each is a column of ``moderation/`` (a test checks the dataset declares them all).
 CATEGORIES = TEXT_CATEGORIES + tuple(c for c in IMAGE_CATEGORIES if c not in TEXT_CATEGORIES)
+#: Images decoded and scored together: the detector's batch, twice.
+IMAGE_CHUNK = 32
 
 
 class ScreenImages:
@@ -84,18 +87,21 @@ class ScreenImages:
         scores = np.full((len(images), len(IMAGE_CATEGORIES)), np.nan, np.float32)
         hits: list[tuple[str, ...]] = [()] * len(images)
         phashes: list[str | None] = [None] * len(images)
-        decoded: list[tuple[int, DecodedImage]] = []
-        for i, image in enumerate(images):
-            found = self._decode(image)
-            if isinstance(found, ImageProblem):
-                hits[i] = (found.reason,)
-                continue
-            phashes[i] = found.phash
-            if self.blocklist.matches(found.phash):
-                hits[i] = ("image_blocklisted",)
-            decoded.append((i, found))
-        if decoded:
-            scores[[i for i, _ in decoded]] = self.model([image.rgb for _, image in decoded])
+        # A chunk at a time: decoded pixels (up to ~120 MB for a 40 MP image) are never held for a
+        # whole pane.
+        for start in range(0, len(images), IMAGE_CHUNK):
+            decoded: list[tuple[int, DecodedImage]] = []
+            for i in range(start, min(start + IMAGE_CHUNK, len(images))):
+                found = self._decode(images[i])
+                if isinstance(found, ImageProblem):
+                    hits[i] = (found.reason,)
+                    continue
+                phashes[i] = found.phash
+                if self.blocklist.matches(found.phash):
+                    hits[i] = (IMAGE_BLOCKLISTED,)
+                decoded.append((i, found))
+            if decoded:
+                scores[[i for i, _ in decoded]] = self.model([image.rgb for _, image in decoded])
         return scores, hits, phashes
 
     def _decode(self, image: bytes | str) -> DecodedImage | ImageProblem:

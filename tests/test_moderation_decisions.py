@@ -144,6 +144,14 @@ def test_every_rule_and_image_check_sets_a_floor() -> None:
     assert not FLAGGING_HITS & REJECTING_HITS
 
 
+def test_the_moderation_dataset_has_a_score_column_for_every_category() -> None:
+    from pipelines.moderation import CATEGORIES as SCORED
+
+    assert SCORED == CATEGORIES
+    names = schemas.arrow_schema("moderation").names
+    assert all(name in names for name in SCORED)
+
+
 def test_thresholds_must_be_ordered_and_inside_zero_to_one() -> None:
     for flag, reject in ((-0.1, 0.5), (0.6, 0.5), (0.5, 1.01)):
         with pytest.raises(ValueError, match="0 <= flag <= reject <= 1"):
