@@ -8,6 +8,7 @@
     runner.py db upgrade|status --audit-db URL
     runner.py review --audit-db URL CONTENT_HASH --decision approved|flagged|rejected --reviewer ID
     runner.py review --audit-db URL --list approved|flagged|rejected [--limit N] [--format table|json]
+    runner.py publish --input FILE --to redis://HOST:PORT/DB?stream=NAME
 
 Thin over the library: parsing and printing here, everything else in ``pipelines``/``connectors``
 (and, for ``generate``, ``loadgen``).
@@ -191,7 +192,43 @@ def _parser() -> argparse.ArgumentParser:
         sub = db_commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         sub.add_argument("--audit-db", required=True, metavar="URL", help=_AUDIT_DB_HELP)
     _add_review_parser(commands)
+    publish = commands.add_parser(
+        "publish",
+        help="feed a Redis stream from a JSONL file, one entry per line (demos, tests)",
+        description="XADD each non-blank line of FILE (JSONL, or JSONL.gz) to the stream, in order, "
+        "as its raw bytes under the field 'event': a line that is not valid JSON or UTF-8 is sent as "
+        "it is and becomes a dead letter where the stream is read. Entries go in pipelined batches of "
+        "1,000; nothing is retried (a half-sent batch would be sent twice).",
+        epilog="Exit status: 0 on success; 1 when FILE cannot be read or the server refuses or cannot "
+        "be reached (saying how many entries were added before); 2 on bad flags or a malformed URL.",
+    )
+    publish.add_argument("--input", required=True, type=Path, metavar="FILE", help="a JSONL file (.gz too)")
+    publish.add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="redis://[:PASSWORD@]HOST:PORT/DB?stream=NAME (a &group=GROUP is allowed and ignored)",
+    )
     return parser
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from connectors.redis_stream import StreamAddress, StreamError, file_lines, publish
+
+    try:
+        address = StreamAddress.parse(args.to)
+    except StreamError as exc:
+        return _bad_flags("publish", str(exc))
+    try:
+        done = publish(address, file_lines(args.input))
+    except StreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"published {done.entries:,} entries to stream {address.stream!r}"
+        f" (blank lines left out: {done.blank_lines:,}); the stream now holds {done.stream_length:,}"
+    )
+    return 0
 
 
 def _add_review_parser(commands: Any) -> None:
@@ -589,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
             "similar": _cmd_similar,
             "db": _cmd_db,
             "review": _cmd_review,
+            "publish": _cmd_publish,
         }
         return commands[args.command](args)
     except (RunError, InputError, ConfigError) as exc:

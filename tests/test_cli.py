@@ -428,12 +428,13 @@ def test_second_run_into_a_locked_output_refuses(tmp_path: Path) -> None:
     assert result.returncode == 1 and "another run" in result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["generate"], ["review"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["generate"], ["review"], ["publish"]])
 def test_help_describes_every_command(command: list[str]) -> None:
     result = run_cli(*command, "--help")
     assert result.returncode == 0
     expected = {
-        (): ["run", "generate", "review"],
+        (): ["run", "generate", "review", "publish"],
+        ("publish",): ["--input", "--to", "stream=NAME"],
         ("run",): ["--input", "--out", "--engine", "--audit-db", "--config"],
         ("generate",): ["--events", "--seed", "--dup-rate", "--bad-rate", "--images"],
         ("review",): [

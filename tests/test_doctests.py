@@ -19,6 +19,7 @@ MODULES = [
     "connectors.jsonl_source",
     "connectors.database_url",
     "connectors.embedding_cache",
+    "connectors.redis_stream",
     "transforms.dedup",
     "transforms.decision_categories",
     "transforms.dead_letter",
