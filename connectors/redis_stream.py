@@ -67,14 +67,13 @@ class StreamAddress:
         unknown = sorted(set(query) - {"stream", "group"})
         if unknown:
             raise StreamError(f"stream {shown}: unknown parameter {unknown[0]!r}; {expected}")
-        names = {key: values for key, values in query.items()}
-        for key, values in names.items():
+        for key, values in query.items():
             if len(values) != 1 or not _NAME.fullmatch(values[0]):
                 raise StreamError(f"stream {shown}: {key} must be given once, 1-256 characters, no spaces")
-        if "stream" not in names:
+        if "stream" not in query:
             raise StreamError(f"stream {shown}: no stream name; {expected}")
         server = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-        return cls(server, names["stream"][0], names["group"][0] if "group" in names else None)
+        return cls(server, query["stream"][0], query["group"][0] if "group" in query else None)
 
     def client(self) -> redis.Redis:
         """A client of the stream's server; no retries inside it (a retried XADD would double)."""
