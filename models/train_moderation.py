@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the ``models`` package im
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.moderation_data import (
+    DEFAULT_DATA,
     DEV_SHARE,
     SEED,
     Davidson,
@@ -65,8 +66,6 @@ from models.moderation_text import (
     write_npz,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "moderation" / "davidson_train.csv"
 DEFAULT_EXAMPLES = Path(__file__).resolve().parent / "moderation_examples.json"
 FOLDS = 4
 #: Head calibrators that never fire: the probes' scores alone.
