@@ -17,6 +17,7 @@ Thin over the library: parsing and printing here, everything else in ``pipelines
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -65,12 +66,18 @@ def _parser() -> argparse.ArgumentParser:
         "unusable audit store or one that did not keep rows it was given, a bad config or pricing "
         "table, another run holding the output's lock); 2 on bad flags.",
     )
-    run.add_argument(
+    inputs = run.add_mutually_exclusive_group(required=True)
+    inputs.add_argument(
         "--input",
         nargs="+",
-        required=True,
         metavar="PATH",
         help="JSONL/CSV (optionally .gz) or Parquet files or globs, in order; '-' reads JSONL from stdin",
+    )
+    inputs.add_argument(
+        "--source",
+        metavar="URL",
+        help="a live source (--engine bytewax): redis://HOST:PORT/DB?stream=NAME&group=GROUP, read "
+        "through its consumer group, entries acknowledged once every sink holding their results committed",
     )
     run.add_argument(
         "--out",
@@ -79,7 +86,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="output directory: Parquet datasets, audit.sqlite and _runs/<run_id>.json",
     )
-    run.add_argument("--engine", default="beam", choices=["beam"], help="dataflow engine (default: beam)")
+    run.add_argument(
+        "--engine",
+        default="beam",
+        choices=["beam", "bytewax"],
+        help="dataflow engine (default: beam): beam runs bounded files; bytewax runs the stream job "
+        "(files, stdin or --source), with event-time windows, late events and crash recovery",
+    )
     run.add_argument(
         "--audit-db",
         metavar="URL",
@@ -120,6 +133,29 @@ def _parser() -> argparse.ArgumentParser:
         "or redis://HOST:PORT/DB for several workers or machines",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    stream = run.add_argument_group("stream job (--engine bytewax)")
+    stream.add_argument(
+        "--recovery-dir",
+        type=Path,
+        metavar="DIR",
+        help="Bytewax recovery store, created when missing (default: <DIR>/_recovery/<stream id>); "
+        "a restart with the same command resumes from it",
+    )
+    stream.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="worker threads in this process (default: 1)"
+    )
+    stream.add_argument(
+        "--image-root",
+        type=Path,
+        metavar="DIR",
+        help="with --source: the folder relative image paths resolve against (default: the current one)",
+    )
+    stream.add_argument(
+        "--until-end",
+        action="store_true",
+        help="with --source: stop at the stream's last entry at start, as the end of the input "
+        "(every window closes); without it the job runs until SIGTERM",
+    )
     run.add_argument("engine_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     gen = commands.add_parser(
@@ -444,8 +480,48 @@ def _engine_args(raw: list[str]) -> list[str]:
     return raw[1:] if raw[:1] == ["--"] else raw
 
 
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from pipelines.stream_run import StreamRequest, run_stream
+
+    if args.source and args.input:
+        print("error: give --input or --source, not both", file=sys.stderr)
+        return EXIT_BAD_FLAGS
+    if not 1 <= args.workers <= 256:
+        print(f"error: --workers must be 1 to 256, got {args.workers}", file=sys.stderr)
+        return EXIT_BAD_FLAGS
+    if _engine_args(args.engine_args):
+        print("error: engine options after `--` are for beam; bytewax takes none", file=sys.stderr)
+        return EXIT_BAD_FLAGS
+    summary = run_stream(
+        StreamRequest(
+            out_dir=args.out,
+            source=args.source,
+            inputs=tuple(args.input or ()),
+            audit_url=args.audit_db,
+            config_path=args.config,
+            recovery_dir=args.recovery_dir,
+            workers=args.workers,
+            until_end=args.until_end,
+            image_root=args.image_root,
+            overrides=_config_overrides(args),
+        )
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.batch_run import RunRequest, run_batch
+
+    if args.engine == "bytewax":
+        return _cmd_stream(args)
+    for flag in ("source", "recovery_dir", "image_root"):
+        if getattr(args, flag):
+            print(f"error: --{flag.replace('_', '-')} is for --engine bytewax", file=sys.stderr)
+            return EXIT_BAD_FLAGS
+    if args.until_end or args.workers != 1:
+        print("error: --until-end and --workers are for --engine bytewax", file=sys.stderr)
+        return EXIT_BAD_FLAGS
 
     extra = _engine_args(args.engine_args)
     if extra and args.engine_args[:1] != ["--"]:

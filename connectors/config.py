@@ -343,6 +343,37 @@ class PipelineConfig:
     users_ttl_seconds: int = setting(
         "audit", "users_ttl_seconds", 300, "how long a tier is cached", between=(1, 10 * YEAR), summary=False
     )
+    allowed_lateness_seconds: int = setting(
+        "stream",
+        "allowed_lateness_seconds",
+        300,
+        "a stream's watermark trails the latest event time by this much; later events are late",
+        between=(0, 10 * YEAR),
+    )
+    snapshot_seconds: int = setting(
+        "stream",
+        "snapshot_seconds",
+        5,
+        "a stream's epoch: how often its state is snapshotted to the recovery store",
+        between=(1, 3600),
+        summary=False,
+    )
+    claim_min_idle_seconds: int = setting(
+        "stream",
+        "claim_min_idle_seconds",
+        30,
+        "on start, Redis entries pending this long on another consumer are claimed (XAUTOCLAIM)",
+        between=(0, 86_400),
+        summary=False,
+    )
+    status_seconds: int = setting(
+        "stream",
+        "status_seconds",
+        10,
+        "how often a stream prints its one-line status on stderr",
+        between=(1, 86_400),
+        summary=False,
+    )
 
     @staticmethod
     def settings() -> tuple[Setting, ...]:

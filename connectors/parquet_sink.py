@@ -90,6 +90,58 @@ class RunFileNames:
         return file_name.startswith(f"part-{self.outputs_id}-") and file_name.endswith(".parquet")
 
 
+@dataclass(frozen=True)
+class StreamFileNames:
+    """Names for a stream: ``part-<outputs id>-<writer>-<sequence>.parquet``.
+
+    Each writer (the stream's gate, or one user shard) numbers its writes and keeps the next
+    number in its snapshotted state. A stream restored from a snapshot first deletes the files
+    its writers wrote after that snapshot (:func:`remove_parts_after`): their contents are
+    written again as the input after the snapshot is read again, so no file is ever doubled.
+
+    >>> StreamFileNames("s0123abcd").stem(StreamFileNames.key("0003", 12))
+    's0123abcd-0003-0000000012'
+    """
+
+    outputs_id: str
+
+    @staticmethod
+    def key(writer: str, sequence: int) -> str:
+        """The key a writer's ``sequence``-th write goes under."""
+        return f"{writer}-{sequence:010d}"
+
+    def stem(self, key: str) -> str:
+        return f"{self.outputs_id}-{key}"
+
+    def owns(self, file_name: str) -> bool:
+        return file_name.startswith(f"part-{self.outputs_id}-") and file_name.endswith(".parquet")
+
+
+@dataclass(frozen=True)
+class NoFileNames:
+    """A naming that owns no file: a sink that reads with it sees every file of its dataset."""
+
+    def stem(self, key: str) -> str:
+        raise TypeError("NoFileNames names no file: it is for reading what others wrote")
+
+    def owns(self, file_name: str) -> bool:
+        return False
+
+
+def remove_parts_after(out_dir: Path, naming: StreamFileNames, writer: str, next_sequence: int) -> list[Path]:
+    """Delete the files ``writer`` wrote with a sequence number of ``next_sequence`` or more, in
+    every dataset: writes a stream made after the snapshot it is restored from."""
+    prefix = f"part-{naming.outputs_id}-{writer}-"
+    removed = []
+    for dataset in schemas.dataset_names():
+        for path in (out_dir / dataset).glob(f"dt=*/{prefix}*.parquet"):
+            sequence = path.name[len(prefix) : -len(".parquet")]
+            if sequence.isdigit() and int(sequence) >= next_sequence:
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
 class ParquetSink:
     """A :class:`connectors.sinks.Sink` that writes one dataset of ``schemas/datasets.json``.
 

@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
@@ -137,3 +138,225 @@ def _add(client: redis.Redis, stream: str, records: list[bytes]) -> int:
         pipe.xadd(stream, {ENTRY_FIELD: record})
     pipe.execute()
     return len(records)
+
+
+def pack_entry_id(entry_id: bytes | str) -> int:
+    """An entry id (``MS-SEQ``) as one int64, order kept: what a stream event's ``line_no`` holds.
+
+    >>> pack_entry_id(b"1700000000000-3"), unpack_entry_id(pack_entry_id("1700000000000-3"))
+    (1782579200000000003, '1700000000000-3')
+    """
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    if int(seq) >= 1 << SEQ_BITS:
+        raise StreamError(f"entry id {text!r}: sequence part over {1 << SEQ_BITS}")
+    return (int(ms) << SEQ_BITS) | int(seq)
+
+
+def unpack_entry_id(packed: int) -> str:
+    """The ``MS-SEQ`` id that :func:`pack_entry_id` packed."""
+    return f"{packed >> SEQ_BITS}-{packed & ((1 << SEQ_BITS) - 1)}"
+
+
+#: Bits of an entry id's sequence part in a packed id (up to 2^20 entries per millisecond).
+SEQ_BITS = 20
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class StreamReader:
+    """Reads a stream through its consumer group, in entry-id order, and acknowledges entries.
+
+    On :meth:`start` it creates the group when missing, reading from the stream's beginning (id
+    0, so entries published before the first start are not skipped). Then, before new entries:
+
+    - with a ``position`` (the last entry id the caller's recovered state holds), every entry
+      after it that the group already delivered is read again (its results may be lost with the
+      state that was not snapshotted; the sinks are idempotent);
+    - without one, the entries pending in the group are claimed (XAUTOCLAIM, those idle at least
+      ``min_idle_ms``; this consumer's own at once) and read again.
+
+    ``end`` (``"$"``: the last entry at start) makes the stream bounded: :meth:`read` returns
+    ``None`` once the entries up to it are read.
+    """
+
+    def __init__(
+        self,
+        address: StreamAddress,
+        consumer: str,
+        *,
+        count: int = 1_000,
+        block_ms: int = 200,
+        min_idle_ms: int = 30_000,
+    ) -> None:
+        if not address.group:
+            raise StreamError(
+                f"stream {redact(address.server)} {address.stream!r}: reading needs &group=NAME"
+            )
+        self.address = address
+        self.group: str = address.group
+        self.consumer = consumer
+        self.count = count
+        self.block_ms = block_ms
+        self.min_idle_ms = min_idle_ms
+        self.client = redis.Redis.from_url(address.server, socket_connect_timeout=5, socket_timeout=30)
+        self._again: list[tuple[str, bytes | None]] = []
+        self._end: tuple[int, int] | None = None
+        self._delivered: tuple[int, int] = (0, 0)
+
+    def _call(self, what: str, call: Any) -> Any:
+        try:
+            return call()
+        except redis.RedisError as exc:
+            raise StreamError(
+                f"stream {redact(self.address.server)} {self.address.stream!r}: {what}:"
+                f" {describe_error(exc, self.address.server)}"
+            ) from exc
+
+    def start(self, position: str | None, *, bounded: bool = False) -> int:
+        """Open the group and gather what must be read again; returns how many entries that is."""
+        stream, group = self.address.stream, self.group
+        try:
+            self._call(
+                "creating the group", lambda: self.client.xgroup_create(stream, group, id="0", mkstream=True)
+            )
+        except StreamError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        if bounded:
+            last = self._call("reading the last id", lambda: self.client.xinfo_stream(stream))[
+                "last-generated-id"
+            ]
+            self._end = _id_key(last.decode() if isinstance(last, bytes) else str(last))
+        delivered = self._group_info()["last-delivered-id"]
+        delivered = delivered.decode() if isinstance(delivered, bytes) else str(delivered)
+        self._delivered = _id_key(delivered)
+        if position is not None:
+            if _id_key(delivered) > _id_key(position):
+                self._again = self._range(position, delivered)
+        else:
+            self._again = self._pending()
+        return len(self._again)
+
+    def _group_info(self) -> dict[str, Any]:
+        groups = self._call("reading the group", lambda: self.client.xinfo_groups(self.address.stream))
+        for info in groups:
+            name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+            if name == self.group:
+                return dict(info)
+        raise StreamError(f"stream {self.address.stream!r}: group {self.group!r} vanished")
+
+    def lag(self) -> int | None:
+        """Entries in the stream the group has not yet been delivered (Redis 7's ``lag``)."""
+        value = self._group_info().get("lag")
+        return None if value is None else int(value)
+
+    def _range(self, after: str, upto: str) -> list[tuple[str, bytes | None]]:
+        entries: list[tuple[str, bytes | None]] = []
+        start = "(" + after
+        while True:
+            chunk = self._call(
+                "reading again",
+                lambda s=start: self.client.xrange(self.address.stream, s, upto, count=self.count),
+            )
+            entries.extend(_entries(chunk))
+            if len(chunk) < self.count:
+                return entries
+            start = "(" + entries[-1][0]
+
+    def _pending(self) -> list[tuple[str, bytes | None]]:
+        stream, group, me = self.address.stream, self.group, self.consumer
+        mine = self._call("reading own pending", lambda: self.client.xreadgroup(group, me, {stream: "0"}))
+        found = dict(_entries(mine[0][1])) if mine else {}
+        cursor = "0-0"
+        while True:
+            reply = self._call(
+                "claiming pending",
+                lambda c=cursor: self.client.xautoclaim(
+                    stream, group, me, self.min_idle_ms, c, count=self.count
+                ),
+            )
+            cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            found.update(_entries(reply[1]))
+            if cursor == "0-0":
+                break
+        return sorted(found.items(), key=lambda entry: _id_key(entry[0]))
+
+    def read(self) -> list[tuple[str, bytes | None]] | None:
+        """The next entries (id, record bytes or ``None`` when the entry has no record field), in
+        order: first those to read again, then new ones (waiting up to ``block_ms``); ``None``
+        once a bounded stream is read to its end."""
+        if self._again:
+            chunk, self._again = self._again[: self.count], self._again[self.count :]
+            return self._within_end(chunk)
+        if self._end is not None and self._delivered >= self._end:
+            return None
+        stream, group = self.address.stream, self.group
+        reply = self._call(
+            "reading",
+            lambda: self.client.xreadgroup(
+                group, self.consumer, {stream: ">"}, count=self.count, block=self.block_ms
+            ),
+        )
+        chunk = _entries(reply[0][1]) if reply else []
+        if chunk:
+            self._delivered = _id_key(chunk[-1][0])
+        return self._within_end(chunk)
+
+    def _within_end(self, chunk: list[tuple[str, bytes | None]]) -> list[tuple[str, bytes | None]]:
+        # Entries past a bounded stream's end stay pending: the next start reads them again.
+        if self._end is None:
+            return chunk
+        return [entry for entry in chunk if _id_key(entry[0]) <= self._end]
+
+    def ack(self, entry_ids: list[str]) -> int:
+        """Acknowledge entries whose results every sink has committed; returns how many were pending."""
+        if not entry_ids:
+            return 0
+        return int(
+            self._call("acknowledging", lambda: self.client.xack(self.address.stream, self.group, *entry_ids))
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _entries(chunk: Any) -> list[tuple[str, bytes | None]]:
+    """(id, record) pairs of an XRANGE/XREADGROUP reply; a deleted entry's fields are None."""
+    out = []
+    for entry_id, fields in chunk:
+        text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        out.append((text, (fields or {}).get(ENTRY_FIELD)))
+    return out
+
+
+class EntryAcknowledger:
+    """Acknowledges a group's entries (XACK) by their packed ids, once their results are committed."""
+
+    def __init__(self, address: StreamAddress) -> None:
+        if not address.group:
+            raise StreamError(
+                f"stream {redact(address.server)} {address.stream!r}: acknowledging needs &group=NAME"
+            )
+        self.address = address
+        self.group: str = address.group
+        self.client = address.client()
+
+    def ack(self, packed: Iterable[int]) -> int:
+        """XACK the entries; returns how many were still pending."""
+        ids = [unpack_entry_id(int(p)) for p in packed]
+        if not ids:
+            return 0
+        try:
+            return int(self.client.xack(self.address.stream, self.group, *ids))
+        except redis.RedisError as exc:
+            raise StreamError(
+                f"stream {redact(self.address.server)} {self.address.stream!r}: acknowledging:"
+                f" {describe_error(exc, self.address.server)}"
+            ) from exc
+
+    def close(self) -> None:
+        self.client.close()

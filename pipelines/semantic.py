@@ -14,7 +14,7 @@ They come after rate limiting, on the events of one (user shard, pane), and are 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,12 @@ from transforms.embedding import (
     texts_to_embed,
 )
 from transforms.hashing import ContentHasher
-from transforms.personalization import UserFeatureWindows, last_interest_vectors, with_drift
+from transforms.personalization import (
+    FeatureAccumulator,
+    UserFeatureWindows,
+    last_interest_vectors,
+    with_drift,
+)
 from transforms.topics import TopicIndex, prefs_topics, prefs_vector
 
 
@@ -213,17 +218,26 @@ class ProfileWindows:
         self._prefs: dict[tuple[str, ...], np.ndarray | None] = {}
 
     def __call__(self, events: pa.Table) -> pa.Table:
+        """The rows of a whole pane: its windows accumulated and extracted at once."""
+        return self.extract(self.add(self.windows.create_accumulator(), events))
+
+    def add(self, acc: FeatureAccumulator, events: pa.Table) -> FeatureAccumulator:
+        """Add events (with their prompt vectors) to ``acc``; rate-limited ones do not count."""
         kept = events.filter(pc.invert(events.column("rate_limited")))
         flat = kept.column(PROMPT_VECTOR).combine_chunks().flatten().to_numpy(zero_copy_only=False)
         vectors = flat.reshape(kept.num_rows, -1).astype(np.float32, copy=False)
-        accumulator = self.windows.add_batch(self.windows.create_accumulator(), kept, vectors)
-        users = sorted(set(kept.column("user_id").to_pylist()))
+        return self.windows.add_batch(acc, kept, vectors)
+
+    def extract(self, acc: FeatureAccumulator, previous: Mapping[int, np.ndarray] | None = None) -> pa.Table:
+        """The rows of the (closed) windows in ``acc``; ``previous``: each user's last interest
+        vector before them, for drift (a stream carries it; a batch run computes drift later)."""
+        users = sorted({user for user, _ in acc.windows})
         prefs = {}
         for user_id, profile in self.users.profiles(users).items():
             vector = self._prefs_vector(tuple(prefs_topics(profile.prefs)))
             if vector is not None:
                 prefs[user_id] = vector
-        return self.windows.extract_output(accumulator, topics=self.topics, prefs=prefs)
+        return self.windows.extract_output(acc, topics=self.topics, prefs=prefs, previous=previous)
 
     def _prefs_vector(self, topics: tuple[str, ...]) -> np.ndarray | None:
         if topics not in self._prefs:

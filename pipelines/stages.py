@@ -50,7 +50,6 @@ from transforms.dedup import (
     CONTEXT,
     STORED,
     Verdict,
-    collapse_duplicates,
     judge_against_store,
     stored_conflicts,
 )
@@ -69,6 +68,7 @@ from transforms.event_batch import (
 from transforms.hashing import ContentHasher
 from transforms.rate_limit import RateLimits, apply_rate_limits
 from transforms.sharding import split_by_shard, split_by_shard_and_window, user_shard
+from transforms.stream_state import END_OF_TIME, DuplicateMemory, OpenWindows
 from transforms.tiers import resolve_tiers
 from transforms.validate import EventRules, is_url
 from transforms.windows import TumblingWindows, pane_seconds
@@ -133,6 +133,12 @@ class RunPlan:
     # Whether the audit trail held rows when the run began: only then can an event conflict with
     # one an earlier run stored (within a run, each event_id reaches exactly one shard).
     compare_with_store: bool = True
+    #: A stream (Bytewax) rather than a bounded run: an event already stored and held in any file
+    #: of this output, its own included, is a duplicate (a bounded rerun replaces its own files).
+    stream: bool = False
+    #: Input positions are Redis entry ids packed in ``line_no`` (``connectors.redis_stream``):
+    #: dead letters then show the entry id as their position and no line number.
+    entry_positions: bool = False
 
     @property
     def panes(self) -> TumblingWindows:
@@ -211,10 +217,12 @@ def _resolved_image_paths(events: pa.Table, image_dir: str) -> pa.Table:
 
 
 class CollapseDuplicates:
-    """Stage 3: one event per event_id among the copies of one shard (``transforms.dedup``)."""
+    """Stage 3: one event per event_id among the copies of one shard: the stream's duplicate
+    memory (``transforms.stream_state``) folded over the whole shard at once."""
 
     def __call__(self, tables: Iterable[pa.Table]) -> tuple[pa.Table, StageOutput]:
-        result = collapse_duplicates(pa.concat_tables(tables))
+        events = pa.concat_tables(tables)
+        result = DuplicateMemory().add(events, np.zeros(events.num_rows, dtype=np.int64))
         return result.events.drop_columns([SHARD]), StageOutput(
             dead_letters=dead_letter_files(result.conflicts),
             counts={"duplicates_collapsed": result.collapsed},
@@ -304,6 +312,13 @@ class ApplyRateLimits:
         self.violations_schema = schemas.arrow_schema("rate_limit_violations")
 
     def __call__(self, events: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """Rate-limit a bounded pane: its open windows (the stream's state) closed at once."""
+        windows = OpenWindows(TumblingWindows(self.limits.window_seconds))
+        windows.add(events)
+        return self.closed(windows.close(END_OF_TIME) or events)
+
+    def closed(self, events: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """Rate-limit the events of closed windows (every event of each of them)."""
         result = apply_rate_limits(events, self.limits, self.violations_schema)
         return result.events, result.violations
 

@@ -17,7 +17,7 @@ from connectors.audit_sink import AuditSink, StoredEvents
 from connectors.database import open_engine
 from connectors.decision_sink import DecisionSink
 from connectors.embedding_cache import EmbeddingCache
-from connectors.parquet_sink import ParquetSink
+from connectors.parquet_sink import NoFileNames, ParquetSink
 from connectors.sinks import Sink
 from connectors.users import UserDirectory
 from models.embedder import TextEmbedder
@@ -108,7 +108,10 @@ class SpineWorker:
         stored = (
             StoredEvents(self.engine, config.audit_retry_attempts) if self.plan.compare_with_store else None
         )
-        return CompareWithStore(stored, self.parquet("events").held_elsewhere, config.shards, self.plan.panes)
+        events = self.parquet("events")
+        if self.plan.stream:
+            events = ParquetSink(self.out_dir, schemas.dataset("events"), NoFileNames())
+        return CompareWithStore(stored, events.held_elsewhere, config.shards, self.plan.panes)
 
     @cached_property
     def users(self) -> UserDirectory:
@@ -208,6 +211,10 @@ class SpineWorker:
         config = self.plan.config
         windows = UserFeatureWindows(config.features_window_seconds, schemas.arrow_schema("user_features"))
         return ProfileWindows(windows, self.topics, self.users, self.cached_embedder)
+
+    @cached_property
+    def late_events(self) -> ParquetSink:
+        return self.parquet("late_events")
 
     @cached_property
     def write_embeddings(self) -> WriteEmbeddings:

@@ -91,6 +91,7 @@ def test_the_file_keeps_the_keys_runs_have_always_written(real_run: tuple[RunSum
         "reject_threshold",
         "strict_flag_threshold",
         "strict_reject_threshold",
+        "allowed_lateness_seconds",
     ]
     assert isinstance(data["cost_total"], str) and Decimal(data["cost_total"]) > 0
     assert list(data["dead_letters_by_reason"]) == sorted(data["dead_letters_by_reason"])

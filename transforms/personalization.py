@@ -76,6 +76,18 @@ class FeatureAccumulator:
             aggregate = self.windows[key] = WindowAggregate()
         return aggregate
 
+    def pop_closed(self, watermark_us: int, size_us: int) -> FeatureAccumulator:
+        """Take out the windows that ended at or before ``watermark_us`` (a stream closing them).
+
+        >>> acc = FeatureAccumulator({(1, 0): WindowAggregate(events=2), (1, 60): WindowAggregate()})
+        >>> sorted(acc.pop_closed(60, 60).windows), sorted(acc.windows)
+        ([(1, 0)], [(1, 60)])
+        """
+        closed = {key: agg for key, agg in self.windows.items() if key[1] + size_us <= watermark_us}
+        for key in closed:
+            del self.windows[key]
+        return FeatureAccumulator(closed)
+
 
 class UserFeatureWindows:
     """The ``user_features`` rows of each (user, event-time window), as a CombineFn-shaped object.

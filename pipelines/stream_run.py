@@ -1,0 +1,293 @@
+"""Launch the stream job on Bytewax: lock the output, open the recovery store, run until the input
+ends or SIGTERM drains it, write the summary of this execution.
+
+A stream's outputs are named by its *stream id*, a hash of what it reads (the Redis server,
+stream and group, or the input files' contents): the same command started again is the same
+stream, and resumes from its recovery store (``--recovery-dir``, by default
+``<out>/_recovery/<stream id>``), created when missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+import filelock
+
+from connectors import database
+from connectors.config import load_config
+from connectors.database_url import redact
+from connectors.inputs import InputFile, discover_inputs, plan_splits
+from connectors.parquet_sink import StreamFileNames, remove_temporary_files
+from connectors.redis_stream import EntryAcknowledger, StreamAddress, StreamError, StreamReader
+from pipelines.batch_run import RunError, _check_models, _prepare_out_dir, inputs_fingerprint
+from pipelines.stages import RunPlan, build_enrich_settings
+
+log = logging.getLogger("aiep.stream")
+
+#: Counts a stream's summary reports, in this order.
+SUMMARY_COUNTS = (
+    "events_read",
+    "events_processed",
+    "events_dead_lettered",
+    "duplicates_collapsed",
+    "late_events",
+    "events_waiting",
+    "rate_limited",
+    "rate_limit_violations",
+    "audit_rows_inserted",
+    "user_features_written",
+    "embeddings_written",
+    "decisions_approved",
+    "decisions_flagged",
+    "decisions_rejected",
+    "entries_acknowledged",
+)
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """What the operator asked of a stream job."""
+
+    out_dir: Path
+    source: str | None = None  # a redis:// URL
+    inputs: tuple[str, ...] = ()
+    audit_url: str | None = None
+    config_path: Path | None = None
+    recovery_dir: Path | None = None
+    workers: int = 1
+    #: Stop at the last Redis entry present at start, as the end of the input.
+    until_end: bool = False
+    #: The folder a live source's relative image paths resolve against (default: the current one).
+    image_root: Path | None = None
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def stream_id(request: StreamRequest, files: list[InputFile]) -> str:
+    """The stream's id: ``s`` and 15 hex digits of what it reads (never a password): the Redis
+    server, stream and group, or the input files' contents."""
+    digest = hashlib.sha256()
+    if request.source:
+        address = StreamAddress.parse(request.source)
+        digest.update(f"redis\t{redact(address.server)}\t{address.stream}\t{address.group}".encode())
+    else:
+        digest.update(f"files\t{inputs_fingerprint(files)}".encode())
+    return "s" + digest.hexdigest()[:15]
+
+
+def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> dict[str, Any]:
+    """Run the stream job until its input ends or SIGTERM; return this execution's summary."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    from pipelines import bytewax_flow
+
+    config = dataclasses.replace(load_config(request.config_path), **request.overrides)
+    out_dir = request.out_dir.resolve()
+    _prepare_out_dir(out_dir)
+    if request.source:
+        try:
+            address = StreamAddress.parse(request.source)
+        except StreamError as exc:
+            raise RunError(str(exc)) from None
+        if not address.group:
+            raise RunError(f"stream {redact(request.source)}: a stream job needs &group=NAME")
+    lock = filelock.FileLock(str(out_dir / ".aiep.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise RunError(
+            f"another run is writing to {str(out_dir)!r} (lock {out_dir / '.aiep.lock'})"
+        ) from None
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        remove_temporary_files(out_dir)
+        files = (
+            []
+            if request.source
+            else discover_inputs(list(request.inputs), out_dir / "_staging" / "stdin.jsonl")
+        )
+        identity = stream_id(request, files)
+        audit_url = request.audit_url or database.default_url(out_dir)
+        try:
+            engine = database.open_engine(audit_url)
+            schema_version = database.upgrade(engine).after
+            engine.dispose()
+        except Exception as exc:
+            raise RunError(
+                f"audit store {redact(audit_url)} is unusable: {database.describe_error(exc, audit_url)}"
+            ) from exc
+        if config.needs_vectors:
+            _check_models(config, out_dir)
+        recovery = (request.recovery_dir or out_dir / "_recovery" / identity).resolve()
+        if not recovery.exists() or not any(recovery.iterdir()):
+            recovery.mkdir(parents=True, exist_ok=True)
+            init_db_dir(recovery, 1)
+        plan = RunPlan(
+            run_id=f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{identity}",
+            out_dir=str(out_dir),
+            audit_url=audit_url,
+            config=config,
+            outputs_id=identity,
+            naming=StreamFileNames(identity),
+            image_dirs=tuple(f.base_dir for f in files)
+            or (str((request.image_root or Path.cwd()).resolve()),),
+            compare_with_store=True,
+            stream=True,
+            entry_positions=bool(request.source),
+        )
+        rules = build_enrich_settings(config).rules
+        acknowledger: Callable[[], EntryAcknowledger] | None = None
+        lag: Callable[[], int | None] = lambda: None  # noqa: E731
+        if request.source:
+            address = StreamAddress.parse(request.source)
+            source: Any = bytewax_flow.RedisSource(
+                address,
+                consumer=f"aiep-{identity}",
+                rules=rules,
+                stop=stop,
+                bounded=request.until_end,
+                min_idle_ms=config.claim_min_idle_seconds * 1000,
+                count=config.batch_size,
+            )
+            acknowledger = lambda: EntryAcknowledger(address)  # noqa: E731
+            probe = StreamReader(address, f"aiep-{identity}")
+            lag = lambda: _quiet(probe.lag)  # noqa: E731
+        else:
+            splits = plan_splits(files, config.split_mb << 20)
+            source = bytewax_flow.FilesSource(splits, config.batch_size, rules, stop)
+        tally = bytewax_flow.Tally()
+        workers = bytewax_flow.Workers(plan)
+        flow = bytewax_flow.build(plan, source, workers, bytewax_flow.ResultsSink(tally, acknowledger))
+        started = datetime.now(UTC)
+        reporter = _StatusLine(tally, lag, config.status_seconds, status)
+        reporter.start()
+        try:
+            from bytewax._bytewax import cli_main
+
+            cli_main(
+                flow,
+                workers_per_process=request.workers,
+                epoch_interval=timedelta(seconds=config.snapshot_seconds),
+                recovery_config=RecoveryConfig(recovery),
+            )
+        except Exception as exc:
+            root = database.root_cause(exc)
+            raise RunError(f"stream failed: {database.describe_error(root, audit_url)}") from exc
+        finally:
+            reporter.stop()
+            workers.close()
+        finished = datetime.now(UTC)
+        summary = _summary(
+            plan, request, tally.snapshot(), started, finished, schema_version, recovery, stop.is_set()
+        )
+        runs = out_dir / "_runs"
+        runs.mkdir(exist_ok=True)
+        (runs / f"{plan.run_id}.stream.json").write_text(
+            json.dumps(summary, indent=2) + "\n", encoding="utf-8"
+        )
+        return summary
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        lock.release()
+
+
+def _quiet(call: Callable[[], int | None]) -> int | None:
+    try:
+        return call()
+    except StreamError:
+        return None
+
+
+def _summary(
+    plan: RunPlan,
+    request: StreamRequest,
+    counts: dict[str, int],
+    started: datetime,
+    finished: datetime,
+    schema_version: str,
+    recovery: Path,
+    drained: bool,
+) -> dict[str, Any]:
+    """This execution's summary: what it did between its start and its end (a restored job's
+    earlier executions have their own)."""
+    dead = {k.split(".", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("dead_letter.")}
+    return {
+        "run_id": plan.run_id,
+        "engine": "bytewax",
+        "stream_id": plan.outputs_id,
+        "source": redact(request.source) if request.source else list(request.inputs),
+        "workers": request.workers,
+        "started_at": started.isoformat(),
+        "finished_at": finished.isoformat(),
+        "seconds": round((finished - started).total_seconds(), 3),
+        "ended_by": "sigterm" if drained else "end of input",
+        **{name: int(counts.get(name, 0)) for name in SUMMARY_COUNTS},
+        "cost_total": str(counts.get("cost_total_micros", 0) / 1_000_000),
+        "dead_letters_by_reason": dead,
+        "out_dir": plan.out_dir,
+        "audit_db": redact(plan.audit_url),
+        "audit_schema_version": schema_version,
+        "recovery_dir": str(recovery),
+        "config": plan.config.summary_block(),
+    }
+
+
+class _StatusLine:
+    """A one-line status on stderr every ``seconds``: what a stream has done so far."""
+
+    def __init__(
+        self, tally: Any, lag: Callable[[], int | None], seconds: float, stream: TextIO | None
+    ) -> None:
+        self.tally = tally
+        self.lag = lag
+        self.seconds = seconds
+        self.stream = stream
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="aiep-status")
+        self._began = time.monotonic()
+
+    def start(self) -> None:
+        if self.stream is not None:
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.seconds):
+            self.print()
+
+    def print(self) -> None:
+        if self.stream is None:
+            return
+        c = self.tally.snapshot()
+        lag = self.lag()
+        elapsed = time.monotonic() - self._began
+        parts = [f"stream {elapsed:7.0f}s:"] + [
+            f"{label} {c.get(name, 0):,}"
+            for label, name in (
+                ("read", "events_read"),
+                ("processed", "events_processed"),
+                ("dead-lettered", "events_dead_lettered"),
+                ("duplicates", "duplicates_collapsed"),
+                ("late", "late_events"),
+                ("waiting", "events_waiting"),
+            )
+        ]
+        if lag is not None:
+            parts.append(f"lag {lag:,}")
+        print(" ".join(parts), file=self.stream, flush=True)
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
