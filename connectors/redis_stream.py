@@ -171,13 +171,12 @@ class StreamReader:
     """Reads a stream through its consumer group, in entry-id order, and acknowledges entries.
 
     On :meth:`start` it creates the group when missing, reading from the stream's beginning (id
-    0, so entries published before the first start are not skipped). Then, before new entries:
-
-    - with a ``position`` (the last entry id the caller's recovered state holds), every entry
-      after it that the group already delivered is read again (its results may be lost with the
-      state that was not snapshotted; the sinks are idempotent);
-    - without one, the entries pending in the group are claimed (XAUTOCLAIM, those idle at least
-      ``min_idle_ms``; this consumer's own at once) and read again.
+    0, so entries published before the first start are not skipped). Then, before new entries, it
+    reads again every entry after ``position`` (the last entry id the caller's restored state
+    holds; the stream's beginning without one) that the group has already delivered: their
+    results may be lost with state that was never snapshotted, and the sinks are idempotent. It
+    also claims (XAUTOCLAIM) the entries pending on other consumers of the group for at least
+    ``min_idle_ms``, so that the entries it will acknowledge are its own.
 
     ``end`` (``"$"``: the last entry at start) makes the stream bounded: :meth:`read` returns
     ``None`` once the entries up to it are read.
@@ -206,6 +205,8 @@ class StreamReader:
         self._again: list[tuple[str, bytes | None]] = []
         self._end: tuple[int, int] | None = None
         self._delivered: tuple[int, int] = (0, 0)
+        #: Entries :meth:`start` took over from other consumers.
+        self.claimed = 0
 
     def _call(self, what: str, call: Any) -> Any:
         try:
@@ -234,11 +235,10 @@ class StreamReader:
         delivered = self._group_info()["last-delivered-id"]
         delivered = delivered.decode() if isinstance(delivered, bytes) else str(delivered)
         self._delivered = _id_key(delivered)
-        if position is not None:
-            if _id_key(delivered) > _id_key(position):
-                self._again = self._range(position, delivered)
-        else:
-            self._again = self._pending()
+        after = position or "0-0"
+        if _id_key(delivered) > _id_key(after):
+            self._again = self._range(after, delivered)
+        self.claimed = self._claim()
         return len(self._again)
 
     def _group_info(self) -> dict[str, Any]:
@@ -267,11 +267,11 @@ class StreamReader:
                 return entries
             start = "(" + entries[-1][0]
 
-    def _pending(self) -> list[tuple[str, bytes | None]]:
+    def _claim(self) -> int:
+        """XAUTOCLAIM the group's entries idle at least ``min_idle_ms`` on other consumers;
+        returns how many this consumer took over."""
         stream, group, me = self.address.stream, self.group, self.consumer
-        mine = self._call("reading own pending", lambda: self.client.xreadgroup(group, me, {stream: "0"}))
-        found = dict(_entries(mine[0][1])) if mine else {}
-        cursor = "0-0"
+        cursor, claimed = "0-0", 0
         while True:
             reply = self._call(
                 "claiming pending",
@@ -280,10 +280,9 @@ class StreamReader:
                 ),
             )
             cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-            found.update(_entries(reply[1]))
+            claimed += len(reply[1])
             if cursor == "0-0":
-                break
-        return sorted(found.items(), key=lambda entry: _id_key(entry[0]))
+                return claimed
 
     def read(self) -> list[tuple[str, bytes | None]] | None:
         """The next entries (id, record bytes or ``None`` when the entry has no record field), in

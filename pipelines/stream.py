@@ -39,6 +39,7 @@ from connectors.sinks import Counts
 from pipelines.semantic import EmbeddedPane
 from pipelines.stages import Keyed, dead_letter_files
 from pipelines.worker import SpineWorker
+from transforms.dedup import CONTEXT
 from transforms.event_batch import ORDER
 from transforms.personalization import FeatureAccumulator, last_interest_vectors
 from transforms.sharding import split_by_shard, user_shard
@@ -260,11 +261,11 @@ class ShardWindows:
                 late.append(events.filter(is_late))
                 events = events.filter(pc.invert(is_late))
             state.open.add(events)
-            counts["events_waiting"] += events.num_rows
+            counts["events_in_windows_change"] += events.num_rows
         if state.watermark is not None:
             closed = state.open.close(state.watermark)
             if closed is not None:
-                counts["events_waiting"] -= closed.num_rows
+                counts["events_in_windows_change"] -= closed.num_rows
                 committed.extend(self._write(closed, counts, letters, late=False))
         if late:
             committed.extend(self._write(pa.concat_tables(late), counts, letters, late=True))
@@ -286,7 +287,8 @@ class ShardWindows:
         violations = None
         late_rows = None
         if late:
-            late_rows = self._late_rows(events)
+            # A copy of an event this output already holds is a duplicate, not a late event.
+            late_rows = self._late_rows(events.filter(pc.invert(events.column(CONTEXT))))
             starts = self.rate_windows.starts(events.column("event_time"))
             events = events.append_column(
                 "rate_limited", pa.array(np.zeros(events.num_rows, dtype=bool))
@@ -319,18 +321,23 @@ class ShardWindows:
             counts.update(worker.write_embeddings(key, pane.rows))
         if late_rows is not None:
             worker.late_events.write(key, late_rows)
-            counts["late_events"] += events.num_rows
+            counts["late_events"] += late_rows.num_rows // len(self._aggregates())
         if late or not config.embeddings:
             return [positions]
         self.state.features = worker.profile.add(self.state.features, ready)
         self.state.unacknowledged.append((int(ends.max()), positions))
         return []
 
-    def _late_rows(self, events: pa.Table) -> pa.Table:
-        """``late_events/`` rows: one per event and window aggregate that left it out."""
+    def _aggregates(self) -> list[tuple[str, TumblingWindows]]:
+        """The window aggregates a late event is left out of."""
         sizes = [("rate_limit", self.rate_windows)]
         if self.config.embeddings:
             sizes.append(("user_features", self.feature_windows))
+        return sizes
+
+    def _late_rows(self, events: pa.Table) -> pa.Table:
+        """``late_events/`` rows: one per event and window aggregate that left it out."""
+        sizes = self._aggregates()
         parts = []
         timestamp = pa.timestamp("us", tz="UTC")
         for aggregate, windows in sizes:

@@ -43,7 +43,7 @@ SUMMARY_COUNTS = (
     "events_dead_lettered",
     "duplicates_collapsed",
     "late_events",
-    "events_waiting",
+    "events_in_windows_change",
     "rate_limited",
     "rate_limit_violations",
     "audit_rows_inserted",
@@ -280,7 +280,7 @@ class _StatusLine:
                 ("dead-lettered", "events_dead_lettered"),
                 ("duplicates", "duplicates_collapsed"),
                 ("late", "late_events"),
-                ("waiting", "events_waiting"),
+                ("in windows (change)", "events_in_windows_change"),
             )
         ]
         if lag is not None:
