@@ -56,6 +56,11 @@ SUMMARY_COUNTS = (
 )
 
 
+#: Where every event read ends up, in one execution: events_read is their sum. An event still in
+#: an open window when the job stops waits in the recovery store, and is written by a later one.
+ACCOUNTED = ("events_processed", "events_dead_lettered", "duplicates_collapsed", "events_in_windows_change")
+
+
 @dataclass(frozen=True)
 class StreamRequest:
     """What the operator asked of a stream job."""
@@ -197,6 +202,12 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
         (runs / f"{plan.run_id}.stream.json").write_text(
             json.dumps(summary, indent=2) + "\n", encoding="utf-8"
         )
+        accounted = sum(summary[name] for name in ACCOUNTED)
+        if summary["events_read"] != accounted:
+            raise RunError(
+                f"invariant broken: events_read {summary['events_read']} != processed + dead-lettered"
+                f" + duplicates collapsed + change of events in open windows ({accounted})"
+            )
         return summary
     finally:
         signal.signal(signal.SIGTERM, previous)
