@@ -228,13 +228,19 @@ class StreamReader:
             if "BUSYGROUP" not in str(exc):
                 raise
         if bounded:
-            last = self._call("reading the last id", lambda: self.client.xinfo_stream(stream))[
-                "last-generated-id"
+            # The last entry present, not the last id generated: an entry deleted since (XDEL) is
+            # never delivered, so a read waiting for its id would never end.
+            last = self._call("reading the last entry", lambda: self.client.xinfo_stream(stream))[
+                "last-entry"
             ]
-            self._end = _id_key(last.decode() if isinstance(last, bytes) else str(last))
+            last_id = "0-0" if not last else last[0]
+            self._end = _id_key(last_id.decode() if isinstance(last_id, bytes) else str(last_id))
         delivered = self._group_info()["last-delivered-id"]
         delivered = delivered.decode() if isinstance(delivered, bytes) else str(delivered)
         self._delivered = _id_key(delivered)
+        if self._end is not None:
+            # What the group was delivered before counts as read up to, even if deleted since.
+            self._end = max(self._end, self._delivered)
         after = position or "0-0"
         if _id_key(delivered) > _id_key(after):
             self._again = self._range(after, delivered)

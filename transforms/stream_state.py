@@ -137,17 +137,21 @@ class DuplicateMemory:
             forget_at_us: per event, when the memory may forget it (µs of watermark).
         """
         events = events.append_column("_forget_at", pa.array(forget_at_us, pa.int64()))
-        within = collapse_duplicates(events)
-        kept = within.events
         if not self.seen:
-            self._remember(kept)
-            return Deduplicated(kept.drop_columns(["_forget_at"]), within.conflicts, within.collapsed)
-        ids = kept.column("event_id").to_pylist()
+            within = collapse_duplicates(events)
+            self._remember(within.events)
+            return Deduplicated(
+                within.events.drop_columns(["_forget_at"]), within.conflicts, within.collapsed
+            )
+        # Every copy of an event_id remembered from an earlier batch is judged against that first
+        # copy, before the rule runs within this batch: a copy identical to the first collapses and
+        # a differing one conflicts, whatever other copies this batch holds.
+        ids = events.column("event_id").to_pylist()
         known = np.array([event_id in self.seen for event_id in ids], dtype=bool)
-        collapsed, conflicts = within.collapsed, list(within.conflicts)
+        collapsed, conflicts = 0, []
         if known.any():
             rows = np.flatnonzero(known)
-            earlier = kept.take(pa.array(rows)).select(
+            earlier = events.take(pa.array(rows)).select(
                 ["source", "line_no", RAW, "event_id", "event_time", ORDER, FINGERPRINT]
             )
             for row in earlier.to_pylist():
@@ -170,9 +174,14 @@ class DuplicateMemory:
                         source_order=row[ORDER],
                     )
                 )
-            kept = kept.filter(pa.array(~known))
-        self._remember(kept)
-        return Deduplicated(kept.drop_columns(["_forget_at"]), conflicts, collapsed)
+            events = events.filter(pa.array(~known))
+        within = collapse_duplicates(events)
+        self._remember(within.events)
+        return Deduplicated(
+            within.events.drop_columns(["_forget_at"]),
+            within.conflicts + conflicts,
+            within.collapsed + collapsed,
+        )
 
     def _remember(self, kept: pa.Table) -> None:
         if not kept.num_rows:
