@@ -139,6 +139,7 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
         if not recovery.exists() or not any(recovery.iterdir()):
             recovery.mkdir(parents=True, exist_ok=True)
             init_db_dir(recovery, 1)
+        _check_state_settings(recovery, identity, config)
         plan = RunPlan(
             run_id=f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{identity}",
             out_dir=str(out_dir),
@@ -212,6 +213,38 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
     finally:
         signal.signal(signal.SIGTERM, previous)
         lock.release()
+
+
+#: Settings the stream's state is shaped by: a restart must keep them (its state and files were
+#: made with them), or start over with a fresh recovery store and output.
+STATE_SETTINGS = (
+    "shards",
+    "window_seconds",
+    "features_window_seconds",
+    "allowed_lateness_seconds",
+    "embeddings",
+    "moderation",
+)
+
+
+def _check_state_settings(recovery: Path, identity: str, config: Any) -> None:
+    """Record the settings the state depends on beside the recovery store on first start;
+    refuse, in one line, a restart that changes any of them."""
+    record = recovery / "aiep-stream.json"
+    wanted = {"stream_id": identity, **{name: getattr(config, name) for name in STATE_SETTINGS}}
+    if not record.exists():
+        record.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
+        return
+    try:
+        kept = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"recovery store {str(recovery)!r}: cannot read {record.name}: {exc}") from None
+    changed = [f"{k} {kept.get(k)!r} -> {v!r}" for k, v in wanted.items() if kept.get(k) != v]
+    if changed:
+        raise RunError(
+            f"recovery store {str(recovery)!r} holds the state of a stream run with other settings"
+            f" ({'; '.join(changed)}); restart with the same ones, or use a fresh --recovery-dir and --out"
+        )
 
 
 def _quiet(call: Callable[[], int | None]) -> int | None:
