@@ -151,6 +151,13 @@ def _parser() -> argparse.ArgumentParser:
         help="with --source: the folder relative image paths resolve against (default: the current one)",
     )
     stream.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="serve Prometheus metrics on 127.0.0.1:P (/metrics): events in, out and dead-lettered by "
+        "reason, source lag, per-stage latency, model batch sizes, cache hit rate, decisions",
+    )
+    stream.add_argument(
         "--until-end",
         action="store_true",
         help="with --source: stop at the stream's last entry at start, as the end of the input "
@@ -486,6 +493,9 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     if args.source and args.input:
         print("error: give --input or --source, not both", file=sys.stderr)
         return EXIT_BAD_FLAGS
+    if args.metrics_port is not None and not 1 <= args.metrics_port <= 65535:
+        print(f"error: --metrics-port must be 1 to 65535, got {args.metrics_port}", file=sys.stderr)
+        return EXIT_BAD_FLAGS
     if not 1 <= args.workers <= 256:
         print(f"error: --workers must be 1 to 256, got {args.workers}", file=sys.stderr)
         return EXIT_BAD_FLAGS
@@ -503,6 +513,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
             workers=args.workers,
             until_end=args.until_end,
             image_root=args.image_root,
+            metrics_port=args.metrics_port,
             overrides=_config_overrides(args),
         )
     )
@@ -515,7 +526,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.engine == "bytewax":
         return _cmd_stream(args)
-    for flag in ("source", "recovery_dir", "image_root"):
+    for flag in ("source", "recovery_dir", "image_root", "metrics_port"):
         if getattr(args, flag):
             print(f"error: --{flag.replace('_', '-')} is for --engine bytewax", file=sys.stderr)
             return EXIT_BAD_FLAGS

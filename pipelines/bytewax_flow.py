@@ -48,6 +48,7 @@ from pipelines.stream import (
     StreamGate,
     ValidatedBatch,
 )
+from pipelines.stream_metrics import StreamMetrics
 from pipelines.worker import SpineWorker
 from transforms.dead_letter import RAW_KEEP_BYTES
 from transforms.event_batch import InputRecords
@@ -297,8 +298,14 @@ class _ShardLogic(StatefulBatchLogic[ShardInput, Output, bytes]):
 
 
 class _ResultsPartition(StatelessSinkPartition[Any]):
-    def __init__(self, tally: Tally, acknowledger: Callable[[], EntryAcknowledger] | None) -> None:
+    def __init__(
+        self,
+        tally: Tally,
+        acknowledger: Callable[[], EntryAcknowledger] | None,
+        metrics: StreamMetrics | None,
+    ) -> None:
         self.tally = tally
+        self.metrics = metrics
         self.acknowledger = acknowledger() if acknowledger else None
 
     def write_batch(self, items: list[Any]) -> None:
@@ -306,11 +313,15 @@ class _ResultsPartition(StatelessSinkPartition[Any]):
         for item in items:
             if isinstance(item, Counted):
                 self.tally.add(item.counts)
+                if self.metrics is not None:
+                    self.metrics.observe(item.counts, item.timings, item.batches)
             elif isinstance(item, Committed):
                 positions.append(item.positions)
         if positions and self.acknowledger is not None:
             acked = self.acknowledger.ack(np.unique(np.concatenate(positions)).tolist())
             self.tally.add({"entries_acknowledged": acked})
+            if self.metrics is not None:
+                self.metrics.observe({"entries_acknowledged": acked}, {}, {})
 
     def close(self) -> None:
         if self.acknowledger is not None:
@@ -320,12 +331,18 @@ class _ResultsPartition(StatelessSinkPartition[Any]):
 class ResultsSink(DynamicSink[Any]):
     """Counts into the job's :class:`Tally`; committed positions acknowledged (Redis)."""
 
-    def __init__(self, tally: Tally, acknowledger: Callable[[], EntryAcknowledger] | None) -> None:
+    def __init__(
+        self,
+        tally: Tally,
+        acknowledger: Callable[[], EntryAcknowledger] | None,
+        metrics: StreamMetrics | None = None,
+    ) -> None:
         self.tally = tally
         self.acknowledger = acknowledger
+        self.metrics = metrics
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ResultsPartition:
-        return _ResultsPartition(self.tally, self.acknowledger)
+        return _ResultsPartition(self.tally, self.acknowledger, self.metrics)
 
 
 # --- the flow --------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ results every sink has committed (for a source that acknowledges, Redis).
 from __future__ import annotations
 
 import pickle
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,9 +90,12 @@ class Committed:
 
 @dataclass(frozen=True)
 class Counted:
-    """Counts for the run summary and the metrics."""
+    """Counts for the run summary and the metrics; seconds a step took, by stage; texts each
+    model stage handled in the call."""
 
     counts: Counts
+    timings: dict[str, float] = field(default_factory=dict)
+    batches: dict[str, int] = field(default_factory=dict)
 
 
 Output = tuple[int, ShardInput] | Committed | Counted
@@ -149,6 +153,7 @@ class StreamGate:
         return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
 
     def __call__(self, batches: list[ValidatedBatch]) -> list[Output]:
+        began = time.perf_counter()
         counts: Counter[str] = Counter()
         letters: list[pa.Table] = []
         passed: list[pa.Table] = []
@@ -189,7 +194,7 @@ class StreamGate:
             done = np.setdiff1d(np.concatenate(positions), forwarded)
             if done.size:
                 outputs.append(Committed(done))
-        outputs.append(Counted(dict(counts)))
+        outputs.append(Counted(dict(counts), {"gate": time.perf_counter() - began}))
         return outputs
 
     def _judge(self, events: pa.Table) -> tuple[pa.Table, list[Keyed], int]:
@@ -238,6 +243,9 @@ class ShardWindows:
         return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
 
     def __call__(self, inputs: list[ShardInput]) -> list[Output]:
+        began = time.perf_counter()
+        self._timings: defaultdict[str, float] = defaultdict(float)
+        self._batches: Counter[str] = Counter()
         state, worker = self.state, self.worker
         counts: Counter[str] = Counter()
         letters: list[pa.Table] = []
@@ -272,7 +280,8 @@ class ShardWindows:
         committed.extend(self._close_features(counts))
         if letters:
             counts.update(write_dead_letters(worker, self.writes.key(), letters))
-        outputs: list[Output] = [Counted(dict(counts))]
+        self._timings["windows"] += time.perf_counter() - began
+        outputs: list[Output] = [Counted(dict(counts), dict(self._timings), dict(self._batches))]
         if committed:
             outputs.append(Committed(np.concatenate(committed)))
         return outputs
@@ -301,17 +310,26 @@ class ShardWindows:
         key = self.writes.key()
         pane: EmbeddedPane | None = None
         if config.needs_vectors:
+            began = time.perf_counter()
             panes, hits = worker.embed_texts.add(key, ready)
             more, more_hits = worker.embed_texts.flush()
             (pane,) = panes + more
             counts.update(hits)
             counts.update(more_hits)
             ready = pane.events
+            self._timings["embed"] += time.perf_counter() - began
+            self._batches["embedder"] += hits.get("embedding_cache_misses", 0) + more_hits.get(
+                "embedding_cache_misses", 0
+            )
         if config.moderation and pane is not None:
+            began = time.perf_counter()
             ready, moderation_rows, decided = worker.moderate(ready, pane.texts, pane.vectors)
             counts.update(decided)
+            self._timings["moderate"] += time.perf_counter() - began
+            self._batches["moderation"] += ready.num_rows
             if moderation_rows:
                 counts.update(worker.write_moderation(key, [table for _, table in moderation_rows]))
+        began = time.perf_counter()
         refused, written = worker.write_events(key, ready)
         counts.update(written)
         letters.extend(table for _, table in refused)
@@ -322,6 +340,7 @@ class ShardWindows:
         if late_rows is not None:
             worker.late_events.write(key, late_rows)
             counts["late_events"] += late_rows.num_rows // len(self._aggregates())
+        self._timings["write"] += time.perf_counter() - began
         if late or not config.embeddings:
             return [positions]
         self.state.features = worker.profile.add(self.state.features, ready)

@@ -76,6 +76,8 @@ class StreamRequest:
     until_end: bool = False
     #: The folder a live source's relative image paths resolve against (default: the current one).
     image_root: Path | None = None
+    #: Serve Prometheus metrics on 127.0.0.1 at this port.
+    metrics_port: int | None = None
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -175,7 +177,17 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
             source = bytewax_flow.FilesSource(splits, config.batch_size, rules, stop)
         tally = bytewax_flow.Tally()
         workers = bytewax_flow.Workers(plan)
-        flow = bytewax_flow.build(plan, source, workers, bytewax_flow.ResultsSink(tally, acknowledger))
+        metrics = server = None
+        if request.metrics_port is not None:
+            from pipelines.stream_metrics import StreamMetrics
+
+            metrics = StreamMetrics(lag)
+            try:
+                server = metrics.serve(request.metrics_port)
+            except OSError as exc:
+                raise RunError(f"metrics port 127.0.0.1:{request.metrics_port}: {exc.strerror}") from None
+        results = bytewax_flow.ResultsSink(tally, acknowledger, metrics)
+        flow = bytewax_flow.build(plan, source, workers, results)
         started = datetime.now(UTC)
         reporter = _StatusLine(tally, lag, config.status_seconds, status)
         reporter.start()
@@ -194,6 +206,8 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
         finally:
             reporter.stop()
             workers.close()
+            if server is not None:
+                server.shutdown()
         finished = datetime.now(UTC)
         summary = _summary(
             plan, request, tally.snapshot(), started, finished, schema_version, recovery, stop.is_set()

@@ -44,7 +44,7 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert generated.returncode == 0, generated.stderr
     configs = {
         "nothing_late": NOTHING_LATE + SMALL_BATCHES,
-        "default_lateness": "[stream]\nsnapshot_seconds = 1\n" + SMALL_BATCHES,
+        "default_lateness": "[stream]\nsnapshot_seconds = 1\nstatus_seconds = 1\n" + SMALL_BATCHES,
     }
     paths = {"folder": folder, "source": source}
     for name, text in configs.items():
@@ -374,6 +374,31 @@ CHECKED = [
 ]
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The metrics ``/metrics`` serves, by name and labels; empty while nothing answers."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            text = page.read().decode()
+    except OSError:
+        return {}
+    found = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            found[name] = float(value)
+    return found
+
+
 def run_sqlite(path: Path) -> list[tuple[Any, ...]]:
     import sqlite3
 
@@ -395,21 +420,40 @@ def test_sigterm_drains_commits_and_exits_0_and_a_restart_goes_on(
     assert done.returncode == 0, done.stderr
 
     args = stream_args(stream_name, "drained", drained, *config, image_root=workload["folder"])
+    port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "runner.py"), *args, "--no-embeddings", "--no-moderation"],
+        [sys.executable, str(ROOT / "runner.py"), *args, "--no-embeddings", "--no-moderation",
+         "--metrics-port", str(port)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    audit = drained / "audit.sqlite"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (audit.exists() and run_sqlite(audit)):
-        time.sleep(0.2)  # running and writing: some windows have closed
+    # Every entry read and the counts still for a second: the job is idle, waiting for entries.
+    deadline, last = time.monotonic() + 180, None
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        metrics = scrape(port)
+        if metrics and metrics.get("aiep_events_in_total") == EVENTS and metrics == last:
+            break
+        last = metrics
+    else:
+        proc.kill()
+        raise AssertionError(f"the job did not read the stream: {last}")
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr.decode()
     first = stream_summary(drained)
     assert first["ended_by"] == "sigterm"
+    audit = drained / "audit.sqlite"
     written = len(run_sqlite(audit))
-    assert 0 < written <= first["events_processed"]
+    assert 0 < written == first["events_processed"]  # what was processed was committed
+    assert first["events_in_windows_change"] > 0  # open windows wait in the recovery store
+    # The metrics said what the summary says.
+    assert metrics["aiep_events_out_total"] == first["events_processed"]
+    assert metrics["aiep_late_events_total"] == first["late_events"]
+    assert metrics["aiep_entries_acknowledged_total"] == first["entries_acknowledged"]
+    for reason, count in first["dead_letters_by_reason"].items():
+        assert metrics[f'aiep_events_dead_lettered_total{{reason="{reason}"}}'] == count
+    assert metrics['aiep_stage_seconds_count{stage="gate"}'] > 0
+    assert stderr.decode().count("stream ") >= 1  # the periodic status line
 
     resumed = run_cli(*args, "--until-end")
     assert resumed.returncode == 0, resumed.stderr
