@@ -158,6 +158,12 @@ def _parser() -> argparse.ArgumentParser:
         "reason, source lag, per-stage latency, model batch sizes, cache hit rate, decisions",
     )
     stream.add_argument(
+        "--follow",
+        action="store_true",
+        help="with --input: follow JSONL files and folders as they grow (new lines, new *.jsonl files), "
+        "until SIGTERM; a restart resumes where the last snapshot left off",
+    )
+    stream.add_argument(
         "--until-end",
         action="store_true",
         help="with --source: stop at the stream's last entry at start, as the end of the input "
@@ -493,6 +499,14 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     if args.source and args.input:
         print("error: give --input or --source, not both", file=sys.stderr)
         return EXIT_BAD_FLAGS
+    if args.follow and args.source:
+        print(
+            "error: --follow is for --input files and folders; a --source is followed anyway", file=sys.stderr
+        )
+        return EXIT_BAD_FLAGS
+    if args.until_end and not args.source:
+        print("error: --until-end is for --source; files end where they end", file=sys.stderr)
+        return EXIT_BAD_FLAGS
     if args.metrics_port is not None and not 1 <= args.metrics_port <= 65535:
         print(f"error: --metrics-port must be 1 to 65535, got {args.metrics_port}", file=sys.stderr)
         return EXIT_BAD_FLAGS
@@ -514,6 +528,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
             until_end=args.until_end,
             image_root=args.image_root,
             metrics_port=args.metrics_port,
+            follow=args.follow,
             overrides=_config_overrides(args),
         )
     )
@@ -530,8 +545,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if getattr(args, flag):
             print(f"error: --{flag.replace('_', '-')} is for --engine bytewax", file=sys.stderr)
             return EXIT_BAD_FLAGS
-    if args.until_end or args.workers != 1:
-        print("error: --until-end and --workers are for --engine bytewax", file=sys.stderr)
+    if args.until_end or args.follow or args.workers != 1:
+        print("error: --until-end, --follow and --workers are for --engine bytewax", file=sys.stderr)
         return EXIT_BAD_FLAGS
 
     extra = _engine_args(args.engine_args)

@@ -23,7 +23,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
@@ -33,6 +33,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from connectors.file_tail import FileTail
 from connectors.input_batches import too_long
 from connectors.inputs import InputSplit
 from connectors.readers import read_split
@@ -261,6 +262,49 @@ class FilesSource(FixedPartitionedSource[SourceBatch, tuple[int, int]]):
         self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
     ) -> _FilesPartition:
         return _FilesPartition(self.splits, self.batch_lines, self.rules, resume_state, self.stop)
+
+
+class _FollowPartition(StatefulSourcePartition[SourceBatch, dict[str, tuple[int, int, int]]]):
+    def __init__(self, tail: FileTail, resume: dict[str, tuple[int, int, int]] | None, stop: threading.Event):
+        self.tail = tail
+        self.stop = stop
+        self._idle = False
+        if resume:
+            tail.resume(resume)
+
+    def next_batch(self) -> list[SourceBatch]:
+        if self.stop.is_set():
+            raise StopIteration
+        batches = [SourceBatch(records) for records in self.tail.poll()]
+        self._idle = not batches
+        return batches
+
+    def next_awake(self) -> datetime | None:
+        return datetime.now(UTC) + FOLLOW_POLL if self._idle else None
+
+    def snapshot(self) -> dict[str, tuple[int, int, int]]:
+        return self.tail.position
+
+
+#: How long a followed input waits before looking again when nothing new was there.
+FOLLOW_POLL = timedelta(milliseconds=200)
+
+
+class FollowSource(FixedPartitionedSource[SourceBatch, dict[str, tuple[int, int, int]]]):
+    """Files and folders followed as they grow (:class:`~connectors.file_tail.FileTail`), as one
+    partition; its snapshot is each file's position. Unbounded: it runs until SIGTERM."""
+
+    def __init__(self, tail: FileTail, stop: threading.Event) -> None:
+        self.tail = tail
+        self.stop = stop
+
+    def list_parts(self) -> list[str]:
+        return ["follow"]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: dict[str, tuple[int, int, int]] | None
+    ) -> _FollowPartition:
+        return _FollowPartition(self.tail, resume_state, self.stop)
 
 
 # --- stateful steps --------------------------------------------------------------------------------

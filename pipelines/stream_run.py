@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ import filelock
 from connectors import database
 from connectors.config import load_config
 from connectors.database_url import redact
+from connectors.file_tail import FileTail
 from connectors.inputs import InputFile, discover_inputs, plan_splits
 from connectors.parquet_sink import StreamFileNames, remove_temporary_files
 from connectors.redis_stream import EntryAcknowledger, StreamAddress, StreamError, StreamReader
@@ -78,6 +80,8 @@ class StreamRequest:
     image_root: Path | None = None
     #: Serve Prometheus metrics on 127.0.0.1 at this port.
     metrics_port: int | None = None
+    #: Follow the input files and folders as they grow, until SIGTERM.
+    follow: bool = False
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -88,6 +92,8 @@ def stream_id(request: StreamRequest, files: list[InputFile]) -> str:
     if request.source:
         address = StreamAddress.parse(request.source)
         digest.update(f"redis\t{redact(address.server)}\t{address.stream}\t{address.group}".encode())
+    elif request.follow:  # the files grow: their paths, not their contents, name the stream
+        digest.update(b"follow\t" + "\t".join(os.path.abspath(p) for p in request.inputs).encode())
     else:
         digest.update(f"files\t{inputs_fingerprint(files)}".encode())
     return "s" + digest.hexdigest()[:15]
@@ -120,9 +126,11 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         remove_temporary_files(out_dir)
+        rules = build_enrich_settings(config).rules
+        tail = FileTail(list(request.inputs), rules.max_record_bytes) if request.follow else None
         files = (
             []
-            if request.source
+            if request.source or tail
             else discover_inputs(list(request.inputs), out_dir / "_staging" / "stdin.jsonl")
         )
         identity = stream_id(request, files)
@@ -149,13 +157,15 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
             config=config,
             outputs_id=identity,
             naming=StreamFileNames(identity),
-            image_dirs=tuple(f.base_dir for f in files)
-            or (str((request.image_root or Path.cwd()).resolve()),),
+            image_dirs=(
+                tail.base_dirs
+                if tail
+                else tuple(f.base_dir for f in files) or (str((request.image_root or Path.cwd()).resolve()),)
+            ),
             compare_with_store=True,
             stream=True,
             entry_positions=bool(request.source),
         )
-        rules = build_enrich_settings(config).rules
         acknowledger: Callable[[], EntryAcknowledger] | None = None
         lag: Callable[[], int | None] = lambda: None  # noqa: E731
         if request.source:
@@ -172,6 +182,8 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
             acknowledger = lambda: EntryAcknowledger(address)  # noqa: E731
             probe = StreamReader(address, f"aiep-{identity}")
             lag = lambda: _quiet(probe.lag)  # noqa: E731
+        elif tail is not None:
+            source = bytewax_flow.FollowSource(tail, stop)
         else:
             splits = plan_splits(files, config.split_mb << 20)
             source = bytewax_flow.FilesSource(splits, config.batch_size, rules, stop)

@@ -461,3 +461,77 @@ def test_sigterm_drains_commits_and_exits_0_and_a_restart_goes_on(
     assert run_sqlite(audit) == run_sqlite(clean / "audit.sqlite")
     for dataset, order in CHECKED:
         assert checksum(drained, dataset, order) == checksum(clean, dataset, order), dataset
+
+
+# --- follow --------------------------------------------------------------------------------------------
+
+
+def wait_for_reads(port: int, proc: subprocess.Popen[bytes], expected: int) -> dict[str, float]:
+    """Scrape until the job has read ``expected`` records and its counts stand still."""
+    deadline, last = time.monotonic() + 180, None
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        metrics = scrape(port)
+        if metrics and metrics.get("aiep_events_in_total") == expected and metrics == last:
+            return metrics
+        last = metrics
+    proc.kill()
+    raise AssertionError(f"expected {expected} records read; metrics: {last}")
+
+
+def test_follow_reads_each_appended_line_once_across_a_restart(
+    workload: dict[str, Path], tmp_path: Path
+) -> None:
+    lines = workload["source"].read_bytes().splitlines(keepends=True)
+    records = lambda part: sum(1 for line in part if line.strip())  # noqa: E731
+    folder, out = tmp_path / "in", tmp_path / "followed"
+    folder.mkdir()
+    first, second = folder / "a.jsonl", folder / "b.jsonl"
+    first.write_bytes(b"".join(lines[:800]))
+
+    def start() -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        argv = ["run", "--engine", "bytewax", "--input", str(folder), "--follow", "--out", str(out),
+                "--config", str(workload["default_lateness"]), "--no-embeddings", "--no-moderation",
+                "--metrics-port", str(port)]  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "runner.py"), *argv],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        return proc, port
+
+    def stop(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr.decode()
+        return stream_summary(out)
+
+    proc, port = start()
+    wait_for_reads(port, proc, records(lines[:800]))
+    with first.open("ab") as grow:  # lines appended to a file, and a new file with half a line
+        grow.write(b"".join(lines[800:1400]))
+    second.write_bytes(b"".join(lines[1400:1700]) + lines[1700][:50])
+    wait_for_reads(port, proc, records(lines[:1700]))  # the half line waits for its end
+    before = stop(proc)
+    assert before["ended_by"] == "sigterm" and before["events_read"] == records(lines[:1700])
+
+    with second.open("ab") as grow:  # while stopped: the rest of the half line, and more
+        grow.write(lines[1700][50:] + b"".join(lines[1701:]))
+    proc, port = start()
+    wait_for_reads(port, proc, records(lines[1700:]))
+    after = stop(proc)
+    assert after["events_read"] == records(lines[1700:])  # nothing read twice, nothing missed
+
+    audit = run_sqlite(out / "audit.sqlite")
+    assert len(audit) == len({row[0] for row in audit})
+    clean = tmp_path / "clean"
+    done = run_cli("run", "--engine", "bytewax", "--input", first, second, "--out", clean,
+                   "--config", workload["default_lateness"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    whole = {row[0]: row for row in run_sqlite(clean / "audit.sqlite")}
+    assert all(whole[row[0]] == row for row in audit)  # each as the bounded run wrote it
+    waiting = before["events_in_windows_change"] + after["events_in_windows_change"]
+    assert len(audit) + waiting == len(whole)  # the rest wait in open windows, in the recovery store
