@@ -12,7 +12,7 @@ STAMP       = $(VENV)/.installed
 
 export HF_HUB_OFFLINE = 1
 
-.PHONY: install run test lint format fuzz crash-loop bench-embeddings bench-moderation train-moderation clean
+.PHONY: install run test lint format fuzz crash-loop bench-embeddings bench-moderation bench-stream bench-stream-latency train-moderation clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,16 @@ bench-embeddings: $(STAMP)
 # texts/s (model, model and rules, with MiniLM), then images/s of image moderation, in one run.
 bench-moderation: $(STAMP)
 	$(PY) benchmarks/moderation_peer.py
+
+# The stream job from Redis into MariaDB and Parquet beside Beam's file path on the same events, models
+# off (STREAM_EVENTS) and embeddings on (STREAM_MODEL_EVENTS); then XADD-to-commit latency at 200 events/s.
+STREAM_EVENTS       ?= 20000
+STREAM_MODEL_EVENTS ?= 2000
+bench-stream: $(STAMP)
+	$(PY) benchmarks/stream_throughput.py --events $(STREAM_EVENTS) --model-events $(STREAM_MODEL_EVENTS)
+
+bench-stream-latency: $(STAMP)
+	$(PY) benchmarks/stream_latency.py --rate 200 --seconds 60
 
 # Retrain the text moderation model (models/moderation/; byte-identical on a rerun, ~3 min).
 train-moderation: $(STAMP)

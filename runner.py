@@ -52,19 +52,25 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="validate, deduplicate, hash, price and rate-limit events from files, embed their texts, "
-        "build user features; write Parquet and the audit store",
+        help="validate, deduplicate, hash, price and rate-limit events from files or a stream, embed "
+        "and moderate them, build user features; write Parquet and the audit store",
         usage="%(prog)s --input PATH [PATH ...] --out DIR [--engine {beam}] [--audit-db URL] "
         "[--config FILE] [--no-embeddings] [--no-moderation] [--device {auto,cpu,cuda}] [--cache PATH|URL] "
-        "[--no-progress] [-- BEAM_OPTIONS ...]",
+        "[--no-progress] [-- BEAM_OPTIONS ...]\n"
+        "       %(prog)s --engine bytewax (--source URL | --input PATH [PATH ...] [--follow]) --out DIR "
+        "[--recovery-dir DIR] [--workers N] [--metrics-port P] [--until-end] [--image-root DIR] "
+        "[--audit-db URL] [--config FILE] [--no-embeddings] [--no-moderation] [--device ...] [--cache ...]",
         description=(
-            "Run the pipeline over input files. Arguments after `--` are passed to the engine "
-            "as pipeline options, e.g. `-- --runner=FlinkRunner --flink_master=host:8081`."
+            "Run the pipeline over input files (Beam, the default) or as the stream job (Bytewax: a "
+            "Redis stream, files followed as they grow, or files read to their end). Arguments after "
+            "`--` are passed to Beam as pipeline options, e.g. `-- --runner=FlinkRunner "
+            "--flink_master=host:8081`."
         ),
-        epilog="Exit status: 0 on success (dead letters are data, not failure); 1 when the run "
-        "cannot do its job (an input unreadable or unusable as a whole, unwritable output, an "
-        "unusable audit store or one that did not keep rows it was given, a bad config or pricing "
-        "table, another run holding the output's lock); 2 on bad flags.",
+        epilog="Exit status: 0 on success (dead letters are data, not failure), and for the stream "
+        "job on SIGTERM once it drained; 1 when the run cannot do its job (an input unreadable or "
+        "unusable as a whole, unwritable output, an unusable audit store or one that did not keep "
+        "rows it was given, a bad config or pricing table, another run holding the output's lock, "
+        "an unreachable stream, a recovery store made with other settings); 2 on bad flags.",
     )
     inputs = run.add_mutually_exclusive_group(required=True)
     inputs.add_argument(

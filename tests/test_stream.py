@@ -535,3 +535,44 @@ def test_follow_reads_each_appended_line_once_across_a_restart(
     assert all(whole[row[0]] == row for row in audit)  # each as the bounded run wrote it
     waiting = before["events_in_windows_change"] + after["events_in_windows_change"]
     assert len(audit) + waiting == len(whole)  # the rest wait in open windows, in the recovery store
+
+
+# --- flags ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["--source", "redis://127.0.0.1:6379/0?stream=s&group=g"], 2, "--source is for --engine bytewax"),
+        (["--input", "x.jsonl", "--follow"], 2, "are for --engine bytewax"),
+        (["--engine", "bytewax", "--input", "x.jsonl", "--workers", "0"], 2, "--workers must be 1 to 256"),
+        (["--engine", "bytewax", "--input", "x.jsonl", "--until-end"], 2, "--until-end is for --source"),
+        (
+            ["--engine", "bytewax", "--input", "x.jsonl", "--metrics-port", "70000"],
+            2,
+            "--metrics-port must be",
+        ),
+        (
+            ["--engine", "bytewax", "--source", "redis://127.0.0.1:6379/0?stream=s", "--follow"],
+            2,
+            "--follow is for",
+        ),
+        (
+            ["--engine", "bytewax", "--source", "redis://:hunter2@127.0.0.1:6379/0?stream=s"],
+            1,
+            "needs &group=NAME",
+        ),
+        (
+            ["--engine", "bytewax", "--source", "redis://:hunter2@127.0.0.1:6379/x?stream=s&group=g"],
+            1,
+            "malformed",
+        ),
+    ],
+)
+def test_bad_stream_flags_exit_with_one_line(
+    argv: list[str], code: int, message: str, tmp_path: Path
+) -> None:
+    done = run_cli("run", *argv, "--out", tmp_path / "out", cwd=tmp_path)
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr and "hunter2" not in done.stderr + done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
