@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import glob
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from connectors.input_batches import too_long
 from connectors.inputs import InputError
@@ -141,4 +144,90 @@ class FileTail:
             blank_lines=blank,
             rejected=rejected,
             bytes_read=len(whole),
+        )
+
+
+class StdinLines:
+    """JSONL records from a stream of bytes (stdin) as they arrive, read by a thread of its own.
+
+    Lines are read with a bound (a line past ``max_record_bytes`` is cut and rejected as
+    ``line_too_long``) into a bounded queue, so a fast writer waits rather than fills memory.
+    :meth:`poll` hands on what has arrived; :attr:`ended` is set once the stream closed and
+    everything was handed on. A stream of bytes cannot be read again: a job on stdin keeps no
+    position to resume from.
+    """
+
+    def __init__(self, stream: BinaryIO, max_record_bytes: int, source: str, batch_lines: int) -> None:
+        self.max_record_bytes = max_record_bytes
+        self.source = source
+        self.batch_lines = batch_lines
+        self.lines = 0
+        self._queue: queue.Queue[tuple[bytes, bool] | None] = queue.Queue(maxsize=4 * batch_lines)
+        self._closed = False
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True, name="aiep-stdin")
+        self._thread.start()
+
+    def _read(self, stream: BinaryIO) -> None:
+        limit = self.max_record_bytes + 2  # the record, its line end, and one byte to know it is over
+        while True:
+            line = stream.readline(limit)
+            if not line:
+                self._queue.put(None)
+                return
+            if len(line) >= limit and not line.endswith(b"\n"):
+                while True:  # skip the rest of the over-long line, keeping only its start
+                    more = stream.readline(1 << 20)
+                    line += b"" if len(line) > RAW_KEEP_BYTES else more[:RAW_KEEP_BYTES]
+                    if not more or more.endswith(b"\n"):
+                        break
+                self._queue.put((line[: RAW_KEEP_BYTES + 1], True))
+                continue
+            self._queue.put((line, False))
+
+    @property
+    def ended(self) -> bool:
+        return self._closed
+
+    def poll(self, wait: float = 0.2) -> InputRecords | None:
+        """What has arrived (at most ``batch_lines`` lines), waiting up to ``wait`` s for a first."""
+        line_nos: list[int] = []
+        raws: list[bytes] = []
+        rejected: dict[int, ContractViolation] = {}
+        blank = covered = 0
+        try:
+            item = self._queue.get(timeout=wait)
+        except queue.Empty:
+            return None
+        while True:
+            if item is None:
+                self._closed = True
+                break
+            line, cut = item
+            self.lines += 1
+            covered += len(line)
+            if cut:
+                rejected[len(raws)] = too_long(self.max_record_bytes + 1, self.max_record_bytes)
+                line_nos.append(self.lines)
+                raws.append(line)
+            elif line.strip():
+                line_nos.append(self.lines)
+                raws.append(line.rstrip(b"\r\n"))
+            else:
+                blank += 1
+            if len(raws) + blank >= self.batch_lines:
+                break
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if not raws and not blank:
+            return None
+        return InputRecords(
+            source=self.source,
+            source_order=0,
+            line_nos=line_nos,
+            raws=raws,
+            blank_lines=blank,
+            rejected=rejected,
+            bytes_read=covered,
         )

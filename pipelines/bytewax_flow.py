@@ -33,7 +33,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from connectors.file_tail import FileTail
+from connectors.file_tail import FileTail, StdinLines
 from connectors.input_batches import too_long
 from connectors.inputs import InputSplit
 from connectors.readers import read_split
@@ -305,6 +305,41 @@ class FollowSource(FixedPartitionedSource[SourceBatch, dict[str, tuple[int, int,
         self, step_id: str, for_part: str, resume_state: dict[str, tuple[int, int, int]] | None
     ) -> _FollowPartition:
         return _FollowPartition(self.tail, resume_state, self.stop)
+
+
+class _StdinPartition(StatefulSourcePartition[SourceBatch, int]):
+    def __init__(self, lines: StdinLines, stop: threading.Event) -> None:
+        self.lines = lines
+        self.stop = stop
+        self._ended = False
+
+    def next_batch(self) -> list[SourceBatch]:
+        if self._ended or self.stop.is_set():
+            raise StopIteration
+        records = self.lines.poll()
+        batches = [SourceBatch(records)] if records is not None else []
+        if self.lines.ended:
+            self._ended = True
+            batches.append(SourceBatch(None, end_of_input=True))
+        return batches
+
+    def snapshot(self) -> int:
+        return self.lines.lines  # how far it read; stdin cannot be read again from there
+
+
+class StdinSource(FixedPartitionedSource[SourceBatch, int]):
+    """JSONL on stdin, line by line as it arrives (:class:`~connectors.file_tail.StdinLines`);
+    its end is the end of the input."""
+
+    def __init__(self, lines: StdinLines, stop: threading.Event) -> None:
+        self.lines = lines
+        self.stop = stop
+
+    def list_parts(self) -> list[str]:
+        return ["stdin"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _StdinPartition:
+        return _StdinPartition(self.lines, self.stop)
 
 
 # --- stateful steps --------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,8 +30,8 @@ import filelock
 from connectors import database
 from connectors.config import load_config
 from connectors.database_url import redact
-from connectors.file_tail import FileTail
-from connectors.inputs import InputFile, discover_inputs, plan_splits
+from connectors.file_tail import FileTail, StdinLines
+from connectors.inputs import STDIN_NAME, InputFile, discover_inputs, plan_splits
 from connectors.parquet_sink import StreamFileNames, remove_temporary_files
 from connectors.redis_stream import EntryAcknowledger, StreamAddress, StreamError, StreamReader
 from pipelines.batch_run import RunError, _check_models, _prepare_out_dir, inputs_fingerprint
@@ -92,6 +93,8 @@ def stream_id(request: StreamRequest, files: list[InputFile]) -> str:
     if request.source:
         address = StreamAddress.parse(request.source)
         digest.update(f"redis\t{redact(address.server)}\t{address.stream}\t{address.group}".encode())
+    elif list(request.inputs) == ["-"]:  # live stdin cannot be read again: each execution is its own
+        digest.update(f"stdin\t{uuid.uuid4().hex}".encode())
     elif request.follow:  # the files grow: their paths, not their contents, name the stream
         digest.update(b"follow\t" + "\t".join(os.path.abspath(p) for p in request.inputs).encode())
     else:
@@ -128,9 +131,14 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
         remove_temporary_files(out_dir)
         rules = build_enrich_settings(config).rules
         tail = FileTail(list(request.inputs), rules.max_record_bytes) if request.follow else None
+        live_stdin = not request.source and list(request.inputs) == ["-"]
+        if live_stdin and request.recovery_dir:
+            raise RunError(
+                "stdin cannot be read again after a restart: --recovery-dir is for files and streams"
+            )
         files = (
             []
-            if request.source or tail
+            if request.source or tail or live_stdin
             else discover_inputs(list(request.inputs), out_dir / "_staging" / "stdin.jsonl")
         )
         identity = stream_id(request, files)
@@ -145,11 +153,13 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
             ) from exc
         if config.needs_vectors:
             _check_models(config, out_dir)
-        recovery = (request.recovery_dir or out_dir / "_recovery" / identity).resolve()
-        if not recovery.exists() or not any(recovery.iterdir()):
-            recovery.mkdir(parents=True, exist_ok=True)
-            init_db_dir(recovery, 1)
-        _check_state_settings(recovery, identity, config)
+        recovery: Path | None = None
+        if not live_stdin:
+            recovery = (request.recovery_dir or out_dir / "_recovery" / identity).resolve()
+            if not recovery.exists() or not any(recovery.iterdir()):
+                recovery.mkdir(parents=True, exist_ok=True)
+                init_db_dir(recovery, 1)
+            _check_state_settings(recovery, identity, config)
         plan = RunPlan(
             run_id=f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{identity}",
             out_dir=str(out_dir),
@@ -184,6 +194,9 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
             lag = lambda: _quiet(probe.lag)  # noqa: E731
         elif tail is not None:
             source = bytewax_flow.FollowSource(tail, stop)
+        elif live_stdin:
+            lines = StdinLines(sys.stdin.buffer, rules.max_record_bytes, STDIN_NAME, config.batch_size)
+            source = bytewax_flow.StdinSource(lines, stop)
         else:
             splits = plan_splits(files, config.split_mb << 20)
             source = bytewax_flow.FilesSource(splits, config.batch_size, rules, stop)
@@ -210,7 +223,7 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
                 flow,
                 workers_per_process=request.workers,
                 epoch_interval=timedelta(seconds=config.snapshot_seconds),
-                recovery_config=RecoveryConfig(recovery),
+                recovery_config=RecoveryConfig(recovery) if recovery else None,
             )
         except Exception as exc:
             root = database.root_cause(exc)
@@ -287,7 +300,7 @@ def _summary(
     started: datetime,
     finished: datetime,
     schema_version: str,
-    recovery: Path,
+    recovery: Path | None,
     drained: bool,
 ) -> dict[str, Any]:
     """This execution's summary: what it did between its start and its end (a restored job's
@@ -309,7 +322,7 @@ def _summary(
         "out_dir": plan.out_dir,
         "audit_db": redact(plan.audit_url),
         "audit_schema_version": schema_version,
-        "recovery_dir": str(recovery),
+        "recovery_dir": str(recovery) if recovery else None,
         "config": plan.config.summary_block(),
     }
 

@@ -576,3 +576,36 @@ def test_bad_stream_flags_exit_with_one_line(
     assert done.returncode == code, done.stderr
     assert message in done.stderr and "hunter2" not in done.stderr + done.stdout
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_stdin_is_read_as_it_arrives_and_its_end_ends_the_job(
+    workload: dict[str, Path], tmp_path: Path
+) -> None:
+    lines = workload["source"].read_bytes().splitlines(keepends=True)
+    records = lambda part: sum(1 for line in part if line.strip())  # noqa: E731
+    out, port = tmp_path / "stdin", free_port()
+    argv = ["run", "--engine", "bytewax", "--input", "-", "--out", str(out), "--no-embeddings",
+            "--no-moderation", "--config", str(workload["default_lateness"]), "--metrics-port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "runner.py"), *argv],
+        cwd=workload["folder"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(b"".join(lines[:500]))
+    proc.stdin.flush()
+    wait_for_reads(port, proc, records(lines[:500]))  # read while stdin is still open
+    _, stderr = proc.communicate(b"".join(lines[500:]), timeout=300)  # the rest, then stdin closes
+    assert proc.returncode == 0, stderr.decode()
+    summary = stream_summary(out)
+    assert summary["ended_by"] == "end of input" and summary["recovery_dir"] is None
+    assert summary["events_read"] == records(lines) and summary["events_in_windows_change"] == 0
+
+    files = tmp_path / "files"
+    done = run_cli("run", "--engine", "bytewax", "--input", workload["source"], "--out", files,
+                   "--config", workload["default_lateness"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert run_sqlite(out / "audit.sqlite") == run_sqlite(files / "audit.sqlite")
+    for dataset, order in CHECKED[:3]:
+        assert checksum(out, dataset, order, ("source",)) == checksum(files, dataset, order, ("source",)), (
+            dataset
+        )
