@@ -585,7 +585,8 @@ def test_stdin_is_read_as_it_arrives_and_its_end_ends_the_job(
     records = lambda part: sum(1 for line in part if line.strip())  # noqa: E731
     out, port = tmp_path / "stdin", free_port()
     argv = ["run", "--engine", "bytewax", "--input", "-", "--out", str(out), "--no-embeddings",
-            "--no-moderation", "--config", str(workload["default_lateness"]), "--metrics-port", str(port)]  # fmt: skip
+            "--no-moderation", "--config", str(workload["default_lateness"]),
+            "--metrics-port", str(port)]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "runner.py"), *argv],
         cwd=workload["folder"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
