@@ -60,6 +60,18 @@ def _prepare_out_dir(out_dir: Path) -> None:
         raise RunError(f"output directory {str(out_dir)!r} is not writable: {exc.strerror}") from None
 
 
+def lock_output(out_dir: Path) -> filelock.FileLock:
+    """Take the output directory's run lock (``DIR/.aiep.lock``) or refuse, in one line."""
+    lock = filelock.FileLock(str(out_dir / ".aiep.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise RunError(
+            f"another run is writing to {str(out_dir)!r} (lock {out_dir / '.aiep.lock'})"
+        ) from None
+    return lock
+
+
 def inputs_fingerprint(files: list[InputFile]) -> str:
     """A short, stable id of the inputs: their contents and formats in order, never their paths.
 
@@ -105,13 +117,7 @@ def run_batch(request: RunRequest, on_progress: Callable[[int, int], None] | Non
         config = dataclasses.replace(config, embedding_cache=str(Path(config.embedding_cache).resolve()))
     out_dir = request.out_dir.resolve()
     _prepare_out_dir(out_dir)
-    lock = filelock.FileLock(str(out_dir / ".aiep.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise RunError(
-            f"another run is writing to {str(out_dir)!r} (lock {out_dir / '.aiep.lock'})"
-        ) from None
+    lock = lock_output(out_dir)
     try:
         return _run_locked(request, config, out_dir, on_progress)
     finally:

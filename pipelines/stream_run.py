@@ -25,8 +25,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-import filelock
-
 from connectors import database
 from connectors.config import load_config
 from connectors.database_url import redact
@@ -34,7 +32,7 @@ from connectors.file_tail import FileTail, StdinLines
 from connectors.inputs import STDIN_NAME, InputFile, discover_inputs, plan_splits
 from connectors.parquet_sink import StreamFileNames, remove_temporary_files
 from connectors.redis_stream import EntryAcknowledger, StreamAddress, StreamError, StreamReader
-from pipelines.batch_run import RunError, _check_models, _prepare_out_dir, inputs_fingerprint
+from pipelines.batch_run import RunError, _check_models, _prepare_out_dir, inputs_fingerprint, lock_output
 from pipelines.stages import RunPlan, build_enrich_settings
 
 log = logging.getLogger("aiep.stream")
@@ -118,13 +116,7 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
             raise RunError(str(exc)) from None
         if not address.group:
             raise RunError(f"stream {redact(request.source)}: a stream job needs &group=NAME")
-    lock = filelock.FileLock(str(out_dir / ".aiep.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise RunError(
-            f"another run is writing to {str(out_dir)!r} (lock {out_dir / '.aiep.lock'})"
-        ) from None
+    lock = lock_output(out_dir)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

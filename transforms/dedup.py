@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -63,22 +64,27 @@ def collapse_duplicates(events: pa.Table) -> Deduplicated:
         )
         kept_at = ordered.take(pa.array(first[conflict_rows])).select(["source", "line_no"])
         for row, keeper in zip(rejected.to_pylist(), kept_at.to_pylist(), strict=True):
-            conflicts.append(
-                DeadLetter(
-                    source=row["source"],
-                    position=str(row["line_no"]),
-                    raw=row[RAW],
-                    reason=Reason.CONFLICTING_DUPLICATE,
-                    detail=(
-                        f"event_id {row['event_id'][:128]!r} was first seen at "
-                        f"{keeper['source']}:{keeper['line_no']} with a different payload"
-                    ),
-                    event_id=row["event_id"],
-                    event_time=row["event_time"],
-                    source_order=row[ORDER],
-                )
-            )
+            conflicts.append(conflict_with_first_copy(row, keeper["source"], keeper["line_no"]))
     return Deduplicated(ordered.filter(pa.array(starts)), conflicts, collapsed)
+
+
+def conflict_with_first_copy(row: Mapping[str, Any], first_source: str, first_line_no: int) -> DeadLetter:
+    """The ``conflicting_duplicate`` dead letter of ``row`` (a dict of the event columns ``source``,
+    ``line_no``, the raw record, ``event_id``, ``event_time`` and the input position), naming
+    where the first copy of its event_id was."""
+    return DeadLetter(
+        source=row["source"],
+        position=str(row["line_no"]),
+        raw=row[RAW],
+        reason=Reason.CONFLICTING_DUPLICATE,
+        detail=(
+            f"event_id {row['event_id'][:128]!r} was first seen at "
+            f"{first_source}:{first_line_no} with a different payload"
+        ),
+        event_id=row["event_id"],
+        event_time=row["event_time"],
+        source_order=row[ORDER],
+    )
 
 
 #: The column, added before rate limiting, that says an event's audit row is already stored: the

@@ -19,8 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.dead_letter import DeadLetter, Reason
-from transforms.dedup import Deduplicated, collapse_duplicates
+from transforms.dedup import Deduplicated, collapse_duplicates, conflict_with_first_copy
 from transforms.event_batch import FINGERPRINT, ORDER, RAW
 from transforms.windows import TumblingWindows
 
@@ -159,21 +158,7 @@ class DuplicateMemory:
                 if bytes(row[FINGERPRINT]) == first.fingerprint:
                     collapsed += 1
                     continue
-                conflicts.append(
-                    DeadLetter(
-                        source=row["source"],
-                        position=str(row["line_no"]),
-                        raw=row[RAW],
-                        reason=Reason.CONFLICTING_DUPLICATE,
-                        detail=(
-                            f"event_id {row['event_id'][:128]!r} was first seen at "
-                            f"{first.source}:{first.line_no} with a different payload"
-                        ),
-                        event_id=row["event_id"],
-                        event_time=row["event_time"],
-                        source_order=row[ORDER],
-                    )
-                )
+                conflicts.append(conflict_with_first_copy(row, first.source, first.line_no))
             events = events.filter(pa.array(~known))
         within = collapse_duplicates(events)
         self._remember(within.events)
