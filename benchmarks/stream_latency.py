@@ -88,7 +88,7 @@ def main() -> None:
                             "SELECT id, event_id FROM ai_audit_trail WHERE id > %s ORDER BY id", (last,)
                         )
                         rows = cur.fetchall()
-                except pymysql.err.ProgrammingError:  # the table is not there yet
+                except (pymysql.err.ProgrammingError, pymysql.err.OperationalError):  # not migrated yet
                     rows = ()
                 now = time.time()
                 for row_id, event_id in rows:
@@ -123,7 +123,14 @@ def main() -> None:
             time.sleep(0.2)
         done.set()
         job.send_signal(signal.SIGTERM)
-        job.wait(timeout=120)
+        _, job_errors = job.communicate(timeout=120)
+        summary = next((work / "out" / "_runs").glob("*.stream.json"), None)
+        if summary is not None:
+            counts = json.loads(summary.read_text())
+            print("job:", {k: counts[k] for k in ("events_read", "events_processed", "events_dead_lettered")},
+                  counts["dead_letters_by_reason"])  # fmt: skip
+        else:
+            print(job_errors.decode()[-3000:])
         client.delete(stream)
         admin.cursor().execute(f"DROP DATABASE IF EXISTS `{database}`")
         latencies = np.array([seen[e] - sent[e] for e in sent if e in seen])
@@ -135,7 +142,7 @@ def main() -> None:
         f" allowed lateness {args.lateness} s"
     )
     print(
-        f"events sent {len(sent)}, committed {len(latencies)}, not seen {missing} (dead letters: image paths)"
+        f"events sent {len(sent)}, committed {len(latencies)}, not seen {missing}"
     )
     print(f"latency XADD -> MariaDB commit: p50 {p50:.3f} s, p99 {p99:.3f} s, max {latencies.max():.3f} s")
     print(
