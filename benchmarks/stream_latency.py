@@ -141,9 +141,7 @@ def main() -> None:
         f"rate {args.rate} events/s for {args.seconds} s; window {args.window} s,"
         f" allowed lateness {args.lateness} s"
     )
-    print(
-        f"events sent {len(sent)}, committed {len(latencies)}, not seen {missing}"
-    )
+    print(f"events sent {len(sent)}, committed {len(latencies)}, not seen {missing}")
     print(f"latency XADD -> MariaDB commit: p50 {p50:.3f} s, p99 {p99:.3f} s, max {latencies.max():.3f} s")
     print(
         f"floor by design (half a window on average + the lateness): {floor:.1f} s;"

@@ -34,6 +34,7 @@ class _Followed:
     offset: int = 0
     lines: int = 0
     skipping: int = 0  # bytes of an over-long line read so far (0: not skipping)
+    inode: int = 0  # the file read under this path (0: not yet looked at)
 
 
 @dataclass
@@ -63,15 +64,14 @@ class FileTail:
         return tuple(dirs)
 
     @property
-    def position(self) -> dict[str, tuple[int, int, int]]:
-        """Per file (absolute path): (pattern index, bytes handed on, lines handed on)."""
-        return {path: (f.order, f.offset, f.lines) for path, f in self.files.items()}
+    def position(self) -> dict[str, tuple[int, int, int, int, int]]:
+        """Per file (absolute path): (pattern index, bytes handed on, lines handed on, bytes of an
+        over-long line skipped so far, inode)."""
+        return {path: (f.order, f.offset, f.lines, f.skipping, f.inode) for path, f in self.files.items()}
 
-    def resume(self, position: dict[str, tuple[int, int, int]]) -> None:
+    def resume(self, position: dict[str, tuple[int, int, int, int, int]]) -> None:
         """Continue from a :attr:`position` snapshotted earlier."""
-        self.files = {
-            path: _Followed(order, offset, lines) for path, (order, offset, lines) in position.items()
-        }
+        self.files = {path: _Followed(*where) for path, where in position.items()}
 
     def _discover(self) -> None:
         for order, pattern in enumerate(self.patterns):
@@ -99,8 +99,13 @@ class FileTail:
     def _read(self, path: str, followed: _Followed) -> InputRecords | None:
         try:
             with open(path, "rb") as fh:
+                info = os.fstat(fh.fileno())
+                if (followed.inode and info.st_ino != followed.inode) or info.st_size < followed.offset:
+                    # Another file under this name (rotated), or this one truncated: from its start.
+                    followed.offset = followed.lines = followed.skipping = 0
+                followed.inode = info.st_ino
                 fh.seek(followed.offset)
-                chunk = fh.read(READ_BYTES)
+                chunk = fh.read(max(READ_BYTES, self.max_record_bytes + 2))
         except FileNotFoundError:
             return None  # gone (rotated away): what was read of it stays read
         end = chunk.rfind(b"\n")

@@ -264,8 +264,12 @@ class FilesSource(FixedPartitionedSource[SourceBatch, tuple[int, int]]):
         return _FilesPartition(self.splits, self.batch_lines, self.rules, resume_state, self.stop)
 
 
-class _FollowPartition(StatefulSourcePartition[SourceBatch, dict[str, tuple[int, int, int]]]):
-    def __init__(self, tail: FileTail, resume: dict[str, tuple[int, int, int]] | None, stop: threading.Event):
+#: A followed input's position: per file, what ``FileTail.position`` gives.
+FollowPosition = dict[str, tuple[int, int, int, int, int]]
+
+
+class _FollowPartition(StatefulSourcePartition[SourceBatch, FollowPosition]):
+    def __init__(self, tail: FileTail, resume: FollowPosition | None, stop: threading.Event):
         self.tail = tail
         self.stop = stop
         self._idle = False
@@ -282,7 +286,7 @@ class _FollowPartition(StatefulSourcePartition[SourceBatch, dict[str, tuple[int,
     def next_awake(self) -> datetime | None:
         return datetime.now(UTC) + FOLLOW_POLL if self._idle else None
 
-    def snapshot(self) -> dict[str, tuple[int, int, int]]:
+    def snapshot(self) -> FollowPosition:
         return self.tail.position
 
 
@@ -290,7 +294,7 @@ class _FollowPartition(StatefulSourcePartition[SourceBatch, dict[str, tuple[int,
 FOLLOW_POLL = timedelta(milliseconds=200)
 
 
-class FollowSource(FixedPartitionedSource[SourceBatch, dict[str, tuple[int, int, int]]]):
+class FollowSource(FixedPartitionedSource[SourceBatch, FollowPosition]):
     """Files and folders followed as they grow (:class:`~connectors.file_tail.FileTail`), as one
     partition; its snapshot is each file's position. Unbounded: it runs until SIGTERM."""
 
@@ -302,7 +306,7 @@ class FollowSource(FixedPartitionedSource[SourceBatch, dict[str, tuple[int, int,
         return ["follow"]
 
     def build_part(
-        self, step_id: str, for_part: str, resume_state: dict[str, tuple[int, int, int]] | None
+        self, step_id: str, for_part: str, resume_state: FollowPosition | None
     ) -> _FollowPartition:
         return _FollowPartition(self.tail, resume_state, self.stop)
 

@@ -146,6 +146,9 @@ class StreamGate:
         self.windows = _window_sizes(worker)
         self.lateness_us = config.allowed_lateness_seconds * US
         self.state: GateState = pickle.loads(snapshot) if snapshot else GateState(Watermark(self.lateness_us))
+        # An input that ended closed every window of its execution; a restart's input goes on
+        # from the latest event time seen, not from the end of time.
+        self.state.watermark.ended = False
         self.writes = _Writer(worker, GATE, self.state.next_write)
 
     def snapshot(self) -> bytes:
@@ -235,6 +238,8 @@ class ShardWindows:
         self.state: ShardState = (
             pickle.loads(snapshot) if snapshot else ShardState(OpenWindows(self.rate_windows))
         )
+        if self.state.watermark == int(END_OF_TIME):
+            self.state.watermark = None  # the gate sends the restarted stream's watermark
         self.writes = _Writer(worker, f"{shard:04d}", self.state.next_write)
         self.late_schema = schemas.arrow_schema("late_events")
 
@@ -249,34 +254,45 @@ class ShardWindows:
         state, worker = self.state, self.worker
         counts: Counter[str] = Counter()
         letters: list[pa.Table] = []
-        late: list[pa.Table] = []
         committed: list[np.ndarray] = []
+        arrived_late: list[pa.Table] = []
         for item in inputs:
             if item.watermark is not None:
                 state.watermark = max(state.watermark or item.watermark, item.watermark)
             if item.events is None or not item.events.num_rows:
                 continue
-            compared = worker.compare(item.events)
-            counts.update(compared.counts)
-            letters.extend(table for _, table in compared.dead_letters)
-            for table in (table for _, table in compared.dead_letters):
-                committed.append(table.column("line_no").to_numpy())
-            if not compared.tables:
-                continue
-            events = pa.concat_tables(table for _, table in compared.tables)
-            is_late = events.column(LATE)
+            is_late = item.events.column(LATE)
             if pc.any(is_late).as_py():
-                late.append(events.filter(is_late))
-                events = events.filter(pc.invert(is_late))
-            state.open.add(events)
-            counts["events_in_windows_change"] += events.num_rows
+                arrived_late.append(item.events.filter(is_late))
+            on_time = item.events.filter(pc.invert(is_late))
+            if on_time.num_rows:
+                # An on-time copy of an event is caught by the gate's memory, which forgets an
+                # event only once its window has closed: so these are compared now.
+                events = self._compare(on_time, counts, letters, committed)
+                if events is not None:
+                    state.open.add(events)
+                    counts["events_in_windows_change"] += _waiting(events)
         if state.watermark is not None:
             closed = state.open.close(state.watermark)
             if closed is not None:
-                counts["events_in_windows_change"] -= closed.num_rows
+                counts["events_in_windows_change"] -= _waiting(closed)
                 committed.extend(self._write(closed, counts, letters, late=False))
-        if late:
-            committed.extend(self._write(pa.concat_tables(late), counts, letters, late=True))
+        if arrived_late:
+            # Late events are compared once the windows this call closed are written: a late copy
+            # of an event the gate has forgotten then finds it in the audit trail and its files.
+            # Copies among themselves follow the duplicate rule first.
+            together = pa.concat_tables(arrived_late)
+            within = DuplicateMemory().add(together, np.zeros(together.num_rows, dtype=np.int64))
+            counts["duplicates_collapsed"] += within.collapsed
+            letters.extend(table for _, table in dead_letter_files(within.conflicts))
+            dropped = np.setdiff1d(
+                together.column("line_no").to_numpy(), within.events.column("line_no").to_numpy()
+            )
+            if dropped.size:
+                committed.append(dropped)  # collapsed or dead-lettered: nothing else holds them
+            survivors = self._compare(within.events, counts, letters, committed)
+            if survivors is not None:
+                committed.extend(self._write(survivors, counts, letters, late=True))
         committed.extend(self._close_features(counts))
         if letters:
             counts.update(write_dead_letters(worker, self.writes.key(), letters))
@@ -285,6 +301,20 @@ class ShardWindows:
         if committed:
             outputs.append(Committed(np.concatenate(committed)))
         return outputs
+
+    def _compare(
+        self, events: pa.Table, counts: Counter[str], letters: list[pa.Table], committed: list[np.ndarray]
+    ) -> pa.Table | None:
+        """The duplicate rule against the audit trail (``CompareWithStore``); conflicts become
+        dead letters. Returns the events that go on, or ``None``."""
+        compared = self.worker.compare(events)
+        counts.update(compared.counts)
+        for _, table in compared.dead_letters:
+            letters.append(table)
+            committed.append(table.column("line_no").to_numpy())
+        if not compared.tables:
+            return None
+        return pa.concat_tables(table for _, table in compared.tables)
 
     def _write(
         self, events: pa.Table, counts: Counter[str], letters: list[pa.Table], *, late: bool
@@ -395,6 +425,12 @@ class ShardWindows:
             self.worker.write_user_features.sink.write(self.writes.key(), rows)
             counts["user_features_written"] += rows.num_rows
         return done
+
+
+def _waiting(events: pa.Table) -> int:
+    """Events of a window that the summary counts as waiting: not those already counted as
+    duplicates (held in this output's files), which only count towards their window's quota."""
+    return events.num_rows - int(pc.sum(events.column(CONTEXT)).as_py() or 0)
 
 
 def write_dead_letters(worker: SpineWorker, key: str, letters: list[pa.Table]) -> Counts:

@@ -7,6 +7,7 @@ one. Names follow Prometheus' conventions: ``aiep_`` prefix, ``_total`` counters
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -73,6 +74,7 @@ class StreamMetrics:
                           registry=self.registry)  # fmt: skip
         lag_gauge.set_function(lambda: float(lag() or 0))
         self._hits = self._lookups = 0
+        self._lock = threading.Lock()
 
     def observe(
         self, counts: Mapping[str, int], timings: Mapping[str, float], batches: Mapping[str, int]
@@ -89,10 +91,11 @@ class StreamMetrics:
             if value > 0:
                 self._decisions.labels(decision=decision).inc(value)
         self._in_windows.inc(counts.get("events_in_windows_change", 0))
-        self._hits += counts.get("embedding_cache_hits", 0)
-        self._lookups += counts.get("embedding_cache_hits", 0) + counts.get("embedding_cache_misses", 0)
-        if self._lookups:
-            self._hit_rate.set(self._hits / self._lookups)
+        with self._lock:  # several workers' results sinks report at once
+            self._hits += counts.get("embedding_cache_hits", 0)
+            self._lookups += counts.get("embedding_cache_hits", 0) + counts.get("embedding_cache_misses", 0)
+            if self._lookups:
+                self._hit_rate.set(self._hits / self._lookups)
         for stage, seconds in timings.items():
             self._stage.labels(stage=stage).observe(seconds)
         for model, size in batches.items():

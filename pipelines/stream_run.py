@@ -149,6 +149,13 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
         if not live_stdin:
             recovery = (request.recovery_dir or out_dir / "_recovery" / identity).resolve()
             if not recovery.exists() or not any(recovery.iterdir()):
+                written = next(out_dir.glob(f"*/dt=*/part-{identity}-*.parquet"), None)
+                if written is not None:
+                    raise RunError(
+                        f"{str(out_dir)!r} holds this stream's files ({written.name}) but its recovery"
+                        f" store {str(recovery)!r} is new: resuming without it would rewrite them from what"
+                        " the source can still give; give the original --recovery-dir, or a fresh --out"
+                    )
                 recovery.mkdir(parents=True, exist_ok=True)
                 init_db_dir(recovery, 1)
             _check_state_settings(recovery, identity, config)
@@ -169,6 +176,7 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
             entry_positions=bool(request.source),
         )
         acknowledger: Callable[[], EntryAcknowledger] | None = None
+        closers: list[Callable[[], None]] = []
         lag: Callable[[], int | None] = lambda: None  # noqa: E731
         if request.source:
             address = StreamAddress.parse(request.source)
@@ -183,6 +191,7 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
             )
             acknowledger = lambda: EntryAcknowledger(address)  # noqa: E731
             probe = StreamReader(address, f"aiep-{identity}")
+            closers.append(probe.close)
             lag = lambda: _quiet(probe.lag)  # noqa: E731
         elif tail is not None:
             source = bytewax_flow.FollowSource(tail, stop)
@@ -225,6 +234,9 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
             workers.close()
             if server is not None:
                 server.shutdown()
+                server.server_close()
+            for close in closers:
+                close()
         finished = datetime.now(UTC)
         summary = _summary(
             plan, request, tally.snapshot(), started, finished, schema_version, recovery, stop.is_set()
@@ -249,6 +261,8 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
 #: Settings the stream's state is shaped by: a restart must keep them (its state and files were
 #: made with them), or start over with a fresh recovery store and output.
 STATE_SETTINGS = (
+    "batch_size",  # a file source's position counts batches
+    "split_mb",
     "shards",
     "window_seconds",
     "features_window_seconds",

@@ -610,3 +610,38 @@ def test_stdin_is_read_as_it_arrives_and_its_end_ends_the_job(
         assert checksum(out, dataset, order, ("source",)) == checksum(files, dataset, order, ("source",)), (
             dataset
         )
+
+
+def _event(event_id: str, when: str, user: int = 7) -> bytes:
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "event_time": when,
+            "user_id": user,
+            "ai_tier": "free",
+            "operation_type": "chat_completion",
+            "model": "claude-3-5-haiku",
+            "input": {"text": "hello"},
+            "output": {"text": "hi there"},
+            "usage": {"input_tokens": 3, "output_tokens": 4},
+        }
+    ).encode()
+
+
+def test_a_copy_after_the_gate_forgot_the_first_is_a_duplicate_not_a_late_event(tmp_path: Path) -> None:
+    # The first copy's window closes and the gate forgets it (an hour of event time later); the
+    # copy then comes, late: the audit trail and this output's files say it is a duplicate.
+    lines = [_event("first", "2025-07-07T00:00:10Z")]
+    lines += [_event(f"later-{n}", "2025-07-07T01:00:00Z", user=8 + n) for n in range(3)]
+    lines += [_event("first", "2025-07-07T00:00:10Z"), _event("last", "2025-07-07T02:00:00Z")]
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    config = tmp_path / "one-by-one.toml"
+    config.write_text("[pipeline]\nbatch_size = 1\n")
+    out = tmp_path / "out"
+    done = run_cli("run", "--engine", "bytewax", "--input", source, "--out", out, "--config", config)
+    assert done.returncode == 0, done.stderr
+    summary = stream_summary(out)
+    assert (summary["events_read"], summary["events_processed"], summary["duplicates_collapsed"]) == (6, 5, 1)
+    assert summary["late_events"] == 0 and not rows(out, "late_events", "event_id")
+    assert [row["event_id"] for row in rows(out, "events", "event_id")].count("first") == 1

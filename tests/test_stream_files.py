@@ -158,3 +158,50 @@ def test_remove_parts_after_deletes_only_the_writers_later_files(tmp_path: Path)
 
 def test_remove_parts_after_on_an_empty_output_removes_nothing(tmp_path: Path) -> None:
     assert remove_parts_after(tmp_path / "nothing-here", STREAM, "gate", 0) == []
+
+
+# --- FileTail: long lines, rotation and truncation -------------------------------------------------
+
+
+def test_a_follow_reads_past_a_line_longer_than_one_read(tmp_path: Path) -> None:
+    from connectors.file_tail import READ_BYTES, FileTail
+
+    path = tmp_path / "events.jsonl"
+    long_line = b"x" * (READ_BYTES + 1024)
+    path.write_bytes(b"first\n" + long_line + b"\nlast\n")
+    tail = FileTail([str(path)], max_record_bytes=2 * READ_BYTES)
+    (records,) = tail.poll()
+    assert records.raws == [b"first", long_line, b"last"] and records.line_nos == [1, 2, 3]
+    assert tail.poll() == []
+
+
+def test_a_line_over_the_limit_is_cut_and_rejected_and_the_next_is_read(tmp_path: Path) -> None:
+    from connectors.file_tail import FileTail
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"a\n" + b"y" * 5000 + b"\nb\n")
+    tail = FileTail([str(path)], max_record_bytes=1000)
+    (records,) = tail.poll()
+    assert records.line_nos == [1, 2, 3] and records.raws[2] == b"b"
+    assert set(records.rejected) == {1} and records.rejected[1].reason.value == "line_too_long"
+
+
+def test_a_truncated_or_replaced_file_is_read_from_its_start(tmp_path: Path) -> None:
+    from connectors.file_tail import FileTail
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"one\ntwo\n")
+    tail = FileTail([str(path)], max_record_bytes=1000)
+    assert tail.poll()[0].raws == [b"one", b"two"]
+    path.write_bytes(b"new\n")  # truncated and rewritten (copytruncate)
+    assert tail.poll()[0].raws == [b"new"]
+    rotated = tmp_path / "events.jsonl.1"
+    path.rename(rotated)
+    path.write_bytes(b"fresh one\nfresh two\n")  # another file under the name, longer than before
+    (records,) = tail.poll()
+    assert records.raws == [b"fresh one", b"fresh two"] and records.line_nos == [1, 2]
+    resumed = FileTail([str(path)], max_record_bytes=1000)
+    resumed.resume(tail.position)
+    with path.open("ab") as grow:
+        grow.write(b"three\n")
+    assert resumed.poll()[0].raws == [b"three"]
