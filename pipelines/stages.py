@@ -222,7 +222,7 @@ class CollapseDuplicates:
 
     def __call__(self, tables: Iterable[pa.Table]) -> tuple[pa.Table, StageOutput]:
         events = pa.concat_tables(tables)
-        result = DuplicateMemory().add(events, np.zeros(events.num_rows, dtype=np.int64))
+        result = DuplicateMemory.fold(events)
         return result.events.drop_columns([SHARD]), StageOutput(
             dead_letters=dead_letter_files(result.conflicts),
             counts={"duplicates_collapsed": result.collapsed},

@@ -282,7 +282,7 @@ class ShardWindows:
             # of an event the gate has forgotten then finds it in the audit trail and its files.
             # Copies among themselves follow the duplicate rule first.
             together = pa.concat_tables(arrived_late)
-            within = DuplicateMemory().add(together, np.zeros(together.num_rows, dtype=np.int64))
+            within = DuplicateMemory.fold(together)
             counts["duplicates_collapsed"] += within.collapsed
             letters.extend(table for _, table in dead_letter_files(within.conflicts))
             dropped = np.setdiff1d(

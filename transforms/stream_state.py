@@ -128,6 +128,21 @@ class DuplicateMemory:
 
     seen: dict[str, _Seen] = field(default_factory=dict)
 
+    @staticmethod
+    def fold(events: pa.Table) -> Deduplicated:
+        """A memory created, one batch added and closed at the end of the input: what a bounded
+        run does over a shard holding every copy of its event_ids. What it would remember is
+        forgotten at once, so it remembers nothing (a batch run pays for no memory).
+
+        >>> from transforms.event_batch import FINGERPRINT, ORDER, RAW
+        >>> t = pa.table({"event_id": ["a", "a"], FINGERPRINT: [b"1", b"1"], ORDER: [0, 0],
+        ...               "line_no": [1, 2], "source": ["f", "f"], RAW: [b"", b""],
+        ...               "event_time": pa.array([0, 0], pa.timestamp("us"))})
+        >>> DuplicateMemory.fold(t).collapsed
+        1
+        """
+        return collapse_duplicates(events)
+
     def add(self, events: pa.Table, forget_at_us: np.ndarray) -> Deduplicated:
         """Apply the rule to a batch (in stream order) against what came before it.
 
