@@ -255,7 +255,7 @@ def test_killed_three_times_at_random_the_stream_loses_and_doubles_nothing(
         for _ in range(3):
             target, (low, high) = rng.choice(KILL_TARGETS)
             point = (target, rng.choice(["before", "after"]), rng.randint(low, high))
-            clock = rng.uniform(6, 20)
+            clock = rng.uniform(5, 12)
             points.append((*point, f"or at {clock:.0f} s"))
             proc = subprocess.Popen(
                 [sys.executable, str(ROOT / "tests" / "kill_at.py"), *map(str, point), "--", *args],
