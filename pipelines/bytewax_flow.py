@@ -28,6 +28,7 @@ from typing import Any
 
 import bytewax.operators as op
 import numpy as np
+import pyarrow as pa
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
@@ -443,8 +444,6 @@ def build(
         tables = [table for _, table in output.tables]
         events = None
         if tables:
-            import pyarrow as pa
-
             events = pa.concat_tables(tables)
         positions = np.asarray(batch.records.line_nos, dtype=np.int64)
         return ValidatedBatch(events, output.dead_letters, output.counts, positions, batch.end_of_input)
@@ -473,8 +472,3 @@ def build(
     )
     op.output("commit", done, results)
     return flow
-
-
-def now() -> datetime:
-    """The wall clock, for status lines."""
-    return datetime.now()

@@ -451,8 +451,3 @@ def _entry_positions(letters: pa.Table) -> pa.Table:
     )
     index = letters.schema.get_field_index("line_no")
     return letters.set_column(index, "line_no", pa.nulls(letters.num_rows, pa.int64()))
-
-
-def is_end(watermark: int | None) -> bool:
-    """Whether a watermark says the input has ended."""
-    return watermark == int(END_OF_TIME)
