@@ -9,6 +9,9 @@
     runner.py review --audit-db URL CONTENT_HASH --decision approved|flagged|rejected --reviewer ID
     runner.py review --audit-db URL --list approved|flagged|rejected [--limit N] [--format table|json]
     runner.py publish --input FILE --to redis://HOST:PORT/DB?stream=NAME
+    runner.py sql --out DIR "SELECT …" [--format table|csv|json]
+    runner.py report --out DIR [--since DATE] [--until DATE] [--config FILE] [--audit-db URL]
+                     [--format table|csv|json] [--top N] [--fail-on-breach]
 
 Thin over the library: parsing and printing here, everything else in ``pipelines``/``connectors``
 (and, for ``generate``, ``loadgen``).
@@ -247,6 +250,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = db_commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         sub.add_argument("--audit-db", required=True, metavar="URL", help=_AUDIT_DB_HELP)
     _add_review_parser(commands)
+    _add_analytics_parsers(commands)
     publish = commands.add_parser(
         "publish",
         help="feed a Redis stream from a JSONL file, one entry per line (demos, tests)",
@@ -265,6 +269,154 @@ def _parser() -> argparse.ArgumentParser:
         help="redis://[:PASSWORD@]HOST:PORT/DB?stream=NAME (a &group=GROUP is allowed and ignored)",
     )
     return parser
+
+
+def _day(text: str) -> Any:
+    """A ``--since``/``--until`` date: YYYY-MM-DD (argparse's type)."""
+    from datetime import date
+
+    try:
+        if len(text) != 10:
+            raise ValueError
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a date, YYYY-MM-DD; got {text!r}") from None
+
+
+def _add_period_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags ``report`` and ``dashboard`` share: the period, the budgets' config, the store."""
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="a run's output directory")
+    parser.add_argument(
+        "--since", type=_day, metavar="DATE", help="first UTC day of event time to include (YYYY-MM-DD)"
+    )
+    parser.add_argument(
+        "--until", type=_day, metavar="DATE", help="last UTC day of event time to include (YYYY-MM-DD)"
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML file whose [budgets] section gives the budgets"
+    )
+    parser.add_argument(
+        "--audit-db",
+        metavar="URL",
+        help="the store whose review queue to show (default: <DIR>/audit.sqlite when it exists); "
+        + _AUDIT_DB_HELP,
+    )
+
+
+def _add_analytics_parsers(commands: Any) -> None:
+    sql = commands.add_parser(
+        "sql",
+        help="run read-only SQL against DuckDB views of a run's outputs",
+        description="Run SQL (queries only) in DuckDB over one view per dataset (events, moderation, "
+        "rate_limit_violations, dead_letter, late_events, embeddings, user_features; each with its dt "
+        "partition as a DATE) and `runs`, the run summaries. Only files under DIR can be read; a "
+        "statement that writes (COPY, CREATE, ATTACH, INSERT, SET, …) is refused before anything runs.",
+        epilog="Exit status: 0 on success; 1 when the SQL fails or DIR or a run summary cannot be read; "
+        "2 on bad flags or a statement that is not a query.",
+    )
+    sql.add_argument("--out", required=True, type=Path, metavar="DIR", help="a run's output directory")
+    sql.add_argument("query", metavar="SQL", help="one or more statements; the last one's rows are printed")
+    sql.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table", help="how to print (default: table)"
+    )
+    report = commands.add_parser(
+        "report",
+        help="cost monitoring: cost by day, tier, operation and model; top users; decisions; budgets",
+        description="Report, from a run's output directory: cost by day, tier, operation and model; "
+        "top users by cost; unpriced events by model; moderation decisions by day and category; the "
+        "human-review queue; rate-limit violations; dead letters by reason; the embedding cache's hit "
+        "rate; the runs; and budget breaches ([budgets] in --config). Costs are exact decimals.",
+        epilog="Exit status: 0 on success; 1 when DIR, a run summary, the config or the audit store "
+        "cannot be read, or with --fail-on-breach when a budget is breached; 2 on bad flags.",
+    )
+    _add_period_flags(report)
+    report.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table", help="how to print (default: table)"
+    )
+    report.add_argument("--top", type=int, default=10, metavar="N", help="top users to list (default: 10)")
+    report.add_argument(
+        "--fail-on-breach",
+        action="store_true",
+        help="exit 1 when any budget is breached (for cron and CI); the report is printed first",
+    )
+
+
+def _report_inputs(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The budgets (from --config) and the audit store to read the review queue from."""
+    from analytics.report import Budgets
+    from connectors.config import load_config
+
+    budgets = Budgets.from_config(load_config(args.config))
+    audit_url = args.audit_db
+    if audit_url is None and (args.out / "audit.sqlite").is_file():
+        audit_url = f"sqlite:///{(args.out / 'audit.sqlite').resolve()}"
+    return budgets, audit_url
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from analytics.report import build_report
+    from analytics.views import ViewError
+    from connectors import database
+    from connectors.database_url import redact
+
+    if args.top < 1:
+        return _bad_flags("report", f"argument --top: must be at least 1; got {args.top}")
+    if args.since and args.until and args.since > args.until:
+        return _bad_flags("report", f"--since {args.since} is after --until {args.until}")
+    budgets, audit_url = _report_inputs(args)
+    try:
+        report = build_report(
+            args.out, since=args.since, until=args.until, budgets=budgets, audit_url=audit_url, top=args.top
+        )
+    except ViewError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # the audit store's driver, of any kind: one line, redacted
+        if audit_url is None or not _is_database_error(exc):
+            raise
+        print(
+            f"error: audit store {redact(audit_url)}: {database.describe_error(exc, audit_url)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    print({"table": report.to_table, "csv": report.to_csv, "json": report.to_json}[args.format](), end="")
+    if args.format == "json":
+        print()
+    breaches = len(report.breaches.rows)
+    if breaches:
+        print(f"{breaches} budget breach{'es' if breaches > 1 else ''}", file=sys.stderr)
+        if args.fail_on_breach:
+            return EXIT_FAILED
+    return 0
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    import sqlalchemy
+
+    return isinstance(exc, sqlalchemy.exc.SQLAlchemyError | ConnectionError)
+
+
+def _cmd_sql(args: argparse.Namespace) -> int:
+    from analytics.report import Report, Section
+    from analytics.views import QueryRefused, ViewError, query
+
+    try:
+        columns, rows = query(args.out, args.query)
+    except QueryRefused as exc:
+        return _bad_flags("sql", str(exc))
+    except ViewError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    result = Report(
+        args.out, None, None, {"result": Section("result", "result", tuple(columns), tuple(rows))}
+    )
+    if args.format == "json":
+        print(json.dumps(json.loads(result.to_json())["sections"]["result"]["rows"], indent=2))
+    elif args.format == "csv":
+        print(result.to_csv().split("\n", 1)[1], end="")
+    else:
+        print(result.to_table().split("\n", 1)[1], end="")
+    return 0
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -735,6 +887,8 @@ def main(argv: list[str] | None = None) -> int:
             "db": _cmd_db,
             "review": _cmd_review,
             "publish": _cmd_publish,
+            "sql": _cmd_sql,
+            "report": _cmd_report,
         }
         return commands[args.command](args)
     except (RunError, InputError, ConfigError) as exc:

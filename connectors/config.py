@@ -42,6 +42,7 @@ import stat
 import tomllib
 import typing
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import cache
 from itertools import groupby
 from pathlib import Path
@@ -78,6 +79,9 @@ class Setting:
     #: The name the run summary's ``config`` block shows it under; True: the field's name,
     #: False: not shown.
     summary: str | bool = True
+    #: What a table's entries are keyed by: ``"tier"`` (a tier of the event contract) or
+    #: ``"user_id"`` (a user id, 1 .. 2^63-1, written as a string key); empty: anything.
+    keys: str = ""
     attribute: str = ""
     annotation: Any = None
 
@@ -96,6 +100,11 @@ class Setting:
     @property
     def is_table(self) -> bool:
         return typing.get_origin(self.annotation) is dict
+
+    @property
+    def entry_type(self) -> type | None:
+        """The type of a table's values (``int``, or ``Decimal`` for an amount); ``None`` for a scalar."""
+        return typing.get_args(self.annotation)[1] if self.is_table else None
 
     @property
     def file_type(self) -> type:
@@ -123,10 +132,34 @@ class Setting:
         low, high = self.between
         if isinstance(value, dict):
             for entry, number in value.items():
-                if not isinstance(number, int) or isinstance(number, bool) or not low <= number <= high:
-                    return f"{self.name}.{entry} must be an integer between {low} and {high}, got {number!r}"
+                if problem := self._key_problem(entry) or self._entry_problem(entry, number):
+                    return problem
         elif isinstance(value, int | float) and not low <= value <= high:
             return f"{self.name} must be between {low} and {high}, got {value}"
+        return None
+
+    def _key_problem(self, entry: str) -> str | None:
+        if self.keys == "tier" and entry not in _tiers():
+            return f"{self.name}.{entry}: not a tier; the tiers are {sorted(_tiers())}"
+        if self.keys == "user_id" and not (
+            entry.isascii() and entry.isdigit() and 1 <= int(entry) <= 2**63 - 1 and entry == str(int(entry))
+        ):
+            return f"{self.name}.{entry}: a key must be a user id, 1 to 2^63-1 without leading zeros"
+        return None
+
+    def _entry_problem(self, entry: str, number: Any) -> str | None:
+        assert self.between is not None
+        low, high = self.between
+        if self.entry_type is Decimal:
+            amount = _amount(number)
+            if amount is None or not low <= amount <= high:
+                return (
+                    f"{self.name}.{entry} must be an amount in USD between {low} and {high} with at most "
+                    f"{AMOUNT_PLACES} decimals (a number, or its text), got {number!r}"
+                )
+            return None
+        if not isinstance(number, int) or isinstance(number, bool) or not low <= number <= high:
+            return f"{self.name}.{entry} must be an integer between {low} and {high}, got {number!r}"
         return None
 
     def file_value(self, value: Any) -> Any:
@@ -162,16 +195,49 @@ def setting(
     between: tuple[int, int] | None = None,
     choices: tuple[str, ...] = (),
     summary: str | bool = True,
+    keys: str = "",
 ) -> Any:
     """A field of :class:`PipelineConfig` that the config file sets as ``[section] key``.
 
     ``default`` may be a function: it is called for each new config (a default read from
     ``schemas/``, or a table, which must not be shared).
     """
-    spec = Setting(section, key, doc, between, choices, summary)
+    spec = Setting(section, key, doc, between, choices, summary, keys)
     if callable(default):
         return field(default_factory=default, metadata={"setting": spec})
     return field(default=default, metadata={"setting": spec})
+
+
+#: Decimal places of a cost (USD), as the outputs keep it (``decimal(10,6)``).
+AMOUNT_PLACES = 6
+
+
+def _amount(value: Any) -> Decimal | None:
+    """``value`` (a TOML number, or a decimal's text) as an exact amount; ``None`` when it is not
+    one: not finite, negative zero aside, or with more than ``AMOUNT_PLACES`` decimals.
+
+    >>> _amount(12.5), _amount("0.000001"), _amount("1e-7"), _amount(True)
+    (Decimal('12.5'), Decimal('0.000001'), None, None)
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        return None
+    try:
+        # A float's shortest text is the number as the file wrote it (0.1, not 0.1000000000000000055…).
+        amount = Decimal(str(value))
+    except ArithmeticError:
+        return None
+    exponent = amount.as_tuple().exponent
+    if not amount.is_finite() or not isinstance(exponent, int) or exponent < -AMOUNT_PLACES:
+        return None
+    return amount
+
+
+def _tiers() -> set[str]:
+    return set(schemas.event_json_schema()["properties"]["ai_tier"]["enum"])
+
+
+def _no_budgets() -> dict[str, Decimal]:
+    return {}
 
 
 def _tier_quotas() -> dict[str, int]:
@@ -358,6 +424,42 @@ class PipelineConfig:
         between=(1, 3600),
         summary=False,
     )
+    tier_daily_budgets: dict[str, Decimal] = setting(
+        "budgets",
+        "tier_daily_usd",
+        _no_budgets,
+        "cost budget of a tier's users together per UTC day of event time, USD; `report` lists breaches",
+        between=(0, 10**12),
+        summary=False,
+        keys="tier",
+    )
+    tier_monthly_budgets: dict[str, Decimal] = setting(
+        "budgets",
+        "tier_monthly_usd",
+        _no_budgets,
+        "cost budget of a tier's users together per calendar month (UTC), USD",
+        between=(0, 10**12),
+        summary=False,
+        keys="tier",
+    )
+    user_daily_budgets: dict[str, Decimal] = setting(
+        "budgets",
+        "user_daily_usd",
+        _no_budgets,
+        'cost budget of one user per UTC day, USD, keyed by user id: { "42" = 5 }',
+        between=(0, 10**12),
+        summary=False,
+        keys="user_id",
+    )
+    user_monthly_budgets: dict[str, Decimal] = setting(
+        "budgets",
+        "user_monthly_usd",
+        _no_budgets,
+        "cost budget of one user per calendar month (UTC), USD, keyed by user id",
+        between=(0, 10**12),
+        summary=False,
+        keys="user_id",
+    )
     claim_min_idle_seconds: int = setting(
         "stream",
         "claim_min_idle_seconds",
@@ -457,6 +559,8 @@ def load_config(path: Path | None) -> PipelineConfig:
         if spec.annotation is Path:
             value = path.parent / value
         elif spec.is_table:
+            if spec.entry_type is Decimal:
+                value = {entry: _amount(number) for entry, number in value.items()}
             value = {**getattr(defaults, spec.attribute), **value}
         elif spec.annotation is float:
             value = float(value)
@@ -488,7 +592,7 @@ def _read_keys(doc: dict[str, Any], where: str) -> list[tuple[Setting, Any]]:
 
 def _checked(config: PipelineConfig, where: str) -> PipelineConfig:
     """``config`` if every value is usable (defaults included: they come from ``schemas/``)."""
-    tiers = set(schemas.event_json_schema()["properties"]["ai_tier"]["enum"])
+    tiers = _tiers()
     if set(config.quotas) != tiers:
         raise ConfigError(f"{where}: rate_limit.quotas must name exactly the tiers {sorted(tiers)}")
     for spec in _settings():
@@ -538,7 +642,11 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
+        if not value:
+            return "{}"
         return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, Decimal):
+        return f'"{value}"'
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return str(value)

@@ -28,6 +28,8 @@ from transforms.decision_categories import categories_of
 DECISIONS = ("approved", "flagged", "rejected")
 #: Reviewer ids are positive and fit every store's ``reviewed_by`` (SQLite's INTEGER is signed).
 MAX_REVIEWER_ID = 2**63 - 1
+#: The decisions a human is asked to look at: the review queue holds those no human reviewed yet.
+REVIEWED_DECISIONS = ("flagged", "rejected")
 #: The most rows one ``review_queue`` call returns.
 MAX_QUEUE_ROWS = 1000
 _CONTENT_HASH = re.compile(r"[0-9a-f]{64}")
@@ -151,6 +153,43 @@ def review_queue(
         return [_reviewed_decision(row) for row in conn.execute(statement)]
 
     return in_transaction(engine, queue, retry_attempts, commit=False)
+
+
+@dataclass(frozen=True)
+class QueueSize:
+    """How many decisions of one kind await a human, and since when."""
+
+    decision: str
+    awaiting_review: int
+    #: When the oldest of them was decided (UTC); None when none waits, or it predates decision times.
+    oldest_decided_at: datetime | None
+
+
+def queue_sizes(engine: sa.Engine, *, retry_attempts: int = 8) -> list[QueueSize]:
+    """The review queue's size for each decision a human should look at (flagged, rejected)."""
+
+    def sizes(conn: sa.Connection) -> list[QueueSize]:
+        table = _decisions_table(conn)
+        statement = (
+            sa.select(
+                table.c.decision,
+                sa.func.count(),
+                sa.func.min(table.c.reviewed_at, type_=table.c.reviewed_at.type),
+            )
+            .where(table.c.decision.in_(REVIEWED_DECISIONS), table.c.reviewed_by.is_(None))
+            .group_by(table.c.decision)
+        )
+        found = {row[0]: (int(row[1]), row[2]) for row in conn.execute(statement)}
+        return [
+            QueueSize(
+                decision,
+                found.get(decision, (0, None))[0],
+                None if (at := found.get(decision, (0, None))[1]) is None else at.replace(tzinfo=UTC),
+            )
+            for decision in REVIEWED_DECISIONS
+        ]
+
+    return in_transaction(engine, sizes, retry_attempts, commit=False)
 
 
 def decision_of(engine: sa.Engine, content_hash: str, *, retry_attempts: int = 8) -> ReviewedDecision | None:

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -323,7 +324,7 @@ def _summary(
         "seconds": round((finished - started).total_seconds(), 3),
         "ended_by": "sigterm" if drained else "end of input",
         **{name: int(counts.get(name, 0)) for name in SUMMARY_COUNTS},
-        "cost_total": str(counts.get("cost_total_micros", 0) / 1_000_000),
+        "cost_total": str(Decimal(counts.get("cost_total_micros", 0)).scaleb(-6)),  # exact, as a batch run
         "dead_letters_by_reason": dead,
         "out_dir": plan.out_dir,
         "audit_db": redact(plan.audit_url),

@@ -297,3 +297,16 @@ def enrich_settings(shards: int) -> Any:
     from pipelines.stages import build_enrich_settings
 
     return build_enrich_settings(PipelineConfig(shards=shards))
+
+
+@pytest.fixture(scope="session")
+def analytics_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run's output directory for the analysts' commands (report, sql, dashboard, validate):
+    generated events with images, duplicates and bad lines, every stage on. Read it; don't change
+    it (copy it first)."""
+    base = tmp_path_factory.mktemp("analytics")
+    events = base / "events.jsonl"
+    made = run_cli("generate", "--events", "600", "--out", events, "--seed", "16", "--images")
+    assert made.returncode == 0, made.stderr
+    run_pipeline([events], base / "out", embeddings=True, moderation=True)
+    return base / "out"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -191,8 +192,9 @@ def test_a_flag_threshold_above_the_reject_threshold_is_refused(tmp_path: Path) 
 
 
 def a_table_entry(spec: Setting) -> str:
-    """An entry the table holds by default (a tier of ``quotas``)."""
-    return next(iter(getattr(PipelineConfig(), spec.attribute)))
+    """An entry the table holds by default (a tier of ``quotas``), or one it may hold."""
+    default = getattr(PipelineConfig(), spec.attribute)
+    return next(iter(default)) if default else {"tier": "pro", "user_id": '"42"'}[spec.keys]
 
 
 @pytest.mark.parametrize("spec", SETTINGS, ids=lambda s: s.name)
@@ -214,7 +216,14 @@ def test_a_number_out_of_range_names_the_key_and_the_range(tmp_path: Path, spec:
     if spec.is_table:
         entry = a_table_entry(spec)
         message = load_error(tmp_path, one_key(spec, f"{{ {entry} = {value} }}"))
-        assert message == f"{spec.name}.{entry} must be an integer between {low} and {high}, got {value}"
+        entry = entry.strip('"')
+        if spec.entry_type is Decimal:
+            assert message == (
+                f"{spec.name}.{entry} must be an amount in USD between {low} and {high} with at most 6 "
+                f"decimals (a number, or its text), got {value}"
+            )
+        else:
+            assert message == f"{spec.name}.{entry} must be an integer between {low} and {high}, got {value}"
     else:
         message = load_error(tmp_path, one_key(spec, str(value)))
         assert message == f"{spec.name} must be between {low} and {high}, got {value}"
@@ -228,7 +237,7 @@ def test_the_bounds_of_a_range_are_themselves_allowed(tmp_path: Path, spec: Sett
         literal = f"{{ {a_table_entry(spec)} = {bound} }}" if spec.is_table else str(bound)
         path.write_text(one_key(spec, literal) + ORDERED_PARTNER.get((spec.key, bound), ""))
         loaded = getattr(load_config(path), spec.attribute)
-        assert (loaded[a_table_entry(spec)] if spec.is_table else loaded) == bound
+        assert (loaded[a_table_entry(spec).strip('"')] if spec.is_table else loaded) == bound
 
 
 def test_every_number_has_a_range() -> None:

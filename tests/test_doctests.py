@@ -40,6 +40,8 @@ MODULES = [
     "transforms.image_checks",
     "models.nudenet_detector",
     "models.image_moderator",
+    "analytics.views",
+    "analytics.report",
 ]
 
 
