@@ -69,6 +69,11 @@ class Budgets:
             {int(user): amount for user, amount in config.user_monthly_budgets.items()},
         )
 
+    @property
+    def monthly(self) -> bool:
+        """Whether any budget is monthly (the report then reads whole months)."""
+        return bool(self.tier_monthly or self.user_monthly)
+
     def rows(self) -> list[tuple[str, str, str, Decimal]]:
         """(scope, period, key, budget) for each budget."""
         return [
@@ -178,45 +183,46 @@ def _json_cell(value: Any) -> Any:
 
 # --- the queries ---------------------------------------------------------------------------------
 
+#: One scan of ``events`` feeds every section about events: the period's events grouped twice,
+#: by (day, tier, operation, model, decision) and by user (within the period or not). ``{scanned}``
+#: is the days it reads: the period, widened to whole months when a monthly budget needs them.
+EVENT_GROUPS = """
+    CREATE TEMP TABLE event_groups AS
+    SELECT grouping(user_id) = 0 AS per_user, dt, ai_tier, operation_type, model, decision,
+           user_id, in_period, count(*) AS events,
+           count(*) FILTER (WHERE cost_status = 'priced') AS priced_events,
+           count(*) FILTER (WHERE cost_status = 'unpriced') AS unpriced_events,
+           CAST(coalesce(sum(cost), 0) AS DECIMAL(38, 6)) AS cost
+    FROM (SELECT *, {days} AS in_period FROM events WHERE {scanned})
+    GROUP BY GROUPING SETS ((dt, ai_tier, operation_type, model, decision), (user_id, in_period))
+"""
+
 #: Each section: its title and its query. ``{days}`` is the period's condition on ``dt``; ``{top}``
-#: the number of top users.
+#: the number of top users. ``by_day`` is ``event_groups``' rows by day within the period.
 QUERIES: dict[str, tuple[str, str]] = {
     "cost_by_day": (
         "Cost by day, tier, operation and model (USD)",
         """
-        SELECT dt AS day, ai_tier, operation_type, model, count(*) AS events,
-               count(*) FILTER (WHERE cost_status = 'priced') AS priced_events,
-               count(*) FILTER (WHERE cost_status = 'unpriced') AS unpriced_events,
-               CAST(coalesce(sum(cost), 0) AS DECIMAL(38, 6)) AS cost_usd
-        FROM events WHERE {days}
-        GROUP BY ALL ORDER BY day, ai_tier, operation_type, model
-        """,
-    ),
-    "top_users": (
-        "Top users by cost (USD)",
-        """
-        SELECT user_id, arg_max(ai_tier, (event_time, event_id)) AS ai_tier, count(*) AS events,
-               CAST(coalesce(sum(cost), 0) AS DECIMAL(38, 6)) AS cost_usd,
-               count(*) FILTER (WHERE cost_status = 'unpriced') AS unpriced_events
-        FROM events WHERE {days}
-        GROUP BY user_id ORDER BY cost_usd DESC, user_id LIMIT {top}
+        SELECT dt AS day, ai_tier, operation_type, model, sum(events) AS events,
+               sum(priced_events) AS priced_events, sum(unpriced_events) AS unpriced_events,
+               CAST(sum(cost) AS DECIMAL(38, 6)) AS cost_usd
+        FROM by_day GROUP BY ALL ORDER BY day, ai_tier, operation_type, model
         """,
     ),
     "unpriced_by_model": (
         "Unpriced events by model (no price in force at the event's time)",
         """
-        SELECT model, count(*) AS events,
-               count(*) FILTER (WHERE cost_status = 'unpriced') AS unpriced_events,
-               unpriced_events / count(*) AS unpriced_share
-        FROM events WHERE {days}
-        GROUP BY model HAVING unpriced_events > 0 ORDER BY unpriced_events DESC, model
+        SELECT model, events, unpriced_events, unpriced_events / events AS unpriced_share
+        FROM (SELECT model, sum(events) AS events, sum(unpriced_events) AS unpriced_events
+              FROM by_day GROUP BY model)
+        WHERE unpriced_events > 0 ORDER BY unpriced_events DESC, model
         """,
     ),
     "decisions_by_day": (
         "Moderation decisions by day: events by their decision",
         """
-        SELECT dt AS day, decision, count(*) AS events
-        FROM events WHERE {days} AND decision IS NOT NULL
+        SELECT dt AS day, decision, sum(events) AS events
+        FROM by_day WHERE decision IS NOT NULL
         GROUP BY ALL ORDER BY day, decision
         """,
     ),
@@ -308,17 +314,22 @@ def build_report(
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
     days = _day_condition("dt", since, until)
+    months = _whole_months(since, until)
     conditions = {
         "days": days,
+        "scanned": months if budgets.monthly else days,
         "dead_letter_days": days if since or until else "true",
         "run_days": _day_condition("CAST(started_at AS DATE)", since, until),
         "top": str(top),
     }
     found: dict[str, Section] = {}
     with connect(out_dir) as con:
+        con.execute(EVENT_GROUPS.format(**conditions))
+        con.execute(f"CREATE TEMP VIEW by_day AS SELECT * FROM event_groups WHERE NOT per_user AND {days}")
         for name, (title, sql) in QUERIES.items():
             found[name] = _section(con, name, title, sql.format(**conditions))
-        found["budget_breaches"] = _breaches(con, budgets, since, until)
+        found["top_users"] = _top_users(con, days, top)
+        found["budget_breaches"] = _breaches(con, budgets, days, months)
     found["review_queue"] = _review_queue(audit_url)
     return Report(out_dir, since, until, {name: found[name] for name in SECTIONS})
 
@@ -336,10 +347,45 @@ def _section(con: duckdb.DuckDBPyConnection, name: str, title: str, sql: str) ->
     return Section(name, title, columns, tuple(cursor.fetchall()))
 
 
-def _breaches(
-    con: duckdb.DuckDBPyConnection, budgets: Budgets, since: date | None, until: date | None
-) -> Section:
-    """Each day and month whose cost is over a tier's or a user's budget, oldest first."""
+TOP_USERS_TITLE = "Top users by cost (USD): their tier is their latest event's"
+
+
+def _top_users(con: duckdb.DuckDBPyConnection, days: str, top: int) -> Section:
+    """The ``top`` users by cost, from ``event_groups``; their tiers from a scan of their events."""
+    found = con.execute(
+        "SELECT user_id, events, cost, unpriced_events FROM event_groups WHERE per_user AND in_period "
+        "ORDER BY cost DESC, user_id LIMIT $top",
+        {"top": top},
+    ).fetchall()
+    if not found:
+        columns = ("user_id", "ai_tier", "events", "cost_usd", "unpriced_events")
+        return Section("top_users", TOP_USERS_TITLE, columns, ())
+    users = ", ".join(str(int(row[0])) for row in found)  # a literal list: DuckDB filters it in the scan
+    sql = f"""
+        WITH top(user_id, events, cost_usd, unpriced_events) AS (VALUES {
+        ", ".join(f"({int(u)}, {int(e)}, CAST('{c}' AS DECIMAL(38, 6)), {int(n)})" for u, e, c, n in found)
+    }), tier AS (
+            SELECT user_id, arg_max(ai_tier, (event_time, event_id)) AS ai_tier
+            FROM events WHERE {days} AND user_id IN ({users}) GROUP BY user_id
+        )
+        SELECT user_id, ai_tier, events, cost_usd, unpriced_events
+        FROM top JOIN tier USING (user_id) ORDER BY cost_usd DESC, user_id
+    """
+    return _section(con, "top_users", TOP_USERS_TITLE, sql)
+
+
+def _whole_months(since: date | None, until: date | None) -> str:
+    """The condition on ``dt`` for every whole month the period touches."""
+    return _day_condition(
+        "dt", None if since is None else since.replace(day=1), None if until is None else _month_end(until)
+    )
+
+
+def _breaches(con: duckdb.DuckDBPyConnection, budgets: Budgets, days: str, months: str) -> Section:
+    """Each day and month whose cost is over a tier's or a user's budget, oldest first.
+
+    Tiers' costs come from ``event_groups``; users' from one scan of the budgeted users' events.
+    """
     rows = budgets.rows()
     if not rows:
         return Section("budget_breaches", BREACHES_TITLE, BREACH_COLUMNS, ())
@@ -352,29 +398,29 @@ def _breaches(
         }
     )
     con.register("budgets", table)
-    days = _day_condition("dt", since, until)
-    # A month counts whole when the period touches it.
-    months = _day_condition(
-        "dt",
-        None if since is None else since.replace(day=1),
-        None if until is None else _month_end(until),
-    )
+    month = "CAST(date_trunc('month', dt) AS DATE)"
     spend = []
-    for scope, period, key, condition in (
-        ("tier", "day", "ai_tier", days),
-        ("tier", "month", "ai_tier", months),
-        ("user", "day", "CAST(user_id AS VARCHAR)", days),
-        ("user", "month", "CAST(user_id AS VARCHAR)", months),
-    ):
-        if not any(r[0] == scope and r[1] == period for r in rows):
-            continue
-        start = "dt" if period == "day" else "CAST(date_trunc('month', dt) AS DATE)"
-        spend.append(
-            f"SELECT '{scope}' AS scope, '{period}' AS period, {key} AS key, {start} AS period_start, "
-            f"CAST(coalesce(sum(cost), 0) AS DECIMAL(38, 6)) AS cost_usd FROM events "
-            f"WHERE {condition} AND {key} IN (SELECT key FROM budgets WHERE scope = '{scope}' "
-            f"AND period = '{period}') GROUP BY ALL"
+    for period, condition, start in (("day", days, "dt"), ("month", months, month)):
+        if any(r[0] == "tier" and r[1] == period for r in rows):
+            spend.append(
+                f"SELECT 'tier' AS scope, '{period}' AS period, ai_tier AS key, {start} AS period_start, "
+                f"CAST(sum(cost) AS DECIMAL(38, 6)) AS cost_usd FROM event_groups "
+                f"WHERE NOT per_user AND {condition} GROUP BY ALL"
+            )
+    users = sorted({int(r[2]) for r in rows if r[0] == "user"})
+    if users:
+        # One scan of the budgeted users' events (a literal list: DuckDB filters it in the scan).
+        con.execute(
+            f"CREATE TEMP TABLE user_days AS SELECT user_id, dt, {days} AS in_period, "
+            f"CAST(coalesce(sum(cost), 0) AS DECIMAL(38, 6)) AS cost FROM events "
+            f"WHERE {months} AND user_id IN ({', '.join(map(str, users))}) GROUP BY ALL"
         )
+        for period, where, start in (("day", "in_period", "dt"), ("month", "true", month)):
+            spend.append(
+                f"SELECT 'user' AS scope, '{period}' AS period, CAST(user_id AS VARCHAR) AS key, "
+                f"{start} AS period_start, CAST(sum(cost) AS DECIMAL(38, 6)) AS cost_usd FROM user_days "
+                f"WHERE {where} GROUP BY ALL"
+            )
     sql = f"""
         SELECT s.scope, s.key, s.period, s.period_start, s.cost_usd, b.budget_usd,
                CAST(s.cost_usd - b.budget_usd AS DECIMAL(38, 6)) AS over_by_usd

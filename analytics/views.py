@@ -49,10 +49,34 @@ class QueryRefused(ViewError):
     """The SQL is not a query (it would write, attach or change a setting), or does not parse."""
 
 
-def _duckdb_types(schema: pa.Schema) -> list[str]:
-    """DuckDB's name for each Arrow type of ``schema`` (DuckDB's own mapping, not ours)."""
-    with duckdb.connect() as con:
-        return [str(t) for t in con.from_arrow(schema.empty_table()).types]
+def duckdb_type(arrow: pa.DataType) -> str:
+    """DuckDB's name for an Arrow type of ``datasets.json`` (as DuckDB itself maps it on reading
+    Arrow or Parquet; a test holds the two together).
+
+    >>> duckdb_type(pa.list_(pa.float32(), 384)), duckdb_type(pa.map_(pa.string(), pa.int64()))
+    ('FLOAT[384]', 'MAP(VARCHAR, BIGINT)')
+    """
+    if pa.types.is_fixed_size_list(arrow):
+        return f"{duckdb_type(arrow.value_type)}[{arrow.list_size}]"
+    if pa.types.is_list(arrow):
+        return f"{duckdb_type(arrow.value_type)}[]"
+    if pa.types.is_map(arrow):
+        return f"MAP({duckdb_type(arrow.key_type)}, {duckdb_type(arrow.item_type)})"
+    if pa.types.is_decimal(arrow):
+        return f"DECIMAL({arrow.precision},{arrow.scale})"
+    if pa.types.is_timestamp(arrow):
+        return "TIMESTAMP WITH TIME ZONE" if arrow.tz else "TIMESTAMP"
+    simple = {
+        pa.string(): "VARCHAR",
+        pa.int64(): "BIGINT",
+        pa.bool_(): "BOOLEAN",
+        pa.binary(): "BLOB",
+        pa.float32(): "FLOAT",
+        pa.float64(): "DOUBLE",
+    }
+    if arrow not in simple:
+        raise ValueError(f"no DuckDB type for the Arrow type {arrow}")
+    return simple[arrow]
 
 
 def _quote(identifier: str) -> str:
@@ -75,7 +99,7 @@ def dataset_view_sql(out_dir: Path, dataset: schemas.Dataset, *, files: bool | N
         files = any(folder.glob(PARTITION_GLOB))
     typed = ", ".join(
         f"CAST(NULL AS {sql_type}) AS {_quote(name)}"
-        for name, sql_type in zip(dataset.schema.names, _duckdb_types(dataset.schema), strict=True)
+        for name, sql_type in zip(dataset.schema.names, map(duckdb_type, dataset.schema.types), strict=True)
     )
     view = _quote(dataset.name)
     sql = f"CREATE OR REPLACE VIEW {view} AS\nSELECT {typed}, CAST(NULL AS DATE) AS dt WHERE false"

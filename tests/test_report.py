@@ -303,3 +303,15 @@ def test_sql_cannot_read_files_outside_the_output_directory(analytics_out: Path,
     assert done.returncode == 1
     assert "hunter2" not in done.stdout + done.stderr
     assert "disabled by configuration" in done.stderr
+
+
+def test_the_views_type_every_column_as_duckdb_reads_it_from_arrow() -> None:
+    import duckdb
+
+    import schemas
+    from analytics.views import duckdb_type
+
+    with duckdb.connect() as con:
+        for dataset in schemas.datasets():
+            read = [str(t) for t in con.from_arrow(dataset.schema.empty_table()).types]
+            assert [duckdb_type(t) for t in dataset.schema.types] == read, dataset.name
