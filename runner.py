@@ -12,6 +12,7 @@
     runner.py sql --out DIR "SELECT …" [--format table|csv|json]
     runner.py report --out DIR [--since DATE] [--until DATE] [--config FILE] [--audit-db URL]
                      [--format table|csv|json] [--top N] [--fail-on-breach]
+    runner.py dashboard --out DIR --html FILE [--since DATE] [--until DATE] [--config FILE] [--audit-db URL]
 
 Thin over the library: parsing and printing here, everything else in ``pipelines``/``connectors``
 (and, for ``generate``, ``loadgen``).
@@ -26,6 +27,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -251,6 +253,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--audit-db", required=True, metavar="URL", help=_AUDIT_DB_HELP)
     _add_review_parser(commands)
     _add_analytics_parsers(commands)
+    _add_dashboard_parser(commands)
     publish = commands.add_parser(
         "publish",
         help="feed a Redis stream from a JSONL file, one entry per line (demos, tests)",
@@ -472,6 +475,76 @@ def _add_review_parser(commands: Any) -> None:
     review.add_argument(
         "--format", metavar="{table,json}", help="with --list: a table (default) or one JSON array"
     )
+
+
+def _date_flag(text: str) -> date:
+    """An argparse ``type``: a day as YYYY-MM-DD (exit 2 with argparse's message otherwise)."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        day = None
+    if day is None or len(text) != len("YYYY-MM-DD"):  # fromisoformat also takes 20250707
+        raise argparse.ArgumentTypeError(f"must be a day as YYYY-MM-DD; got {text!r}")
+    return day
+
+
+def _add_dashboard_parser(commands: Any) -> None:
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="write the monitoring dashboard: one self-contained HTML file (charts and the runs table)",
+        description="Write one HTML file that works offline (every script and style inlined, so it can "
+        "be mailed): cost over time by tier and by model, top users, unpriced share, decisions over "
+        "time, the human-review queue, rate-limit pressure by tier, dead letters by reason, the "
+        "embedding cache hit rate, the runs and budget breaches. The figures are `report`'s.",
+        epilog="Exit status: 0 on success; 1 when DIR is not an output directory, the audit store or "
+        "the config cannot be read, or FILE cannot be written; 2 on bad flags.",
+    )
+    dashboard.add_argument("--out", required=True, type=Path, metavar="DIR", help="a run's output directory")
+    dashboard.add_argument(
+        "--html", required=True, type=Path, metavar="FILE", help="the HTML file to write (replaced whole)"
+    )
+    dashboard.add_argument(
+        "--since", type=_date_flag, metavar="DATE", help="first day included, YYYY-MM-DD (UTC)"
+    )
+    dashboard.add_argument(
+        "--until", type=_date_flag, metavar="DATE", help="last day included, YYYY-MM-DD (UTC)"
+    )
+    dashboard.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML file with the cost budgets ([budgets])"
+    )
+    dashboard.add_argument(
+        "--audit-db",
+        metavar="URL",
+        help="the audit store, for the review queue (default: <DIR>/audit.sqlite where it exists); "
+        + _AUDIT_DB_HELP,
+    )
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from analytics.dashboard import render_dashboard
+    from analytics.report import build_report
+
+    if args.since and args.until and args.since > args.until:
+        return _bad_flags("dashboard", f"--since {args.since} is after --until {args.until}")
+    report = build_report(args.out, since=args.since, until=args.until, audit_url=args.audit_db)
+    page = render_dashboard(report)
+    # Written beside FILE, then renamed over it: a reader never sees half a page.
+    partial = args.html.with_name(f".{args.html.name}.partial")
+    try:
+        partial.write_text(page, encoding="utf-8")
+        os.replace(partial, args.html)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        print(f"error: cannot write --html {args.html}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote {args.html} ({len(page.encode()) / 1e6:.1f} MB): {_period_words(args)}")
+    return 0
+
+
+def _period_words(args: argparse.Namespace) -> str:
+    if args.since is None and args.until is None:
+        return "all days"
+    return f"{args.since or 'the first day'} to {args.until or 'the last day'}"
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
@@ -889,6 +962,7 @@ def main(argv: list[str] | None = None) -> int:
             "publish": _cmd_publish,
             "sql": _cmd_sql,
             "report": _cmd_report,
+            "dashboard": _cmd_dashboard,
         }
         return commands[args.command](args)
     except (RunError, InputError, ConfigError) as exc:
