@@ -521,11 +521,11 @@ def _add_dashboard_parser(commands: Any) -> None:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
+    if args.since and args.until and args.since > args.until:
+        return _bad_flags("dashboard", f"--since {args.since} is after --until {args.until}")
     from analytics.dashboard import render_dashboard
     from analytics.report import build_report
 
-    if args.since and args.until and args.since > args.until:
-        return _bad_flags("dashboard", f"--since {args.since} is after --until {args.until}")
     report = build_report(args.out, since=args.since, until=args.until, audit_url=args.audit_db)
     page = render_dashboard(report)
     # Written beside FILE, then renamed over it: a reader never sees half a page.

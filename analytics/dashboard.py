@@ -9,9 +9,6 @@ Money stays a :class:`~decimal.Decimal` until a bar's length is drawn: the hover
 is the exact figure. A section without rows still gets its chart, an empty one that says "no data",
 so the page always has the same shape. Every text of the data is escaped (Plotly reads a subset of
 HTML in labels, so a model named ``<b>x`` would otherwise print in bold).
-
->>> from analytics.report import Report
->>> page = render_dashboard(Report(Path("out"), None, None, {}))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ import html
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import plotly.graph_objects as go
@@ -59,7 +57,15 @@ def _label(value: Any) -> str:
 
 
 def _sum_by(rows: Iterable[dict[str, Any]], x: str, series: str, value: str) -> dict[str, dict[str, Any]]:
-    """``value`` summed by series, then by x (both as labels): the input of stacked bars."""
+    """``value`` summed by series, then by x (both as labels): the input of stacked bars.
+
+    >>> from decimal import Decimal
+    >>> rows = [{"day": "2025-07-07", "tier": "free", "cost": Decimal("0.1")},
+    ...         {"day": "2025-07-07", "tier": "free", "cost": Decimal("0.2")},
+    ...         {"day": "2025-07-08", "tier": None, "cost": Decimal("1")}]
+    >>> {tier: dict(days) for tier, days in _sum_by(rows, "day", "tier", "cost").items()}
+    {'free': {'2025-07-07': Decimal('0.3')}, '(none)': {'2025-07-08': Decimal('1')}}
+    """
     sums: dict[str, dict[str, Any]] = defaultdict(lambda: defaultdict(int))
     for row in rows:
         sums[_label(row[series])][_label(row[x])] += row[value] or 0
@@ -105,9 +111,10 @@ def _figure(traces: list[Any], *, x_title: str, y_title: str, by_day: bool = Fal
         yaxis_title=y_title,
     )
     if by_day:
-        days = {x for trace in traces for x in trace.x or ()}
-        # A tick per day, or per few days: Plotly's own ticks would repeat a day at 12-hour steps.
-        figure.update_xaxes(type="date", tickformat="%Y-%m-%d", dtick=DAY_MS * (1 + len(days) // 12))
+        days = sorted(date.fromisoformat(x) for trace in traces for x in trace.x or () if x != NONE_LABEL)
+        span = (days[-1] - days[0]).days if days else 0
+        # A tick per day, or every few days: Plotly's own ticks would repeat a day at 12-hour steps.
+        figure.update_xaxes(type="date", tickformat="%Y-%m-%d", dtick=DAY_MS * (1 + span // 12))
     if not any(len(trace.x or ()) for trace in traces):
         figure.update_xaxes(visible=False)
         figure.update_yaxes(visible=False)
