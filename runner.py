@@ -27,7 +27,6 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -357,19 +356,36 @@ def _report_inputs(args: argparse.Namespace) -> tuple[Any, str | None]:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        return _bad_flags("report", f"argument --top: must be at least 1; got {args.top}")
+    report = _read_report(args, "report", top=args.top)
+    if isinstance(report, int):
+        return report
+    print({"table": report.to_table, "csv": report.to_csv, "json": report.to_json}[args.format](), end="")
+    if args.format == "json":
+        print()
+    breaches = len(report.breaches.rows)
+    if breaches:
+        print(f"{breaches} budget breach{'es' if breaches > 1 else ''}", file=sys.stderr)
+        if args.fail_on_breach:
+            return EXIT_FAILED
+    return 0
+
+
+def _read_report(args: argparse.Namespace, command: str, top: int = 10) -> Any:
+    """The report the flags of ``_add_period_flags`` ask for (``report`` and ``dashboard``), or the
+    exit status after printing why there is none (2: bad flags; 1: an unreadable dir or store)."""
+    if args.since and args.until and args.since > args.until:
+        return _bad_flags(command, f"--since {args.since} is after --until {args.until}")
     from analytics.report import build_report
     from analytics.views import ViewError
     from connectors import database
     from connectors.database_url import redact
 
-    if args.top < 1:
-        return _bad_flags("report", f"argument --top: must be at least 1; got {args.top}")
-    if args.since and args.until and args.since > args.until:
-        return _bad_flags("report", f"--since {args.since} is after --until {args.until}")
     budgets, audit_url = _report_inputs(args)
     try:
-        report = build_report(
-            args.out, since=args.since, until=args.until, budgets=budgets, audit_url=audit_url, top=args.top
+        return build_report(
+            args.out, since=args.since, until=args.until, budgets=budgets, audit_url=audit_url, top=top
         )
     except ViewError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -382,15 +398,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    print({"table": report.to_table, "csv": report.to_csv, "json": report.to_json}[args.format](), end="")
-    if args.format == "json":
-        print()
-    breaches = len(report.breaches.rows)
-    if breaches:
-        print(f"{breaches} budget breach{'es' if breaches > 1 else ''}", file=sys.stderr)
-        if args.fail_on_breach:
-            return EXIT_FAILED
-    return 0
 
 
 def _is_database_error(exc: BaseException) -> bool:
@@ -477,56 +484,29 @@ def _add_review_parser(commands: Any) -> None:
     )
 
 
-def _date_flag(text: str) -> date:
-    """An argparse ``type``: a day as YYYY-MM-DD (exit 2 with argparse's message otherwise)."""
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        day = None
-    if day is None or len(text) != len("YYYY-MM-DD"):  # fromisoformat also takes 20250707
-        raise argparse.ArgumentTypeError(f"must be a day as YYYY-MM-DD; got {text!r}")
-    return day
-
-
 def _add_dashboard_parser(commands: Any) -> None:
     dashboard = commands.add_parser(
         "dashboard",
-        help="write the monitoring dashboard: one self-contained HTML file (charts and the runs table)",
+        help="write the monitoring dashboard: one self-contained HTML file of `report`'s figures",
         description="Write one HTML file that works offline (every script and style inlined, so it can "
         "be mailed): cost over time by tier and by model, top users, unpriced share, decisions over "
         "time, the human-review queue, rate-limit pressure by tier, dead letters by reason, the "
-        "embedding cache hit rate, the runs and budget breaches. The figures are `report`'s.",
-        epilog="Exit status: 0 on success; 1 when DIR is not an output directory, the audit store or "
-        "the config cannot be read, or FILE cannot be written; 2 on bad flags.",
+        "embedding cache hit rate, the runs and the budget breaches. The figures are `report`'s.",
+        epilog="Exit status: 0 on success; 1 when DIR, a run summary, the config or the audit store "
+        "cannot be read, or FILE cannot be written; 2 on bad flags.",
     )
-    dashboard.add_argument("--out", required=True, type=Path, metavar="DIR", help="a run's output directory")
+    _add_period_flags(dashboard)
     dashboard.add_argument(
         "--html", required=True, type=Path, metavar="FILE", help="the HTML file to write (replaced whole)"
-    )
-    dashboard.add_argument(
-        "--since", type=_date_flag, metavar="DATE", help="first day included, YYYY-MM-DD (UTC)"
-    )
-    dashboard.add_argument(
-        "--until", type=_date_flag, metavar="DATE", help="last day included, YYYY-MM-DD (UTC)"
-    )
-    dashboard.add_argument(
-        "--config", type=Path, metavar="FILE", help="TOML file with the cost budgets ([budgets])"
-    )
-    dashboard.add_argument(
-        "--audit-db",
-        metavar="URL",
-        help="the audit store, for the review queue (default: <DIR>/audit.sqlite where it exists); "
-        + _AUDIT_DB_HELP,
     )
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    if args.since and args.until and args.since > args.until:
-        return _bad_flags("dashboard", f"--since {args.since} is after --until {args.until}")
+    report = _read_report(args, "dashboard")
+    if isinstance(report, int):
+        return report
     from analytics.dashboard import render_dashboard
-    from analytics.report import build_report
 
-    report = build_report(args.out, since=args.since, until=args.until, audit_url=args.audit_db)
     page = render_dashboard(report)
     # Written beside FILE, then renamed over it: a reader never sees half a page.
     partial = args.html.with_name(f".{args.html.name}.partial")
@@ -537,14 +517,9 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         partial.unlink(missing_ok=True)
         print(f"error: cannot write --html {args.html}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"wrote {args.html} ({len(page.encode()) / 1e6:.1f} MB): {_period_words(args)}")
+    breaches = len(report.breaches.rows)
+    print(f"wrote {args.html} ({len(page.encode()) / 1e6:.1f} MB; budget breaches: {breaches})")
     return 0
-
-
-def _period_words(args: argparse.Namespace) -> str:
-    if args.since is None and args.until is None:
-        return "all days"
-    return f"{args.since or 'the first day'} to {args.until or 'the last day'}"
 
 
 def _cmd_db(args: argparse.Namespace) -> int:

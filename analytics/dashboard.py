@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+import plotly.colors
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
@@ -47,8 +48,7 @@ class Chart:
 
 def _rows(report: Report, section: str) -> list[dict[str, Any]]:
     """The rows of one section, as column → value (so a chart names the columns it reads)."""
-    part: Section = report.sections[section]
-    return [dict(zip(part.columns, row, strict=True)) for row in part.rows]
+    return report.sections[section].records()
 
 
 def _label(value: Any) -> str:
@@ -106,7 +106,7 @@ def _figure(traces: list[Any], *, x_title: str, y_title: str, by_day: bool = Fal
         barmode="stack",
         height=340,
         margin={"l": 60, "r": 20, "t": 20, "b": 50},
-        legend={"orientation": "h", "y": -0.2, "traceorder": "normal"},
+        legend={"traceorder": "normal", "font": {"size": 10}},
         xaxis_title=x_title,
         yaxis_title=y_title,
     )
@@ -130,10 +130,24 @@ def _figure(traces: list[Any], *, x_title: str, y_title: str, by_day: bool = Fal
     return figure
 
 
+def _palette(names: Iterable[str]) -> dict[str, str]:
+    """A colour for each name, in sorted order: the same tier has the same colour in every chart."""
+    colors = plotly.colors.qualitative.Dark24
+    return {name: colors[number % len(colors)] for number, name in enumerate(sorted(set(names)))}
+
+
+def _tier_colors(report: Report) -> dict[str, str]:
+    return _palette(
+        _label(row["ai_tier"]) for section in ("cost_by_day", "rate_limits") for row in _rows(report, section)
+    )
+
+
 def _cost_by_day(series: str) -> Callable[[Report], go.Figure]:
     def draw(report: Report) -> go.Figure:
         sums = _sum_by(_rows(report, "cost_by_day"), "day", series, "cost_usd")
-        return _figure(_bars(sums, unit="USD"), x_title="day (UTC)", y_title="cost (USD)", by_day=True)
+        colors = _tier_colors(report) if series == "ai_tier" else _palette(sums)
+        traces = _bars(sums, unit="USD", colors=colors)
+        return _figure(traces, x_title="day (UTC)", y_title="cost (USD)", by_day=True)
 
     return draw
 
@@ -168,9 +182,9 @@ def _unpriced_share(report: Report) -> go.Figure:
 
 
 def _decisions(report: Report) -> go.Figure:
-    sums = _sum_by(_rows(report, "decisions_by_day"), "day", "decision", "contents")
-    traces = _bars(sums, unit="contents", colors=DECISION_COLORS)
-    return _figure(traces, x_title="first seen (day, UTC)", y_title="contents decided", by_day=True)
+    sums = _sum_by(_rows(report, "decisions_by_day"), "day", "decision", "events")
+    traces = _bars(sums, unit="events", colors=DECISION_COLORS)
+    return _figure(traces, x_title="day (UTC)", y_title="events by their decision", by_day=True)
 
 
 def _review_queue(report: Report) -> go.Figure:
@@ -189,7 +203,7 @@ def _review_queue(report: Report) -> go.Figure:
 
 def _rate_limits(report: Report) -> go.Figure:
     sums = _sum_by(_rows(report, "rate_limits"), "day", "ai_tier", "limited_events")
-    traces = _bars(sums, unit="events rate-limited")
+    traces = _bars(sums, unit="events rate-limited", colors=_tier_colors(report))
     return _figure(traces, x_title="day (UTC)", y_title="events rate-limited", by_day=True)
 
 
@@ -231,8 +245,8 @@ CHARTS = (
     Chart("chart-cost-by-model", "Cost by day and model (USD)", _cost_by_day("model")),
     Chart("chart-top-users", "Top users by cost (USD)", _top_users),
     Chart("chart-unpriced-share", "Unpriced events by model (share of its events)", _unpriced_share),
-    Chart("chart-decisions", "Moderation decisions by day", _decisions),
-    Chart("chart-review-queue", "Human review queue", _review_queue),
+    Chart("chart-decisions", "Moderation decisions by day (events)", _decisions),
+    Chart("chart-review-queue", "Human review queue (now, whatever the period)", _review_queue),
     Chart("chart-rate-limits", "Rate-limit pressure: events limited by day and tier", _rate_limits),
     Chart("chart-dead-letters", "Dead letters by reason", _dead_letters),
     Chart("chart-cache-hit-rate", "Embedding cache hit rate by run", _cache_hit_rate),
