@@ -12,6 +12,7 @@
     runner.py sql --out DIR "SELECT …" [--format table|csv|json]
     runner.py report --out DIR [--since DATE] [--until DATE] [--config FILE] [--audit-db URL]
                      [--format table|csv|json] [--top N] [--fail-on-breach]
+    runner.py dashboard --out DIR --html FILE [--since DATE] [--until DATE] [--config FILE] [--audit-db URL]
 
 Thin over the library: parsing and printing here, everything else in ``pipelines``/``connectors``
 (and, for ``generate``, ``loadgen``).
@@ -251,6 +252,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--audit-db", required=True, metavar="URL", help=_AUDIT_DB_HELP)
     _add_review_parser(commands)
     _add_analytics_parsers(commands)
+    _add_dashboard_parser(commands)
     publish = commands.add_parser(
         "publish",
         help="feed a Redis stream from a JSONL file, one entry per line (demos, tests)",
@@ -354,19 +356,36 @@ def _report_inputs(args: argparse.Namespace) -> tuple[Any, str | None]:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        return _bad_flags("report", f"argument --top: must be at least 1; got {args.top}")
+    report = _read_report(args, "report", top=args.top)
+    if isinstance(report, int):
+        return report
+    print({"table": report.to_table, "csv": report.to_csv, "json": report.to_json}[args.format](), end="")
+    if args.format == "json":
+        print()
+    breaches = len(report.breaches.rows)
+    if breaches:
+        print(f"{breaches} budget breach{'es' if breaches > 1 else ''}", file=sys.stderr)
+        if args.fail_on_breach:
+            return EXIT_FAILED
+    return 0
+
+
+def _read_report(args: argparse.Namespace, command: str, top: int = 10) -> Any:
+    """The report the flags of ``_add_period_flags`` ask for (``report`` and ``dashboard``), or the
+    exit status after printing why there is none (2: bad flags; 1: an unreadable dir or store)."""
+    if args.since and args.until and args.since > args.until:
+        return _bad_flags(command, f"--since {args.since} is after --until {args.until}")
     from analytics.report import build_report
     from analytics.views import ViewError
     from connectors import database
     from connectors.database_url import redact
 
-    if args.top < 1:
-        return _bad_flags("report", f"argument --top: must be at least 1; got {args.top}")
-    if args.since and args.until and args.since > args.until:
-        return _bad_flags("report", f"--since {args.since} is after --until {args.until}")
     budgets, audit_url = _report_inputs(args)
     try:
-        report = build_report(
-            args.out, since=args.since, until=args.until, budgets=budgets, audit_url=audit_url, top=args.top
+        return build_report(
+            args.out, since=args.since, until=args.until, budgets=budgets, audit_url=audit_url, top=top
         )
     except ViewError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -379,15 +398,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    print({"table": report.to_table, "csv": report.to_csv, "json": report.to_json}[args.format](), end="")
-    if args.format == "json":
-        print()
-    breaches = len(report.breaches.rows)
-    if breaches:
-        print(f"{breaches} budget breach{'es' if breaches > 1 else ''}", file=sys.stderr)
-        if args.fail_on_breach:
-            return EXIT_FAILED
-    return 0
 
 
 def _is_database_error(exc: BaseException) -> bool:
@@ -472,6 +482,44 @@ def _add_review_parser(commands: Any) -> None:
     review.add_argument(
         "--format", metavar="{table,json}", help="with --list: a table (default) or one JSON array"
     )
+
+
+def _add_dashboard_parser(commands: Any) -> None:
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="write the monitoring dashboard: one self-contained HTML file of `report`'s figures",
+        description="Write one HTML file that works offline (every script and style inlined, so it can "
+        "be mailed): cost over time by tier and by model, top users, unpriced share, decisions over "
+        "time, the human-review queue, rate-limit pressure by tier, dead letters by reason, the "
+        "embedding cache hit rate, the runs and the budget breaches. The figures are `report`'s.",
+        epilog="Exit status: 0 on success; 1 when DIR, a run summary, the config or the audit store "
+        "cannot be read, or FILE cannot be written; 2 on bad flags.",
+    )
+    _add_period_flags(dashboard)
+    dashboard.add_argument(
+        "--html", required=True, type=Path, metavar="FILE", help="the HTML file to write (replaced whole)"
+    )
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    report = _read_report(args, "dashboard")
+    if isinstance(report, int):
+        return report
+    from analytics.dashboard import render_dashboard
+
+    page = render_dashboard(report)
+    # Written beside FILE, then renamed over it: a reader never sees half a page.
+    partial = args.html.with_name(f".{args.html.name}.partial")
+    try:
+        partial.write_text(page, encoding="utf-8")
+        os.replace(partial, args.html)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        print(f"error: cannot write --html {args.html}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    breaches = len(report.breaches.rows)
+    print(f"wrote {args.html} ({len(page.encode()) / 1e6:.1f} MB; budget breaches: {breaches})")
+    return 0
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
@@ -889,6 +937,7 @@ def main(argv: list[str] | None = None) -> int:
             "publish": _cmd_publish,
             "sql": _cmd_sql,
             "report": _cmd_report,
+            "dashboard": _cmd_dashboard,
         }
         return commands[args.command](args)
     except (RunError, InputError, ConfigError) as exc:

@@ -42,6 +42,7 @@ MODULES = [
     "models.image_moderator",
     "analytics.views",
     "analytics.report",
+    "analytics.dashboard",
 ]
 
 
