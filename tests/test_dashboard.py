@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from analytics.dashboard import CHARTS
 from analytics.report import build_report, format_cell
-from tests.conftest import run_cli, run_pipeline, service_missing
+from tests.conftest import run_cli, service_missing
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -64,14 +64,9 @@ return {
 
 
 @pytest.fixture(scope="module")
-def run_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small real run with moderation and embeddings on: every chart has data."""
-    base = tmp_path_factory.mktemp("dashboard-run")
-    events = base / "events.jsonl"
-    generated = run_cli("generate", "--events", "150", "--seed", "3", "--out", events)
-    assert generated.returncode == 0, generated.stderr
-    run_pipeline([events], base / "out", moderation=True, embeddings=True)
-    return base / "out"
+def run_out(analytics_out: Path) -> Path:
+    """The shared real run (moderation and embeddings on): every chart has data."""
+    return analytics_out
 
 
 def write_dashboard(out: Path, html: Path, *flags: str) -> Path:
