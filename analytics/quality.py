@@ -84,14 +84,14 @@ class SuiteReport:
     rows: int  # rows checked
     sources: int  # files (or summaries) read
     failed: tuple[FailedExpectation, ...]
-    #: Files or summaries that could not be read: ``(path, reason)``, the path relative to the
-    #: output directory.
-    unreadable: tuple[tuple[str, str], ...]
+    #: Files or summaries that could not be checked: ``(path, why)``, the path relative to the
+    #: output directory (unreadable, or not of its dataset's schema).
+    unchecked: tuple[tuple[str, str], ...]
     note: str | None = None
 
     @property
     def passed(self) -> bool:
-        return not self.failed and not self.unreadable
+        return not self.failed and not self.unchecked
 
 
 @dataclass(frozen=True)
@@ -108,16 +108,17 @@ class QualityResult:
 
     @property
     def failures(self) -> list[str]:
-        """What failed, by name: expectations, then files that could not be read."""
+        """What failed, by name: expectations, then files that could not be checked."""
         failed = [f.name for s in self.suites for f in s.failed]
-        return failed + [f"cannot read {path}" for s in self.suites for path, _ in s.unreadable]
+        unchecked = {f"{path} not checked": None for s in self.suites for path, _ in s.unchecked}
+        return failed + list(unchecked)
 
     def lines(self) -> list[str]:
         """The report ``runner.py validate`` prints: a line per suite, one per failure below it."""
         lines = [f"data quality of {self.out_dir} (suites in schemas/expectations/):"]
         for suite in self.suites:
             lines.append(f"  {_suite_line(suite)}")
-            lines.extend(f"    cannot read {path}: {reason}" for path, reason in suite.unreadable)
+            lines.extend(f"    not checked: {path}: {why}" for path, why in suite.unchecked)
             lines.extend(f"    {_failure_line(failure)}" for failure in suite.failed)
         lines.append(f"  data docs: {self.data_docs}")
         return lines
@@ -202,19 +203,19 @@ def _run_suite(
     rows_per_batch: int,
 ) -> SuiteReport:
     tallies = [_Tally() for _ in spec.expectations]
-    unreadable: list[tuple[str, str]] = []
+    unchecked: list[tuple[str, str]] = []
     note = None
     batches: Iterator[Batch]
     if spec.reads == RUN_SUMMARIES:
         summaries = summaries_table(out_dir)
-        unreadable.extend(summaries.unreadable)
+        unchecked.extend(summaries.unchecked)
         note, sources = summaries.note, len(summaries.labels)
         batches = summary_batches(con, spec, summaries.table, summaries.labels)
     else:
         files = sorted((out_dir / spec.reads).glob("dt=*/part-*.parquet"))
         sources = len(files)
         batches = file_batches(
-            con, out_dir, spec, schemas.arrow_schema(spec.reads), files, rows_per_batch, unreadable
+            con, out_dir, spec, schemas.arrow_schema(spec.reads), files, rows_per_batch, unchecked
         )
     count = rows = 0
     for batch in batches:
@@ -240,7 +241,7 @@ def _run_suite(
         if tally.error or tally.unexpected
     )
     return SuiteReport(
-        spec.name, len(spec.expectations), count, rows, sources, failed, tuple(unreadable), note
+        spec.name, len(spec.expectations), count, rows, sources, failed, tuple(unchecked), note
     )
 
 

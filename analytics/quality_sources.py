@@ -53,14 +53,8 @@ class Batch:
             self.rows -= self.parts.pop()[1].num_rows
 
     def frame(self) -> Any:
-        """The rows as one pandas DataFrame (what GX's pandas data source takes), indexed 0..n-1.
-
-        Parts are converted one by one: a file whose column has another type than the rest
-        keeps it, and the expectations judge its values as they are.
-        """
-        import pandas as pd
-
-        return pd.concat([table.to_pandas() for _, table in self.parts], ignore_index=True)
+        """The rows as one pandas DataFrame (what GX's pandas data source takes), indexed 0..n-1."""
+        return pa.concat_tables([table for _, table in self.parts]).to_pandas()
 
     @property
     def segments(self) -> list[tuple[str, int, int]]:
@@ -83,9 +77,13 @@ def file_batches(
     stored: pa.Schema,
     files: list[Path],
     rows_per_batch: int,
-    unreadable: list[tuple[str, str]],
+    unchecked: list[tuple[str, str]],
 ) -> Iterator[Batch]:
-    """Batches of at most about ``rows_per_batch`` rows of the suite's columns, file by file."""
+    """Batches of at most about ``rows_per_batch`` rows of the suite's columns, file by file.
+
+    A file whose columns are not those of ``stored`` (the dataset's schema in datasets.json),
+    or that DuckDB cannot read, is not checked: it goes to ``unchecked`` with the reason.
+    """
     projection = spec.projection(stored)
     sql = (
         f"SELECT {projection} FROM read_parquet($path, hive_partitioning = true, "
@@ -94,6 +92,10 @@ def file_batches(
     batch = Batch()
     for path in files:
         label = str(path.relative_to(out_dir))
+        mismatch = schema_mismatch(path, stored)
+        if mismatch:
+            unchecked.append((label, mismatch))
+            continue
         try:
             reader = con.sql(sql, params={"path": str(path)}).to_arrow_reader(min(rows_per_batch, 65_536))
             for record_batch in reader:
@@ -102,10 +104,33 @@ def file_batches(
                     yield batch
                     batch = Batch()
         except duckdb.Error as exc:
-            unreadable.append((label, _describe(exc)))
+            unchecked.append((label, _describe(exc)))
             batch.drop(label)  # what was read of it before the error
     if batch.rows:
         yield batch
+
+
+def schema_mismatch(path: Path, stored: pa.Schema) -> str | None:
+    """How the file's columns differ from the dataset's in datasets.json, or None.
+
+    >>> import tempfile; folder = Path(tempfile.mkdtemp())
+    >>> pq.write_table(pa.table({"a": ["1"]}), folder / "x.parquet")
+    >>> schema_mismatch(folder / "x.parquet", pa.schema([("a", pa.int64()), ("b", pa.bool_())]))
+    "column 'a' is string, datasets.json says int64"
+    """
+    try:
+        found = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        return str(exc).splitlines()[0][:300]
+    for column in stored:
+        if column.name not in found.names:
+            return f"no column {column.name!r} ({column.type} in datasets.json)"
+        if found.field(column.name).type != column.type:
+            return (
+                f"column {column.name!r} is {found.field(column.name).type}, datasets.json says {column.type}"
+            )
+    extra = [name for name in found.names if name not in stored.names]
+    return f"columns {extra} are not in datasets.json" if extra else None
 
 
 def _describe(exc: duckdb.Error) -> str:
@@ -144,7 +169,7 @@ class SummariesTable:
     #: Each row's summary file, relative to the output directory (``_runs/<run_id>.json``).
     labels: list[str]
     #: Summary or Parquet files that could not be read: ``(path, reason)``.
-    unreadable: list[tuple[str, str]]
+    unchecked: list[tuple[str, str]]
     note: str
 
 
@@ -153,7 +178,7 @@ def summaries_table(out_dir: Path) -> SummariesTable:
     runs = out_dir / "_runs"
     paths = sorted(runs.glob("*.json"))
     streams = [p for p in paths if p.name.endswith(STREAM_SUFFIX)]
-    unreadable: list[tuple[str, str]] = []
+    unchecked: list[tuple[str, str]] = []
     latest: dict[str, tuple[RunSummary, Path]] = {}
     loaded = 0
     for path in paths:
@@ -162,7 +187,7 @@ def summaries_table(out_dir: Path) -> SummariesTable:
         try:
             summary = RunSummary.load(path)
         except SummaryError as exc:
-            unreadable.append((f"_runs/{path.name}", str(exc)))
+            unchecked.append((f"_runs/{path.name}", str(exc)))
             continue
         loaded += 1
         held = latest.get(summary.inputs_fingerprint)
@@ -181,26 +206,26 @@ def summaries_table(out_dir: Path) -> SummariesTable:
         for name in counts:
             columns[name].append(getattr(summary, name))
         for dataset in schemas.dataset_names():
-            rows = _rows_written(out_dir, dataset, summary.inputs_fingerprint, unreadable)
+            rows = _rows_written(out_dir, dataset, summary.inputs_fingerprint, unchecked)
             columns[f"{dataset}_rows"].append(rows)
     note = (
         f"{loaded} read, the latest per inputs fingerprint checked; {len(streams)} stream summaries "
         "not reconciled with files (each covers one execution of a stream)"
     )
     table = pa.table({name: pa.array(values, _type_of(name)) for name, values in columns.items()})
-    return SummariesTable(table, [f"_runs/{path.name}" for _, path in chosen], unreadable, note)
+    return SummariesTable(table, [f"_runs/{path.name}" for _, path in chosen], unchecked, note)
 
 
 def _type_of(column: str) -> pa.DataType:
     return pa.string() if column in ("run_id", "inputs_fingerprint") else pa.int64()
 
 
-def _rows_written(out_dir: Path, dataset: str, fingerprint: str, unreadable: list[tuple[str, str]]) -> int:
+def _rows_written(out_dir: Path, dataset: str, fingerprint: str, unchecked: list[tuple[str, str]]) -> int:
     """Rows of the dataset's files a batch run with this inputs fingerprint wrote, from their footers."""
     total = 0
     for path in sorted((out_dir / dataset).glob(f"dt=*/part-{fingerprint}-*.parquet")):
         try:
             total += pq.read_metadata(path).num_rows
         except (OSError, pa.ArrowException) as exc:
-            unreadable.append((str(path.relative_to(out_dir)), str(exc).splitlines()[0][:300]))
+            unchecked.append((str(path.relative_to(out_dir)), str(exc).splitlines()[0][:300]))
     return total

@@ -17,7 +17,7 @@ import pytest
 
 import runner
 import schemas
-from analytics import quality_suites
+from analytics import quality_sources, quality_suites
 from analytics.quality import QualityResult, validate
 from tests.conftest import offline_env, run_cli, run_pipeline
 
@@ -116,12 +116,14 @@ def corrupt_events_file(out: Path) -> Path:
     return path
 
 
-def test_a_corrupted_copy_fails_naming_each_broken_expectation(
+def test_a_corrupted_copy_fails_naming_each_broken_expectation_and_file(
     clean_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     copy = tmp_path / "out"
     shutil.copytree(clean_run["out"], copy, ignore=shutil.ignore_patterns("_quality"))
     broken = corrupt_events_file(copy).relative_to(copy)
+    other = next(p for p in sorted((copy / "events").glob("dt=*/*.parquet")) if p != copy / broken)
+    pq.write_table(pq.read_table(other).drop_columns(["hash_mode"]), other)  # not the contract's schema
 
     assert runner.main(["validate", "--out", str(copy)]) == 1
     printed = capsys.readouterr()
@@ -135,7 +137,9 @@ def test_a_corrupted_copy_fails_naming_each_broken_expectation(
     assert "  events: FAILED, 3 failed of " in printed.out
     for suite in ("moderation", "embeddings", "run_summaries"):
         assert f"  {suite}: passed" in printed.out
-    assert "error: data quality failed (3): " in printed.err
+    unchecked = other.relative_to(copy)
+    assert f"    not checked: {unchecked}: no column 'hash_mode' (string in datasets.json)\n" in printed.out
+    assert "error: data quality failed (4): " in printed.err and f"{unchecked} not checked" in printed.err
 
     for raw in (SHORT_HASH, UNKNOWN_DECISION):
         assert raw not in printed.out + printed.err
@@ -204,9 +208,9 @@ def test_stream_summaries_are_counted_never_reconciled(doctored_summaries: dict[
 def test_a_file_in_runs_that_is_not_a_summary_fails_validation(doctored_summaries: dict[str, Any]) -> None:
     result = doctored_summaries["result"]
     (suite,) = (s for s in result.suites if s.suite == "run_summaries")
-    ((path, reason),) = suite.unreadable
+    ((path, reason),) = suite.unchecked
     assert path == "_runs/notes.json" and "is a required property" in reason
-    assert "cannot read _runs/notes.json" in result.failures
+    assert "_runs/notes.json not checked" in result.failures
 
 
 def test_validate_refuses_bad_flags_and_a_missing_directory(
@@ -237,6 +241,7 @@ def test_non_null_expectations_come_from_datasets_json_alone() -> None:
     )
 
 
-def test_the_suite_loader_examples_hold() -> None:
-    outcome = doctest.testmod(quality_suites, optionflags=doctest.ELLIPSIS)
+@pytest.mark.parametrize("module", [quality_suites, quality_sources])
+def test_the_docstring_examples_hold(module: Any) -> None:
+    outcome = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert outcome.attempted > 0 and outcome.failed == 0
