@@ -448,8 +448,9 @@ def _add_validate_parser(commands: Any) -> None:
         "expectation, its dataset, column, unexpected count and files: never a value of a failing "
         "row. Writes Data Docs HTML to DIR/_quality/index.html.",
         epilog="Exit status: 0 when every expectation holds (a dataset without files has nothing to "
-        "check); 1 when an expectation fails (named on stderr), a file or summary cannot be read, or "
-        "DIR is not an output directory; 2 on bad flags.",
+        "check); 1 when an expectation fails (named on stderr), a file or summary cannot be checked "
+        "(unreadable, or not of its dataset's schema in datasets.json), or DIR is not a directory; "
+        "2 on bad flags.",
     )
     check.add_argument("--out", required=True, type=Path, metavar="DIR", help="a run's output directory")
 

@@ -106,7 +106,7 @@ class GxSession:
 
 
 def gx_suite(gx: Any, spec: SuiteSpec, only: Sequence[int] | None = None) -> Any:
-    """The GX suite of ``spec`` (or of its expectations at ``only``); QualityError when GX refuses
+    """The GX suite of ``spec`` (or of its expectations at ``only``); SuiteError when GX refuses
     an expectation, or one is not checked row by row (a batch is part of a dataset, so an
     aggregate such as a mean would be judged on a part)."""
     from great_expectations.expectations.expectation import (
@@ -132,8 +132,7 @@ def gx_suite(gx: Any, spec: SuiteSpec, only: Sequence[int] | None = None) -> Any
             raise SuiteError(f"{where}: only row-by-row (map) expectations can be checked file by file")
         expectations.append(expectation)
     name = spec.name if only is None else f"{spec.name} (failing expectations)"
-    meta = {k: v for k, v in spec.meta.items()}
-    return gx.ExpectationSuite(name=name, expectations=expectations, meta=meta, notes=spec.notes)
+    return gx.ExpectationSuite(name=name, expectations=expectations, meta=dict(spec.meta), notes=spec.notes)
 
 
 def import_gx() -> Any:

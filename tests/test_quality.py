@@ -213,9 +213,14 @@ def test_a_file_in_runs_that_is_not_a_summary_fails_validation(doctored_summarie
     assert "_runs/notes.json not checked" in result.failures
 
 
-def test_validate_refuses_bad_flags_and_a_missing_directory(
+def test_validate_has_help_and_refuses_bad_flags_and_a_missing_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    with pytest.raises(SystemExit) as exited:
+        runner.main(["validate", "--help"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out
+    assert all(word in shown for word in ("--out", "DIR/_quality/index.html", "Exit status:"))
     with pytest.raises(SystemExit) as exited:
         runner.main(["validate"])
     assert exited.value.code == 2
