@@ -3,7 +3,7 @@ Great Expectations, in an ephemeral context, with Data Docs written under ``DIR/
 
 :func:`validate` reads each dataset one Parquet file at a time, through DuckDB, taking only the
 columns its suite names (derived ones computed by DuckDB: a vector's norm, a decimal's type), and
-hands GX batches of at most ``rows_per_batch`` rows, several small files to a batch or a large
+hands GX batches of about ``rows_per_batch`` rows, several small files to a batch or a large
 file over several: memory stays flat however large the output. When a batch fails an
 expectation, the batch is split by file, and halves are validated again with only the failing
 expectations, until each unexpected row is counted against its file.
@@ -169,6 +169,7 @@ def validate(out_dir: Path, rows_per_batch: int = ROWS_PER_BATCH) -> QualityResu
     parameters = suite_parameters()
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")  # a slow file would draw one on stderr
     staging = out_dir / f".{DOCS_FOLDER}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     try:

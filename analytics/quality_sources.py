@@ -35,6 +35,9 @@ import schemas
 from analytics.quality_suites import SuiteSpec
 from pipelines.summary import Count, RunSummary, SummaryError
 
+#: Rows DuckDB hands over at a time: a batch is cut at the first read that fills it.
+READ_ROWS = 16_384
+
 
 @dataclass
 class Batch:
@@ -79,7 +82,8 @@ def file_batches(
     rows_per_batch: int,
     unchecked: list[tuple[str, str]],
 ) -> Iterator[Batch]:
-    """Batches of at most about ``rows_per_batch`` rows of the suite's columns, file by file.
+    """Batches of ``rows_per_batch`` rows (at most ``READ_ROWS`` more) of the suite's columns,
+    file by file.
 
     A file whose columns are not those of ``stored`` (the dataset's schema in datasets.json),
     or that DuckDB cannot read, is not checked: it goes to ``unchecked`` with the reason.
@@ -97,7 +101,7 @@ def file_batches(
             unchecked.append((label, mismatch))
             continue
         try:
-            reader = con.sql(sql, params={"path": str(path)}).to_arrow_reader(min(rows_per_batch, 65_536))
+            reader = con.sql(sql, params={"path": str(path)}).to_arrow_reader(min(rows_per_batch, READ_ROWS))
             for record_batch in reader:
                 batch.add(label, pa.Table.from_batches([record_batch]))
                 if batch.rows >= rows_per_batch:
