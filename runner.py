@@ -13,9 +13,10 @@
     runner.py report --out DIR [--since DATE] [--until DATE] [--config FILE] [--audit-db URL]
                      [--format table|csv|json] [--top N] [--fail-on-breach]
     runner.py dashboard --out DIR --html FILE [--since DATE] [--until DATE] [--config FILE] [--audit-db URL]
+    runner.py validate --out DIR
 
 Thin over the library: parsing and printing here, everything else in ``pipelines``/``connectors``
-(and, for ``generate``, ``loadgen``).
+(and, for ``generate``, ``loadgen``; for ``validate``, ``analytics.quality``).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
         "job on SIGTERM once it drained; 1 when the run cannot do its job (an input unreadable or "
         "unusable as a whole, unwritable output, an unusable audit store or one that did not keep "
         "rows it was given, a bad config or pricing table, another run holding the output's lock, "
-        "an unreachable stream, a recovery store made with other settings); 2 on bad flags.",
+        "an unreachable stream, a recovery store made with other settings), or with --validate when "
+        "an expectation fails (after the run's summary); 2 on bad flags.",
     )
     inputs = run.add_mutually_exclusive_group(required=True)
     inputs.add_argument(
@@ -143,6 +145,12 @@ def _parser() -> argparse.ArgumentParser:
         "or redis://HOST:PORT/DB for several workers or machines",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    run.add_argument(
+        "--validate",
+        action="store_true",
+        help="after the run, check DIR with the data-quality suites, as `validate` does; exit 1 "
+        "if an expectation fails",
+    )
     stream = run.add_argument_group("stream job (--engine bytewax)")
     stream.add_argument(
         "--recovery-dir",
@@ -253,6 +261,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_review_parser(commands)
     _add_analytics_parsers(commands)
     _add_dashboard_parser(commands)
+    _add_validate_parser(commands)
     publish = commands.add_parser(
         "publish",
         help="feed a Redis stream from a JSONL file, one entry per line (demos, tests)",
@@ -427,6 +436,45 @@ def _cmd_sql(args: argparse.Namespace) -> int:
     else:
         print(result.to_table().split("\n", 1)[1], end="")
     return 0
+
+
+def _add_validate_parser(commands: Any) -> None:
+    check = commands.add_parser(
+        "validate",
+        help="data-quality gates: check an output directory with the Great Expectations suites",
+        description="Check every dataset of DIR, file by file, and the conservation of events_read "
+        "against each batch run summary, with the Great Expectations suites in schemas/expectations/ "
+        "(an ephemeral context, usage analytics off). Prints a line per suite and, for each failed "
+        "expectation, its dataset, column, unexpected count and files: never a value of a failing "
+        "row. Writes Data Docs HTML to DIR/_quality/index.html.",
+        epilog="Exit status: 0 when every expectation holds (a dataset without files has nothing to "
+        "check); 1 when an expectation fails (named on stderr), a file or summary cannot be checked "
+        "(unreadable, or not of its dataset's schema in datasets.json), or DIR is not a directory; "
+        "2 on bad flags.",
+    )
+    check.add_argument("--out", required=True, type=Path, metavar="DIR", help="a run's output directory")
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    return _validate_outputs(args.out)
+
+
+def _validate_outputs(out_dir: Path) -> int:
+    """Run the data-quality suites over ``out_dir``, print the report; 0 if all pass, else 1."""
+    from analytics.quality import QualityError, validate
+
+    try:
+        result = validate(out_dir)
+    except QualityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print("\n".join(result.lines()))
+    if result.passed:
+        return 0
+    failures = result.failures
+    shown = "; ".join(failures[:10]) + (f"; and {len(failures) - 10} more" if len(failures) > 10 else "")
+    print(f"error: data quality failed ({len(failures)}): {shown}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -739,7 +787,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         )
     )
     print(json.dumps(summary, indent=2))
-    return 0
+    return _validate_outputs(args.out) if args.validate else 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -775,7 +823,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     _print_summary(summary)
-    return 0
+    return _validate_outputs(args.out) if args.validate else 0
 
 
 class _ReadingBar:
@@ -938,6 +986,7 @@ def main(argv: list[str] | None = None) -> int:
             "sql": _cmd_sql,
             "report": _cmd_report,
             "dashboard": _cmd_dashboard,
+            "validate": _cmd_validate,
         }
         return commands[args.command](args)
     except (RunError, InputError, ConfigError) as exc:
