@@ -38,12 +38,14 @@ from analytics.report import Budgets, build_report
 from benchmarks.report import environment, print_environment
 
 DAYS = 60
+#: How every dataset is written: zstd Parquet in dt= folders, files named as a run names its own.
+PARTITIONED = "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (dt), FILENAME_PATTERN 'part-bench-{i}')"
 USERS = 200_000
 
 
 def make_output(out: Path, events: int) -> None:
     """An output directory with ``events`` generated events and the datasets that go with them."""
-    models = sorted({row["model"] for row in schemas.pricing_rows()}) + ["llama-3.1-70b-selfhosted"]
+    models = [*sorted({row["model"] for row in schemas.pricing_rows()}), "llama-3.1-70b-selfhosted"]
     model_list = "[" + ", ".join(f"'{m}'" for m in models) + "]"
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -54,9 +56,11 @@ def make_output(out: Path, events: int) -> None:
         f"""
         CREATE TEMP TABLE e AS
         SELECT 'evt-' || i AS event_id,
-               TIMESTAMPTZ '2025-07-01 00:00:00+00' + to_microseconds(CAST(h(i, 1) % ({DAYS} * 86400000000) AS BIGINT)) AS event_time,
+               TIMESTAMPTZ '2025-07-01 00:00:00+00'
+                   + to_microseconds(h(i, 1) % ({DAYS} * 86400000000)) AS event_time,
                CAST(1 + h(i, 2) % {USERS} AS BIGINT) AS user_id,
-               ['chat_completion', 'text_generation', 'image_generation', 'embedding'][1 + h(i, 3) % 4] AS operation_type,
+               ['chat_completion', 'text_generation', 'image_generation', 'embedding'][1 + h(i, 3) % 4]
+                   AS operation_type,
                {model_list}[1 + h(i, 4) % {len(models)}] AS model,
                ['free', 'free', 'free', 'pro', 'pro', 'enterprise'][1 + h(i, 5) % 6] AS ai_tier,
                'event' AS tier_source,
@@ -69,10 +73,13 @@ def make_output(out: Path, events: int) -> None:
                CAST(h(i, 9) % 1000 AS BIGINT) AS output_tokens,
                CAST(h(i, 3) % 4 = 2 AS BIGINT) AS images,
                CASE WHEN h(i, 4) % {len(models)} = {len(models) - 1} THEN NULL
-                    ELSE CAST(CAST(h(i, 10) % 40000 AS DECIMAL(18, 6)) / 1000000 AS DECIMAL(10, 6)) END AS cost,
-               CASE WHEN h(i, 4) % {len(models)} = {len(models) - 1} THEN 'unpriced' ELSE 'priced' END AS cost_status,
+                    ELSE CAST(CAST(h(i, 10) % 40000 AS DECIMAL(18, 6)) / 1000000 AS DECIMAL(10, 6))
+               END AS cost,
+               CASE WHEN h(i, 4) % {len(models)} = {len(models) - 1} THEN 'unpriced' ELSE 'priced' END
+                   AS cost_status,
                h(i, 11) % 200 = 0 AS rate_limited,
-               ['approved', 'approved', 'approved', 'approved', 'flagged', 'rejected'][1 + h(i, 12) % 6] AS decision,
+               ['approved', 'approved', 'approved', 'approved', 'flagged', 'rejected'][1 + h(i, 12) % 6]
+                   AS decision,
                time_bucket(INTERVAL 60 SECOND, event_time) AS window_start,
                NULL AS metadata,
                'bench.jsonl' AS source,
@@ -80,10 +87,7 @@ def make_output(out: Path, events: int) -> None:
         FROM range({events}) AS t(i)
         """
     )
-    con.execute(
-        f"COPY (SELECT *, CAST(event_time AS DATE) AS dt FROM e) TO '{out / 'events'}' "
-        "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (dt), FILENAME_PATTERN 'part-bench-{i}')"
-    )
+    con.execute(f"COPY (SELECT *, CAST(event_time AS DATE) AS dt FROM e) TO '{out / 'events'}' {PARTITIONED}")
     con.execute(
         f"""
         COPY (SELECT input_hash AS content_hash, 'text' AS content_type, min(event_time) AS first_seen,
@@ -92,7 +96,7 @@ def make_output(out: Path, events: int) -> None:
                      CAST([] AS VARCHAR[]) AS rule_hits, 'bench' AS scorer, '1' AS scorer_version,
                      CAST(min(event_time) AS DATE) AS dt
               FROM e WHERE hash(event_id) % 5 = 0 GROUP BY input_hash)
-        TO '{out / "moderation"}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (dt), FILENAME_PATTERN 'part-bench-{{i}}')
+        TO '{out / "moderation"}' {PARTITIONED}
         """
     )
     con.execute(
@@ -101,7 +105,7 @@ def make_output(out: Path, events: int) -> None:
                      CAST(count(*) + 20 AS BIGINT) AS request_count, CAST(20 AS BIGINT) AS quota,
                      CAST(count(*) AS BIGINT) AS limited_count, CAST(window_start AS DATE) AS dt
               FROM e WHERE rate_limited GROUP BY ALL)
-        TO '{out / "rate_limit_violations"}' (FORMAT parquet, PARTITION_BY (dt), FILENAME_PATTERN 'part-bench-{{i}}')
+        TO '{out / "rate_limit_violations"}' {PARTITIONED}
         """
     )
     dead = events // 100
@@ -114,12 +118,13 @@ def make_output(out: Path, events: int) -> None:
                      TIMESTAMPTZ '2025-07-01 00:00:00+00' + to_seconds(i % ({DAYS} * 86400)) AS event_time,
                      CAST(event_time AS DATE) AS dt
               FROM range({dead}) AS t(i))
-        TO '{out / "dead_letter"}' (FORMAT parquet, PARTITION_BY (dt), FILENAME_PATTERN 'part-bench-{{i}}')
+        TO '{out / "dead_letter"}' {PARTITIONED}
         """
     )
     cost = con.execute("SELECT CAST(coalesce(sum(cost), 0) AS DECIMAL(38, 6)) FROM e").fetchall()[0][0]
     unpriced = con.execute("SELECT count(*) FROM e WHERE cost IS NULL").fetchall()[0][0]
-    by_reason = dict(con.execute(f"SELECT ['malformed_json', 'missing_field', 'invalid_timestamp'][1 + i % 3], count(*) FROM range({dead}) t(i) GROUP BY 1").fetchall())
+    reasons = "['malformed_json', 'missing_field', 'invalid_timestamp'][1 + i % 3]"
+    by_reason = dict(con.execute(f"SELECT {reasons}, count(*) FROM range({dead}) t(i) GROUP BY 1").fetchall())
     summary = {
         "run_id": "20260101T000000Z-bench000",
         "engine": "beam",
@@ -203,7 +208,8 @@ def main() -> None:
         sections.update({name: len(s.rows) for name, s in done.sections.items()})
 
     rounds = []
-    print(f"{'round':>5} {'anchor s':>9} {'scan s':>8} {'report s':>9} {'report/anchor':>14} {'report/scan':>12}")
+    header = ("round", "anchor s", "scan s", "report s", "report/anchor", "report/scan")
+    print("{:>5} {:>9} {:>8} {:>9} {:>14} {:>12}".format(*header))
     for number in range(1, args.rounds + 1):
         a, s, r = timed(anchor), timed(scan), timed(report)
         rounds.append((a, s, r))
