@@ -12,7 +12,7 @@ STAMP       = $(VENV)/.installed
 
 export HF_HUB_OFFLINE = 1
 
-.PHONY: install run test lint format fuzz crash-loop bench-embeddings bench-moderation bench-stream bench-stream-latency train-moderation clean
+.PHONY: install run test lint format fuzz crash-loop bench-embeddings bench-moderation bench-stream bench-stream-latency bench-report train-moderation clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,12 @@ bench-stream: $(STAMP)
 
 bench-stream-latency: $(STAMP)
 	$(PY) benchmarks/stream_latency.py --rate 200 --seconds 60
+
+# `report` over REPORT_EVENTS generated events (written once under bench-data/) beside a bare DuckDB
+# count(*) and a one-column scan of the same files, alternating three times in one run.
+REPORT_EVENTS ?= 10000000
+bench-report: $(STAMP)
+	$(PY) benchmarks/report_speed.py --events $(REPORT_EVENTS)
 
 # Retrain the text moderation model (models/moderation/; byte-identical on a rerun, ~3 min).
 train-moderation: $(STAMP)

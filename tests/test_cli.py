@@ -428,12 +428,25 @@ def test_second_run_into_a_locked_output_refuses(tmp_path: Path) -> None:
     assert result.returncode == 1 and "another run" in result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["generate"], ["review"], ["publish"]])
+@pytest.mark.parametrize(
+    "command", [[], ["run"], ["generate"], ["review"], ["publish"], ["sql"], ["report"], ["validate"]]
+)
 def test_help_describes_every_command(command: list[str]) -> None:
     result = run_cli(*command, "--help")
     assert result.returncode == 0
     expected = {
-        (): ["run", "generate", "review", "publish"],
+        (): ["run", "generate", "review", "publish", "sql", "report", "dashboard", "validate"],
+        ("sql",): ["--out", "SQL", "--format"],
+        ("report",): [
+            "--out",
+            "--since",
+            "--until",
+            "--config",
+            "--audit-db",
+            "--format",
+            "--fail-on-breach",
+        ],
+        ("validate",): ["--out"],
         ("publish",): ["--input", "--to", "stream=NAME"],
         ("run",): ["--input", "--out", "--engine", "--audit-db", "--config"],
         ("generate",): ["--events", "--seed", "--dup-rate", "--bad-rate", "--images"],
