@@ -41,7 +41,7 @@ format: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -n 2 --durations=10
+	$(VENV)/bin/pytest -n 2 --dist worksteal --durations=10
 
 # Outside `make test`: 10^5 generated hostile records through the first stage (FUZZ_SEED varies it).
 FUZZ_CASES ?= 100000

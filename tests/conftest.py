@@ -300,13 +300,51 @@ def enrich_settings(shards: int) -> Any:
 
 
 @pytest.fixture(scope="session")
-def analytics_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real run's output directory for the analysts' commands (report, sql, dashboard, validate):
-    generated events with images, duplicates and bad lines, every stage on. Read it; don't change
-    it (copy it first)."""
-    base = tmp_path_factory.mktemp("analytics")
+def analytics_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, Any]:
+    """A real run for the analysts' commands (report, sql, dashboard, validate): generated events
+    with images, duplicates and bad lines, every stage on, hourly quotas low enough for violations,
+    two shards, ``--validate``, with the network blocked. Read its outputs; don't change them (copy
+    them first).
+
+    Made once per test session: under xdist the first worker to ask makes it in the session's
+    shared temporary folder while holding a lock, and the others wait and read it."""
+    import filelock
+
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent  # pytest-of-USER/pytest-N: this session's, shared by its workers
+    base = shared / "analytics-run"
+    record = base / "run.json"
+    with filelock.FileLock(str(shared / "analytics-run.lock")):
+        if not record.exists():
+            base.mkdir(exist_ok=True)
+            record.write_text(json.dumps(_make_analytics_run(base)))
+    found: dict[str, Any] = json.loads(record.read_text())
+    return found
+
+
+def _make_analytics_run(base: Path) -> dict[str, Any]:
     events = base / "events.jsonl"
-    made = run_cli("generate", "--events", "600", "--out", events, "--seed", "16", "--images")
+    made = run_cli("generate", "--events", "400", "--out", events, "--seed", "16", "--images")
     assert made.returncode == 0, made.stderr
-    run_pipeline([events], base / "out", embeddings=True, moderation=True)
-    return base / "out"
+    config = base / "config.toml"
+    config.write_text(
+        "[rate_limit]\nquotas = { free = 3, pro = 6, enterprise = 12 }\nwindow_seconds = 3600\n"
+        "[pipeline]\nshards = 2\n"
+    )
+    offline = offline_env(base)
+    out = base / "out"
+    result = run_pipeline(
+        [events], out, "--config", config, "--validate", env=offline, embeddings=True, moderation=True
+    )
+    return {
+        "out": str(out),
+        "stdout": result.stdout,
+        "network_log": Path(offline["AIEP_TEST_NETWORK_LOG"]).read_text(),
+    }
+
+
+@pytest.fixture(scope="session")
+def analytics_out(analytics_run: dict[str, Any]) -> Path:
+    """The shared analytics run's output directory."""
+    return Path(analytics_run["out"])

@@ -394,7 +394,7 @@ def test_decoding_equals_nudenets_own_on_random_outputs() -> None:
     import nudenet.nudenet as wrapper  # NudeNet's own wrapper (with OpenCV, a dev dependency)
 
     rng = np.random.default_rng(7)
-    for _ in range(25):
+    for _ in range(8):  # NudeNet's own post-processing takes seconds per output
         output = rng.random((1, 22, 2100), dtype=np.float32)
         output[0, 4:] **= rng.uniform(3, 30)  # mostly low class scores, a few high
         output[0, :2] *= 320

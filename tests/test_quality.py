@@ -19,7 +19,6 @@ import runner
 import schemas
 from analytics import quality_sources, quality_suites
 from analytics.quality import QualityResult, validate
-from tests.conftest import offline_env, run_cli, run_pipeline
 
 #: Values written into a corrupted copy; neither may appear in any report or Data Docs page.
 SHORT_HASH = "deadbeefcafe"
@@ -29,31 +28,9 @@ WRITTEN = ("events", "moderation", "rate_limit_violations", "dead_letter", "embe
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One small run with every stage on and ``--validate``, offline, the network blocked.
-
-    Tight quotas make rate-limit violations; two shards keep the files few."""
-    base = tmp_path_factory.mktemp("quality")
-    source = base / "events.jsonl"
-    generated = run_cli(
-        "generate", "--events", 40, "--out", source, "--seed", 11, "--bad-rate", 0.05, "--images"
-    )
-    assert generated.returncode == 0, generated.stderr
-    config = base / "config.toml"
-    config.write_text(
-        "[rate_limit]\nquotas = { free = 1, pro = 1, enterprise = 1 }\nwindow_seconds = 86400\n"
-        "[pipeline]\nshards = 2\n"
-    )
-    offline = offline_env(base)
-    out = base / "out"
-    result = run_pipeline(
-        [source], out, "--config", config, "--validate", env=offline, embeddings=True, moderation=True
-    )
-    return {
-        "out": out,
-        "stdout": result.stdout,
-        "network_log": Path(offline["AIEP_TEST_NETWORK_LOG"]).read_text(),
-    }
+def clean_run(analytics_run: dict[str, Any]) -> dict[str, Any]:
+    """The shared analytics run: every stage on, ``--validate``, the network blocked."""
+    return {**analytics_run, "out": Path(analytics_run["out"])}
 
 
 def test_run_validate_passes_every_suite_on_a_clean_run(clean_run: dict[str, Any]) -> None:
