@@ -14,6 +14,7 @@
                      [--format table|csv|json] [--top N] [--fail-on-breach]
     runner.py dashboard --out DIR --html FILE [--since DATE] [--until DATE] [--config FILE] [--audit-db URL]
     runner.py validate --out DIR
+    runner.py mcp --out DIR [--audit-db URL] [--config FILE] [--allow-review]
 
 Thin over the library: parsing and printing here, everything else in ``pipelines``/``connectors``
 (and, for ``generate``, ``loadgen``; for ``validate``, ``analytics.quality``).
@@ -262,6 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_analytics_parsers(commands)
     _add_dashboard_parser(commands)
     _add_validate_parser(commands)
+    _add_mcp_parser(commands)
     publish = commands.add_parser(
         "publish",
         help="feed a Redis stream from a JSONL file, one entry per line (demos, tests)",
@@ -453,6 +455,46 @@ def _add_validate_parser(commands: Any) -> None:
         "2 on bad flags.",
     )
     check.add_argument("--out", required=True, type=Path, metavar="DIR", help="a run's output directory")
+
+
+def _add_mcp_parser(commands: Any) -> None:
+    serve = commands.add_parser(
+        "mcp",
+        help="serve the governance data to AI assistants over MCP (stdio): costs, audit trail, reviews",
+        description="Serve a Model Context Protocol server on stdin/stdout for an assistant's client "
+        "(e.g. Claude Desktop): tools cost_report, audit_lookup, review_queue, record_review, similar, "
+        "runs and dead_letters, and resources for the event contract, the dataset schemas and the "
+        "latest run summary. Read-only unless --allow-review. Only JSON-RPC goes to stdout; logs go "
+        "to stderr. A bad tool argument is a tool error for the assistant, not an exit.",
+        epilog="Exit status: 0 when the client closes the connection; 1 when DIR is not a directory or "
+        "the config cannot be read; 2 on bad flags.",
+    )
+    serve.add_argument("--out", required=True, type=Path, metavar="DIR", help="a run's output directory")
+    serve.add_argument(
+        "--audit-db",
+        metavar="URL",
+        help="the audit store to read (default: <DIR>/audit.sqlite when it exists); " + _AUDIT_DB_HELP,
+    )
+    serve.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML file whose [budgets] section cost_report checks"
+    )
+    serve.add_argument(
+        "--allow-review",
+        action="store_true",
+        help="let the record_review tool write human decisions to the audit store (default: refused)",
+    )
+
+
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    from analytics.governance import GovernanceData
+    from analytics.mcp_server import serve
+
+    if not args.out.is_dir():
+        print(f"error: no output directory {str(args.out)!r}", file=sys.stderr)
+        return EXIT_FAILED
+    budgets, audit_url = _report_inputs(args)
+    serve(GovernanceData(args.out, audit_url, allow_review=args.allow_review, budgets=budgets))
+    return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -987,6 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
             "report": _cmd_report,
             "dashboard": _cmd_dashboard,
             "validate": _cmd_validate,
+            "mcp": _cmd_mcp,
         }
         return commands[args.command](args)
     except (RunError, InputError, ConfigError) as exc:

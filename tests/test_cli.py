@@ -429,13 +429,14 @@ def test_second_run_into_a_locked_output_refuses(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["run"], ["generate"], ["review"], ["publish"], ["sql"], ["report"], ["validate"]]
+    "command",
+    [[], ["run"], ["generate"], ["review"], ["publish"], ["sql"], ["report"], ["validate"], ["mcp"]],
 )
 def test_help_describes_every_command(command: list[str]) -> None:
     result = run_cli(*command, "--help")
     assert result.returncode == 0
     expected = {
-        (): ["run", "generate", "review", "publish", "sql", "report", "dashboard", "validate"],
+        (): ["run", "generate", "review", "publish", "sql", "report", "dashboard", "validate", "mcp"],
         ("sql",): ["--out", "SQL", "--format"],
         ("report",): [
             "--out",
@@ -447,6 +448,7 @@ def test_help_describes_every_command(command: list[str]) -> None:
             "--fail-on-breach",
         ],
         ("validate",): ["--out"],
+        ("mcp",): ["--out", "--audit-db", "--config", "--allow-review", "Exit status"],
         ("publish",): ["--input", "--to", "stream=NAME"],
         ("run",): ["--input", "--out", "--engine", "--audit-db", "--config"],
         ("generate",): ["--events", "--seed", "--dup-rate", "--bad-rate", "--images"],

@@ -43,6 +43,7 @@ MODULES = [
     "analytics.views",
     "analytics.report",
     "analytics.dashboard",
+    "analytics.governance",
 ]
 
 
