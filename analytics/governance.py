@@ -21,11 +21,12 @@ analytics.governance.AnswerError: limit must be an integer from 1 to 1000; got 1
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import sqlalchemy as sa
@@ -35,6 +36,8 @@ from analytics.views import ViewError, read_only_connection
 from connectors import database, review
 from connectors.database_url import hide_secrets, redact
 
+#: What a question's work returns.
+AnswerT = TypeVar("AnswerT")
 #: The most rows one answer lists (as ``review --list``).
 MAX_ROWS = review.MAX_QUEUE_ROWS
 #: ``cost_report``'s groupings: the report's ``cost_by_day`` rows summed by one of its keys.
@@ -214,7 +217,7 @@ class GovernanceData:
         try:
             matches = similar(self.out_dir, text, k=k, field=field, device=self.device)
         except (SearchError, ModelError) as exc:
-            raise AnswerError(str(exc).replace("--", "")) from None
+            raise AnswerError(str(exc).removeprefix("--")) from None  # "--k must …": a flag's name
         return {"matches": [{name: json_value(v) for name, v in vars(m).items()} for m in matches]}
 
     # --- the audit store ---------------------------------------------------------------------
@@ -340,7 +343,7 @@ class GovernanceData:
 
         return self._read(rows)
 
-    def _read(self, work: Any) -> Any:
+    def _read(self, work: Callable[[], AnswerT]) -> AnswerT:
         try:
             return work()
         except ViewError as exc:
@@ -359,7 +362,7 @@ class GovernanceData:
             self._engine = self._db(lambda: database.open_engine(url, create=False))
         return self._engine
 
-    def _db(self, work: Any) -> Any:
+    def _db(self, work: Callable[[], AnswerT]) -> AnswerT:
         """``work()``, with a database error turned into one line naming the store, password hidden."""
         try:
             return work()
@@ -370,7 +373,7 @@ class GovernanceData:
             ) from None
 
     @staticmethod
-    def _check(check: Any, value: object) -> None:
+    def _check(check: Callable[[object], None], value: object) -> None:
         try:
             check(value)
         except ValueError as exc:
