@@ -49,10 +49,13 @@ FUZZ_SEED  ?= 0
 fuzz: $(STAMP)
 	$(PY) tests/fuzz_first_stage.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)
 
-# Outside `make test`: the kill -9 loop on a larger input (each kill point, then a rerun).
+# Outside `make test`: the kill -9 loop on a larger input (each kill point, then a rerun), and the
+# stream job killed STREAM_KILLS times at random before it finishes (make test kills it once).
 CRASH_EVENTS ?= 200000
+STREAM_KILLS ?= 4
 crash-loop: $(STAMP)
-	AIEP_CRASH_EVENTS=$(CRASH_EVENTS) $(VENV)/bin/pytest -n 2 tests/test_kill_loop.py
+	AIEP_CRASH_EVENTS=$(CRASH_EVENTS) AIEP_STREAM_KILLS=$(STREAM_KILLS) $(VENV)/bin/pytest -n 2 \
+		tests/test_kill_loop.py tests/test_stream.py::test_killed_at_random_the_stream_loses_and_doubles_nothing
 
 # Outside `make test`: the pipeline with embeddings on beside a raw encode of the same texts and
 # Beam's MLTransform, on BENCH_EVENTS events (benchmarks/embedding_throughput.py; prints, never asserts).

@@ -63,6 +63,24 @@ def run_cli(
     return CliResult(proc.returncode, proc.stdout.decode(), proc.stderr.decode(), out_dir)
 
 
+def run_cli_in_process(*args: str | Path) -> CliResult:
+    """``runner.main(args)`` in this process, its output captured: for the commands that only read
+    outputs (``sql``, ``report``, ``dashboard``), whose process start-up would cost more than their
+    work. Exit codes, argparse's errors included, are returned as a subprocess's would be."""
+    import contextlib
+    import io
+
+    import runner
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = runner.main([str(arg) for arg in args])
+        except SystemExit as exit_:  # argparse: --help, bad flags
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return CliResult(code, out.getvalue(), err.getvalue(), None)
+
+
 def run_pipeline(
     inputs: list[Path | str],
     out_dir: Path,

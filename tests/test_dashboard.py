@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from analytics.dashboard import CHARTS
 from analytics.report import build_report, format_cell
-from tests.conftest import run_cli, service_missing
+from tests.conftest import run_cli_in_process, service_missing
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -70,7 +70,7 @@ def run_out(analytics_out: Path) -> Path:
 
 
 def write_dashboard(out: Path, html: Path, *flags: str) -> Path:
-    result = run_cli("dashboard", "--out", out, "--html", html, *flags)
+    result = run_cli_in_process("dashboard", "--out", out, "--html", html, *flags)
     assert result.returncode == 0, f"dashboard failed ({result.returncode}):\n{result.stderr}"
     return html
 
@@ -195,21 +195,21 @@ def test_a_period_without_data_still_draws_every_chart(
     ],
 )
 def test_bad_flags_exit_2(flags: list[str], status: int, message: str, tmp_path: Path) -> None:
-    result = run_cli("dashboard", "--out", tmp_path, "--html", tmp_path / "d.html", *flags)
+    result = run_cli_in_process("dashboard", "--out", tmp_path, "--html", tmp_path / "d.html", *flags)
     assert (result.returncode, result.stdout) == (status, "")
     assert message in result.stderr
     assert not (tmp_path / "d.html").exists()
 
 
 def test_help_names_every_flag() -> None:
-    result = run_cli("dashboard", "--help")
+    result = run_cli_in_process("dashboard", "--help")
     assert result.returncode == 0
     for flag in ("--out", "--html", "--since", "--until", "--config", "--audit-db", "Exit status"):
         assert flag in result.stdout
 
 
 def test_a_missing_output_directory_exits_1(tmp_path: Path) -> None:
-    result = run_cli("dashboard", "--out", tmp_path / "no-such-dir", "--html", tmp_path / "d.html")
+    result = run_cli_in_process("dashboard", "--out", tmp_path / "no-such-dir", "--html", tmp_path / "d.html")
     assert result.returncode == 1
     assert "no output directory" in result.stderr
     assert not (tmp_path / "d.html").exists()
@@ -217,7 +217,7 @@ def test_a_missing_output_directory_exits_1(tmp_path: Path) -> None:
 
 def test_an_unwritable_file_exits_1_and_leaves_nothing(run_out: Path, tmp_path: Path) -> None:
     target = tmp_path / "missing-folder" / "d.html"
-    result = run_cli("dashboard", "--out", run_out, "--html", target)
+    result = run_cli_in_process("dashboard", "--out", run_out, "--html", target)
     assert result.returncode == 1
     assert f"cannot write --html {target}" in result.stderr
     assert not target.parent.exists()

@@ -230,7 +230,7 @@ def test_a_review_recorded_over_mcp_survives_a_rerun_on_mariadb(
     mysql_db: MySQLDatabase, tmp_path: Path
 ) -> None:
     events = tmp_path / "events.jsonl"
-    made = run_cli("generate", "--events", "60", "--out", events, "--seed", "17")
+    made = run_cli("generate", "--events", "20", "--out", events, "--seed", "17")
     assert made.returncode == 0, made.stderr
     out = tmp_path / "out"
     run_pipeline([events], out, "--audit-db", mysql_db.root_url, moderation=True)

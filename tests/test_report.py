@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow.dataset as ds
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli_in_process
 
 MICRO = Decimal("0.000001")
 
@@ -36,7 +36,7 @@ def rows_of(out_dir: Path, dataset: str) -> list[dict[str, Any]]:
 
 def report(out_dir: Path, *flags: str | Path) -> dict[str, list[dict[str, Any]]]:
     """``report --format json``: each section's rows."""
-    done = run_cli("report", "--out", out_dir, "--format", "json", *flags)
+    done = run_cli_in_process("report", "--out", out_dir, "--format", "json", *flags)
     assert done.returncode == 0, done.stderr
     return {name: s["rows"] for name, s in json.loads(done.stdout)["sections"].items()}
 
@@ -217,7 +217,7 @@ def test_a_budget_breach_is_found_and_fails_the_command_on_request(
             ]
         )
     ]
-    failing = run_cli("report", "--out", analytics_out, "--config", config, "--fail-on-breach")
+    failing = run_cli_in_process("report", "--out", analytics_out, "--config", config, "--fail-on-breach")
     assert failing.returncode == 1, failing.stderr
     assert "2 budget breaches" in failing.stderr
     assert "Budget breaches" in failing.stdout
@@ -226,32 +226,36 @@ def test_a_budget_breach_is_found_and_fails_the_command_on_request(
         tmp_path / "exact.toml",
         f'tier_daily_usd = {{ {tier} = "{money(top)}" }}\nuser_monthly_usd = {{ "{user}" = {user_cost} }}\n',
     )
-    passing = run_cli("report", "--out", analytics_out, "--config", at_the_limit, "--fail-on-breach")
+    passing = run_cli_in_process(
+        "report", "--out", analytics_out, "--config", at_the_limit, "--fail-on-breach"
+    )
     assert passing.returncode == 0, passing.stderr
     assert report(analytics_out, "--config", at_the_limit)["budget_breaches"] == []
 
 
 def test_report_formats_agree_and_a_bad_budget_is_refused(analytics_out: Path, tmp_path: Path) -> None:
     as_json = report(analytics_out)
-    as_csv = run_cli("report", "--out", analytics_out, "--format", "csv")
+    as_csv = run_cli_in_process("report", "--out", analytics_out, "--format", "csv")
     assert as_csv.returncode == 0, as_csv.stderr
     block = as_csv.stdout.split("# cost_by_day: ")[1].split("\n\n")[0].splitlines()[1:]
     header, *lines = block
     assert [dict(zip(header.split(","), line.split(","), strict=True)) for line in lines] == [
         {k: str(v) for k, v in row.items()} for row in as_json["cost_by_day"]
     ]
-    table = run_cli("report", "--out", analytics_out)
+    table = run_cli_in_process("report", "--out", analytics_out)
     assert table.returncode == 0 and "== Runs ==" in table.stdout
     bad = write_budgets(tmp_path / "bad.toml", 'user_daily_usd = { "7" = "0.0000001" }\n')
-    refused = run_cli("report", "--out", analytics_out, "--config", bad)
+    refused = run_cli_in_process("report", "--out", analytics_out, "--config", bad)
     assert refused.returncode == 1
     assert "budgets.user_daily_usd.7 must be an amount" in refused.stderr
-    inverted = run_cli("report", "--out", analytics_out, "--since", "2025-07-09", "--until", "2025-07-08")
+    inverted = run_cli_in_process(
+        "report", "--out", analytics_out, "--since", "2025-07-09", "--until", "2025-07-08"
+    )
     assert inverted.returncode == 2 and "is after --until" in inverted.stderr
 
 
 def test_sql_runs_queries_over_the_views(analytics_out: Path) -> None:
-    done = run_cli(
+    done = run_cli_in_process(
         "sql",
         "--out",
         analytics_out,
@@ -268,7 +272,7 @@ def test_sql_runs_queries_over_the_views(analytics_out: Path) -> None:
         {"ai_tier": tier, "cost": money(cost), "n": n} for tier, (cost, n) in sorted(totals.items())
     ]
     # Every dataset has a view with its contract's columns, even one the run wrote no file of.
-    late = run_cli("sql", "--out", analytics_out, "--format", "csv", "SELECT * FROM late_events")
+    late = run_cli_in_process("sql", "--out", analytics_out, "--format", "csv", "SELECT * FROM late_events")
     assert late.returncode == 0, late.stderr
     assert late.stdout.splitlines() == [
         "event_id,event_time,user_id,aggregate,window_start,watermark,source,line_no,dt"
@@ -290,7 +294,7 @@ def test_sql_refuses_a_statement_that_writes(analytics_out: Path, tmp_path: Path
     out = tmp_path / "out"
     shutil.copytree(analytics_out, out)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    done = run_cli("sql", "--out", out, statement.format(out=out))
+    done = run_cli_in_process("sql", "--out", out, statement.format(out=out))
     assert done.returncode == 2, done.stderr
     assert "only queries (SELECT, EXPLAIN) may run here" in done.stderr
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
@@ -299,7 +303,7 @@ def test_sql_refuses_a_statement_that_writes(analytics_out: Path, tmp_path: Path
 def test_sql_cannot_read_files_outside_the_output_directory(analytics_out: Path, tmp_path: Path) -> None:
     secret = tmp_path / "secret.csv"
     secret.write_text("password\nhunter2\n")
-    done = run_cli("sql", "--out", analytics_out, f"SELECT * FROM read_csv('{secret}')")
+    done = run_cli_in_process("sql", "--out", analytics_out, f"SELECT * FROM read_csv('{secret}')")
     assert done.returncode == 1
     assert "hunter2" not in done.stdout + done.stderr
     assert "disabled by configuration" in done.stderr
