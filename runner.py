@@ -286,14 +286,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _day(text: str) -> Any:
     """A ``--since``/``--until`` date: YYYY-MM-DD (argparse's type)."""
-    from datetime import date
+    from analytics.report import utc_day
 
     try:
-        if len(text) != 10:
-            raise ValueError
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a date, YYYY-MM-DD; got {text!r}") from None
+        return utc_day(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_period_flags(parser: argparse.ArgumentParser) -> None:
@@ -738,17 +736,12 @@ def _print_review_queue(engine: Any, decision: str, limit: int, output: str) -> 
 
 
 def _queue_entry(row: Any) -> dict[str, Any]:
-    """A ``ReviewedDecision`` of the queue as JSON: the score as its exact decimal text, the time
-    as ISO 8601 UTC."""
-    return {
-        "content_hash": row.content_hash,
-        "decision": row.decision,
-        "score": None if row.score is None else str(row.score),
-        "categories": list(row.categories),
-        "scorer": row.scorer,
-        "scorer_version": row.scorer_version,
-        "decided_at": None if row.reviewed_at is None else f"{row.reviewed_at:%Y-%m-%dT%H:%M:%SZ}",
-    }
+    """A ``ReviewedDecision`` of the queue as ``review --list`` prints it: its automatic decision,
+    decided at ``reviewed_at`` (no reviewer yet)."""
+    entry = row.to_json()
+    entry["decided_at"] = entry.pop("reviewed_at")
+    del entry["reviewed_by"]
+    return entry
 
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import duckdb
 import sqlalchemy as sa
 
-from analytics.report import NO_BUDGETS, Budgets, Section, build_report, format_cell
+from analytics.report import NO_BUDGETS, Budgets, Section, build_report, format_cell, utc_day
 from analytics.views import ViewError, read_only_connection
 from connectors import database, review
 from connectors.database_url import hide_secrets, redact
@@ -74,11 +74,9 @@ def parse_day(name: str, text: str | None) -> date | None:
     if text is None:
         return None
     try:
-        if len(text) != 10:
-            raise ValueError
-        return date.fromisoformat(text)
-    except ValueError:
-        raise AnswerError(f"{name} must be a date, YYYY-MM-DD; got {text!r}") from None
+        return utc_day(text)
+    except ValueError as exc:
+        raise AnswerError(f"{name} {exc}") from None
 
 
 def json_value(value: Any) -> Any:
@@ -260,7 +258,7 @@ class GovernanceData:
         return {
             "decision": decision,
             "awaiting_review": waiting.get(decision, len(rows)),
-            "queue": [decision_json(row) for row in rows],
+            "queue": [row.to_json() for row in rows],
         }
 
     def record_review(self, content_hash: str, decision: str, reviewer_id: int) -> dict[str, Any]:
@@ -283,8 +281,8 @@ class GovernanceData:
         after = self._db(lambda: review.record_review(engine, content_hash, decision, reviewer_id))
         return {
             "content_hash": content_hash,
-            "before": None if before is None else decision_json(before),
-            "after": decision_json(after),
+            "before": None if before is None else before.to_json(),
+            "after": after.to_json(),
         }
 
     def close(self) -> None:
@@ -318,7 +316,7 @@ class GovernanceData:
     def _decision(self, content_hash: str) -> dict[str, Any] | None:
         engine = self._store()
         found = self._db(lambda: review.decision_of(engine, content_hash))
-        return None if found is None else decision_json(found)
+        return None if found is None else found.to_json()
 
     def _run_fingerprint(self, run_id: str) -> str:
         rows = self._query("SELECT kind, inputs_fingerprint FROM runs WHERE run_id = $id", {"id": run_id})
@@ -402,20 +400,6 @@ def grouped_costs(section: Section, key: str | None) -> list[dict[str, Any]]:
         }
         for group, values in ordered
     ]
-
-
-def decision_json(row: review.ReviewedDecision) -> dict[str, Any]:
-    """A stored decision as JSON: score as its exact decimal text, times ISO 8601 UTC."""
-    return {
-        "content_hash": row.content_hash,
-        "decision": row.decision,
-        "score": None if row.score is None else str(row.score),
-        "categories": list(row.categories),
-        "scorer": row.scorer,
-        "scorer_version": row.scorer_version,
-        "reviewed_by": row.reviewed_by,
-        "reviewed_at": None if row.reviewed_at is None else f"{row.reviewed_at:%Y-%m-%dT%H:%M:%SZ}",
-    }
 
 
 def _audit_rows(engine: sa.Engine, event_ids: list[str]) -> list[dict[str, Any]]:

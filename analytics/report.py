@@ -175,6 +175,20 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
+def utc_day(text: str) -> date:
+    """A day of the period as the commands take it: ``YYYY-MM-DD``; ValueError saying so.
+
+    >>> utc_day("2025-07-08")
+    datetime.date(2025, 7, 8)
+    """
+    try:
+        if len(text) != 10:
+            raise ValueError
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"must be a date, YYYY-MM-DD; got {text!r}") from None
+
+
 def _json_cell(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value

@@ -55,6 +55,19 @@ class ReviewedDecision:
     #: UTC, whole seconds; None only on rows stored before decisions kept their time.
     reviewed_at: datetime | None
 
+    def to_json(self) -> dict[str, Any]:
+        """The row as JSON: the score as its exact decimal text, the time as ISO 8601 UTC."""
+        return {
+            "content_hash": self.content_hash,
+            "decision": self.decision,
+            "score": None if self.score is None else str(self.score),
+            "categories": list(self.categories),
+            "scorer": self.scorer,
+            "scorer_version": self.scorer_version,
+            "reviewed_by": self.reviewed_by,
+            "reviewed_at": None if self.reviewed_at is None else f"{self.reviewed_at:%Y-%m-%dT%H:%M:%SZ}",
+        }
+
 
 def check_content_hash(content_hash: object) -> None:
     """ValueError unless ``content_hash`` is 64 lowercase hex digits (a SHA-256 hex digest)."""
