@@ -13,13 +13,16 @@ every DoFn and every element is serialised, as on a cluster. The pool starts eac
 project first on ``PYTHONPATH``, in a temporary folder of its own (``TMPDIR`` too).
 
 Where the machine allows it (root, and ``ip netns`` works), the pool runs in a network namespace
-of its own, joined to this one by a veth pair: its workers reach the job service, and anything
-else (an audit database), only at this side's veth address (``host_address``), never through a
-shared loopback, and the job service reaches the pool at the namespace's side. Its name is
-``aiep-<pid>-<hex>``: a namespace whose creator died without cleaning up is removed by the next
-``start``.
+of its own (:mod:`connectors.network_namespace`), joined to this one by a veth pair: its workers
+reach the job service, and anything else (an audit database), only at this side's veth address
+(``host_address``), never through a shared loopback, and the job service reaches the pool at the
+namespace's side. The job service tells the workers to reach it there (``--worker-host``).
 
-    python -m connectors.beam_services [--isolate auto|yes|no] [--workdir DIR] [-- RUN_ARGS ...]
+Beam's pool and the job service's worker-facing servers listen on every address of their
+namespace: on the shared loopback (``isolate=False``) of a machine others can reach, keep their
+ports behind a firewall, as a cluster's would be.
+
+    python -m connectors.beam_services [--isolate auto|yes|no] [--workdir DIR] [--workers N] [-- RUN_ARGS ...]
 
 starts both services, prints the Beam options that reach them, and with ``RUN_ARGS`` runs
 ``runner.py run RUN_ARGS -- <those options>`` through them (``make cluster-demo``), otherwise
@@ -30,22 +33,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import os
-import re
-import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import tenacity
+
+from connectors.network_namespace import NetworkNamespace, ServiceError, isolation_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The folder of the interpreter the project runs in (``.venv/bin``): first on the pool's PATH.
@@ -54,122 +54,6 @@ JOB_SERVICE = "pipelines.job_service"
 WORKER_POOL = "apache_beam.runners.worker.worker_pool_main"
 #: The port of the worker pool inside its own namespace, where no other service listens.
 ISOLATED_POOL_PORT = 50000
-_NAMESPACE = re.compile(r"^aiep-(\d+)-[0-9a-f]+$")
-#: Where the veth pairs' addresses come from: private, and unlikely to be a real network's.
-_VETH_RANGE = ipaddress.IPv4Network("10.250.0.0/16")
-
-
-class ServiceError(Exception):
-    """A service did not start or answer; the message is one line, naming its log."""
-
-
-def _ip(*args: str) -> str:
-    """Run ``ip ARGS``; its output, or a ServiceError with ip's own one-line complaint."""
-    done = subprocess.run([shutil.which("ip") or "ip", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        complaint = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
-        raise ServiceError(f"`ip {' '.join(args)}` failed: {complaint}")
-    return done.stdout
-
-
-@dataclass(frozen=True)
-class NetworkNamespace:
-    """A network namespace joined to this one by a veth pair with a /30 between them.
-
-    ``host_address`` is this side's end (what processes inside reach this side at),
-    ``inner_address`` the namespace's end. Deleting the namespace deletes the pair.
-    """
-
-    name: str
-    host_address: str
-    inner_address: str
-
-    @classmethod
-    def create(cls) -> NetworkNamespace:
-        """Make a namespace with a fresh name and a free /30 of 10.250.0.0/16; loopback up inside."""
-        remove_stale_namespaces()
-        token = secrets.token_hex(4)
-        name = f"aiep-{os.getpid()}-{token}"
-        host_if, inner_if = f"aiep{token}h", f"aiep{token}n"
-        host_address, inner_address = (str(address) for address in _free_block().hosts())
-        namespace = cls(name, host_address, inner_address)
-        _ip("netns", "add", name)
-        try:
-            _ip("link", "add", host_if, "type", "veth", "peer", "name", inner_if)
-            _ip("link", "set", inner_if, "netns", name)
-            _ip("addr", "add", f"{host_address}/30", "dev", host_if)
-            _ip("link", "set", host_if, "up")
-            for step in (
-                ("addr", "add", f"{inner_address}/30", "dev", inner_if),
-                ("link", "set", inner_if, "up"),
-                ("link", "set", "lo", "up"),
-            ):
-                _ip("-n", name, *step)
-        except ServiceError:
-            namespace.delete()
-            with contextlib.suppress(ServiceError):
-                _ip("link", "del", host_if)  # made, but not yet moved into the namespace
-            raise
-        return namespace
-
-    def command(self, argv: Sequence[str]) -> list[str]:
-        """``argv`` run inside the namespace (``ip netns exec`` execs it: the pid stays)."""
-        return [shutil.which("ip") or "ip", "netns", "exec", self.name, *argv]
-
-    def delete(self) -> None:
-        """Remove the namespace and its veth pair; end what still runs inside (by pid)."""
-        _end_namespace(self.name)
-
-
-def _end_namespace(name: str) -> None:
-    with contextlib.suppress(ServiceError):
-        for pid in _ip("netns", "pids", name).split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-    with contextlib.suppress(ServiceError):
-        _ip("netns", "del", name)
-
-
-def _free_block() -> ipaddress.IPv4Network:
-    """A /30 of 10.250.0.0/16 that no address on this side already falls in."""
-    used = {
-        ipaddress.ip_interface(address).ip
-        for address in re.findall(r"inet (\S+)", _ip("-o", "-4", "addr", "show"))
-    }
-    free = [block for block in _VETH_RANGE.subnets(new_prefix=30) if not any(ip in block for ip in used)]
-    if not free:
-        raise ServiceError(f"no free /30 left in {_VETH_RANGE} for a veth pair")
-    return secrets.choice(free)
-
-
-def remove_stale_namespaces() -> list[str]:
-    """Delete the ``aiep-<pid>-*`` namespaces whose creating process is gone; their names."""
-    try:
-        listed = _ip("netns", "list")
-    except (ServiceError, FileNotFoundError):
-        return []
-    stale = []
-    for line in listed.splitlines():
-        name = line.split(" ", 1)[0]
-        match = _NAMESPACE.match(name)
-        if match and not Path(f"/proc/{match.group(1)}").exists():
-            _end_namespace(name)
-            stale.append(name)
-    return stale
-
-
-def isolation_unavailable() -> str | None:
-    """Why the worker pool cannot have a network namespace here, in one line; ``None`` if it can
-    (found by making one and deleting it)."""
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if shutil.which("ip") is None:
-        return "network namespaces need the `ip` command (iproute2)"
-    try:
-        NetworkNamespace.create().delete()
-    except ServiceError as exc:
-        return f"a network namespace could not be made: {exc}"
-    return None
 
 
 def _free_port() -> int:
@@ -323,6 +207,11 @@ class PortableServices:
         """The worker pool's process id; the SDK workers it starts are its children."""
         return self._services[0].process.pid
 
+    @property
+    def job_service_pid(self) -> int:
+        """The job service's process id (it runs the jobs' FnApiRunner: the shuffles)."""
+        return self._services[1].process.pid
+
     def sdk_workers_started(self) -> int:
         """How many SDK worker processes the pool has started so far, as its log records them."""
         log = self._services[0].log.read_text(errors="replace")
@@ -397,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    # SIGTERM ends this process as Ctrl-C would, so that the services are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with services:
         where = (
             f"worker pool in network namespace {services.namespace.name} at {services.pool_address}"
@@ -412,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         separator = [] if "--" in run_args else ["--"]
         command = [sys.executable, str(ROOT / "runner.py"), "run", *run_args, *separator, *beam_args]
-        return subprocess.run(command, cwd=Path.cwd()).returncode
+        try:
+            return subprocess.run(command).returncode
+        except KeyboardInterrupt:
+            return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         "(default: this machine's fully qualified name, as Beam's own service)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: importing Beam already gave the root logger a handler (its "apitools" warning).
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     serve(args.port, args.port_file, args.worker_host)
     return 0
 
