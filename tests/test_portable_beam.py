@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import struct
@@ -38,6 +39,7 @@ from tests.conftest import (
     read_dataset,
     run_cli_in_process,
     run_pipeline,
+    service_missing,
 )
 
 #: Counts of the summary that do not depend on the runner.
@@ -76,6 +78,8 @@ def _private_mariadb(workdir: Path, address: str) -> Iterator[tuple[str, int]]:
     """A MariaDB server of this test's own, listening on ``address`` only (the veth's end on this
     side: the shared server listens on the loopback, which the namespace's workers cannot reach).
     Its root may connect from anywhere, without a password; it is this server's alone."""
+    if shutil.which("mariadbd") is None or shutil.which("mariadb-install-db") is None:
+        service_missing("the isolated workers need a MariaDB server of their own: mariadbd is not installed")
     data = workdir / "mariadb"
     install = subprocess.run(
         ["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root"],
@@ -221,8 +225,6 @@ def test_the_job_service_and_two_sdk_workers_give_the_direct_runners_outputs(tmp
         os.kill(services.pool_pid, 0)
 
     portable = sorted((out / "_runs").glob("*.json"))[-1].read_text()
-    import json
-
     summary = json.loads(portable)
     assert {k: summary[k] for k in RUN_COUNTS} == {k: direct[k] for k in RUN_COUNTS}
     assert (
