@@ -195,8 +195,10 @@ def print_results(rows: list[Measurement]) -> float:
         ours, theirs = direct.details["summary"].get(name), portable.details["summary"].get(name)
         print(f"  {name:<22}{ours!s:>18}{theirs!s:>18}{'' if ours == theirs else '   DIFFERENT'}")
     ratio = portable.events_per_s / direct.events_per_s
-    how = f"{1 / ratio:.1f}x slower" if ratio < 1 else f"{ratio:.1f}x faster"
+    how = f"{1 / ratio:.2f}x slower" if ratio < 1 else f"{ratio:.2f}x faster"
     print(f"\nratio (events/s): {portable.name} / {direct.name} = {ratio:.3f}   ({how})")
+    # CPU seconds are what other work on the machine disturbs least.
+    print(f"ratio (CPU s):    {portable.name} / {direct.name} = {portable.cpu_s / direct.cpu_s:.3f}")
     return ratio
 
 
