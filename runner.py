@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
         "unusable as a whole, unwritable output, an unusable audit store or one that did not keep "
         "rows it was given, a bad config or pricing table, another run holding the output's lock, "
         "an unreachable stream, a recovery store made with other settings), or with --validate when "
-        "an expectation fails (after the run's summary); 2 on bad flags.",
+        "an expectation fails (after the run's summary); 2 on bad flags, and for --runner=DaskRunner "
+        "(Beam 2.77's sends tagged outputs to the wrong consumer).",
     )
     inputs = run.add_mutually_exclusive_group(required=True)
     inputs.add_argument(
@@ -827,6 +828,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.batch_run import RunRequest, run_batch
+    from pipelines.beam_options import refusal
 
     if args.engine == "bytewax":
         return _cmd_stream(args)
@@ -841,6 +843,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     extra = _engine_args(args.engine_args)
     if extra and args.engine_args[:1] != ["--"]:
         print(f"error: unexpected arguments {extra!r}; engine options go after `--`", file=sys.stderr)
+        return EXIT_BAD_FLAGS
+    if refused := refusal(extra):
+        print(f"error: {refused}", file=sys.stderr)
         return EXIT_BAD_FLAGS
     request = RunRequest(
         inputs=args.input,
@@ -866,18 +871,21 @@ class _ReadingBar:
 
     It appears at the engine's first progress report, not at start-up, so that start-up messages
     (a migration notice) print before it rather than into it, however quickly a run goes. It
-    always shows its last step (100 % at the end), and is cleared when the run ends.
+    always shows its last step (100 % at the end), and is cleared when the run ends. When the
+    workers read elsewhere and report nothing here (``done`` is ``None``), it shows only the time
+    the run has taken, never a count it does not know.
     """
 
     def __init__(self) -> None:
         self._bar: Any = None
 
-    def update_to(self, done: int, total: int) -> None:
+    def update_to(self, done: int | None, total: int) -> None:
         """Show ``done`` of ``total`` bytes read (``run_batch``'s ``on_progress``)."""
         if self._bar is None:
             from tqdm import tqdm
 
             columns, lines = _terminal_size(sys.stderr)
+            unknown = {"bar_format": "running: {elapsed} (workers elsewhere report no progress)"}
             self._bar = tqdm(
                 desc="reading",
                 total=total,
@@ -888,8 +896,12 @@ class _ReadingBar:
                 file=sys.stderr,
                 ncols=columns - 1,  # tqdm's own measure leaves the last column free
                 nrows=lines - 1,
+                **(unknown if done is None else {}),
             )
         bar = self._bar
+        if done is None:
+            bar.refresh()  # the elapsed time
+            return
         bar.total = total
         step = done - bar.n
         # tqdm skips a step smaller than the ones it has drawn; the last one must show.

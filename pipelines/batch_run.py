@@ -25,11 +25,13 @@ from connectors.database_url import redact
 from connectors.inputs import InputError, InputFile, discover_inputs, plan_splits
 from connectors.parquet_sink import RunFileNames, remove_stale_parts, remove_temporary_files
 from pipelines import progress
+from pipelines.beam_options import reads_in_this_process
 from pipelines.stages import RunPlan
 from pipelines.summary import InputSummary, RunSummary, SummaryError
 from transforms.dead_letter import Reason
 
 ENGINES = ("beam",)
+log = logging.getLogger("aiep.run")
 
 
 class RunError(Exception):
@@ -103,11 +105,15 @@ def with_shards_for(config: PipelineConfig, input_bytes: int) -> PipelineConfig:
     return dataclasses.replace(config, shards=max(config.shards, -(-input_bytes // SHARD_INPUT_BYTES)))
 
 
-def run_batch(request: RunRequest, on_progress: Callable[[int, int], None] | None = None) -> RunSummary:
+def run_batch(
+    request: RunRequest, on_progress: Callable[[int | None, int], None] | None = None
+) -> RunSummary:
     """Run the spine over files; return the run summary (also written to ``_runs/<run_id>.json``).
 
     ``on_progress(bytes_read, bytes_total)`` is called from a helper thread while the run goes;
-    both count bytes of the inputs' content as read (a gzip input's inflated bytes).
+    both count bytes of the inputs' content as read (a gzip input's inflated bytes). ``bytes_read``
+    is ``None`` when the runner's workers read the inputs in other processes, which report nothing
+    here (a job service, ``--direct_running_mode=multi_processing``): the run's progress is unknown.
     """
     if request.engine not in ENGINES:
         raise RunError(f"unknown engine {request.engine!r}; available: {', '.join(ENGINES)}")
@@ -210,10 +216,16 @@ def _run_engine(request, splits, plan, staging_dir: str, total_bytes: int, on_pr
 
     progress.reset()
     done = threading.Event()
+    local = reads_in_this_process(request.engine_args)
+    if not local:
+        log.warning(
+            "workers run outside this process: they spill batches under %s, which each must reach",
+            staging_dir,
+        )
 
     def report() -> None:
         while not done.wait(0.2):
-            on_progress(progress.bytes_read(), total_bytes)
+            on_progress(progress.bytes_read() if local else None, total_bytes)
 
     reporter = threading.Thread(target=report, daemon=True) if on_progress else None
     if reporter:
@@ -229,7 +241,7 @@ def _run_engine(request, splits, plan, staging_dir: str, total_bytes: int, on_pr
         done.set()
         if reporter:
             reporter.join()
-            on_progress(total_bytes, total_bytes)
+            on_progress(total_bytes if local else None, total_bytes)
 
 
 def _summary(
