@@ -9,6 +9,7 @@ stream, and resumes from its recovery store (``--recovery-dir``, by default
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from connectors import database
-from connectors.config import load_config
+from connectors.config import PipelineConfig, load_config
 from connectors.database_url import redact
 from connectors.file_tail import FileTail, StdinLines
 from connectors.inputs import STDIN_NAME, InputFile, discover_inputs, plan_splits
@@ -78,10 +79,16 @@ class StreamRequest:
     until_end: bool = False
     #: The folder a live source's relative image paths resolve against (default: the current one).
     image_root: Path | None = None
-    #: Serve Prometheus metrics on 127.0.0.1 at this port.
+    #: Serve Prometheus metrics on 127.0.0.1 at this port (process 0 of a cluster: every count).
     metrics_port: int | None = None
     #: Follow the input files and folders as they grow, until SIGTERM.
     follow: bool = False
+    #: Local processes to run the job on (``workers`` each), talking TCP on 127.0.0.1.
+    processes: int = 1
+    #: This process's place in a cluster across machines: its index into ``addresses``, every
+    #: process's HOST:PORT. Process 0 reads the source and writes the summary.
+    process_id: int | None = None
+    addresses: tuple[str, ...] = ()
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -101,14 +108,35 @@ def stream_id(request: StreamRequest, files: list[InputFile]) -> str:
     return "s" + digest.hexdigest()[:15]
 
 
-def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> dict[str, Any]:
-    """Run the stream job until its input ends or SIGTERM; return this execution's summary."""
-    from bytewax.recovery import RecoveryConfig, init_db_dir
+def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> dict[str, Any] | None:
+    """Run the stream job until its input ends or SIGTERM; return this execution's summary.
 
-    from pipelines import bytewax_flow
+    With ``processes`` > 1, as a cluster of local processes (:mod:`pipelines.stream_cluster`). With
+    a ``process_id``, as that process of a cluster across machines: process 0 prepares the output
+    and returns the summary; the others return ``None``.
+    """
+    if request.processes > 1:
+        from pipelines.stream_cluster import run_local_cluster
 
-    config = dataclasses.replace(load_config(request.config_path), **request.overrides)
+        return run_local_cluster(request, status)
+    config = stream_config(request)
     out_dir = request.out_dir.resolve()
+    if request.process_id:  # process 0 prepares the output, holds its lock and writes the summary
+        return run_process(request, prepare_stream(request, config, out_dir, coordinate=False), status)
+    lock = lock_stream_output(request, out_dir)
+    try:
+        return run_process(request, prepare_stream(request, config, out_dir, coordinate=True), status)
+    finally:
+        lock.release()
+
+
+def stream_config(request: StreamRequest) -> PipelineConfig:
+    """The job's settings: the config file, then the command line's overrides."""
+    return dataclasses.replace(load_config(request.config_path), **request.overrides)
+
+
+def lock_stream_output(request: StreamRequest, out_dir: Path) -> Any:
+    """Check the output directory and the source URL, then take the output's lock (or refuse)."""
     _prepare_out_dir(out_dir)
     if request.source:
         try:
@@ -117,25 +145,48 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
             raise RunError(str(exc)) from None
         if not address.group:
             raise RunError(f"stream {redact(request.source)}: a stream job needs &group=NAME")
-    lock = lock_output(out_dir)
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
+    return lock_output(out_dir)
+
+
+@dataclass(frozen=True)
+class PreparedStream:
+    """What every process of one stream job runs with: found once by the process that prepares
+    the job (it holds the output's lock), and handed to a local cluster's processes as it is."""
+
+    config: PipelineConfig
+    out_dir: Path
+    identity: str
+    run_id: str
+    files: tuple[InputFile, ...]
+    audit_url: str
+    #: The audit store's schema after its migrations (``None`` where another process ran them).
+    schema_version: str | None
+    recovery: Path | None
+
+
+def prepare_stream(
+    request: StreamRequest, config: PipelineConfig, out_dir: Path, *, coordinate: bool
+) -> PreparedStream:
+    """Find the inputs and name the stream; when ``coordinate`` (the one process holding the
+    output's lock), also clear a killed run's temporary files, migrate the audit store, check the
+    models, and create or check the recovery store."""
+    if coordinate:
         remove_temporary_files(out_dir)
-        rules = build_enrich_settings(config).rules
-        tail = FileTail(list(request.inputs), rules.max_record_bytes) if request.follow else None
-        live_stdin = not request.source and list(request.inputs) == ["-"]
-        if live_stdin and request.recovery_dir:
-            raise RunError(
-                "stdin cannot be read again after a restart: --recovery-dir is for files and streams"
-            )
-        files = (
-            []
-            if request.source or tail or live_stdin
-            else discover_inputs(list(request.inputs), out_dir / "_staging" / "stdin.jsonl")
-        )
-        identity = stream_id(request, files)
-        audit_url = request.audit_url or database.default_url(out_dir)
+    rules = build_enrich_settings(config).rules
+    if request.follow:
+        FileTail(list(request.inputs), rules.max_record_bytes)  # every pattern must match now
+    live_stdin = not request.source and list(request.inputs) == ["-"]
+    if live_stdin and request.recovery_dir:
+        raise RunError("stdin cannot be read again after a restart: --recovery-dir is for files and streams")
+    files = (
+        []
+        if request.source or request.follow or live_stdin
+        else discover_inputs(list(request.inputs), out_dir / "_staging" / "stdin.jsonl")
+    )
+    identity = stream_id(request, files)
+    audit_url = request.audit_url or database.default_url(out_dir)
+    schema_version = None
+    if coordinate:
         try:
             engine = database.open_engine(audit_url)
             schema_version = database.upgrade(engine).after
@@ -146,31 +197,77 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
             ) from exc
         if config.needs_vectors:
             _check_models(config, out_dir)
-        recovery: Path | None = None
-        if not live_stdin:
-            recovery = (request.recovery_dir or out_dir / "_recovery" / identity).resolve()
-            if not recovery.exists() or not any(recovery.iterdir()):
-                written = next(out_dir.glob(f"*/dt=*/part-{identity}-*.parquet"), None)
-                if written is not None:
-                    raise RunError(
-                        f"{str(out_dir)!r} holds this stream's files ({written.name}) but its recovery"
-                        f" store {str(recovery)!r} is new: resuming without it would rewrite them from what"
-                        " the source can still give; give the original --recovery-dir, or a fresh --out"
-                    )
-                recovery.mkdir(parents=True, exist_ok=True)
-                init_db_dir(recovery, 1)
-            _check_state_settings(recovery, identity, config)
+    recovery: Path | None = None
+    if not live_stdin:
+        recovery = (request.recovery_dir or out_dir / "_recovery" / identity).resolve()
+        if coordinate:
+            _open_recovery_store(recovery, out_dir, identity, config, request.workers * _processes(request))
+        else:  # Bytewax wants the folder, even empty: the cluster as a whole holds the partitions
+            recovery.mkdir(parents=True, exist_ok=True)
+    return PreparedStream(
+        config=config,
+        out_dir=out_dir,
+        identity=identity,
+        run_id=f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{identity}",
+        files=tuple(files),
+        audit_url=audit_url,
+        schema_version=schema_version,
+        recovery=recovery,
+    )
+
+
+def _processes(request: StreamRequest) -> int:
+    return max(request.processes, len(request.addresses))
+
+
+def _open_recovery_store(
+    recovery: Path, out_dir: Path, identity: str, config: PipelineConfig, workers: int
+) -> None:
+    """Create the recovery store (one partition per worker of the first execution) or check that a
+    restart keeps the settings its state was made with. Bytewax lets a restart rescale: another
+    number of processes or workers resumes from the same partitions."""
+    from bytewax.recovery import init_db_dir
+
+    if not recovery.exists() or not any(recovery.iterdir()):
+        written = next(out_dir.glob(f"*/dt=*/part-{identity}-*.parquet"), None)
+        if written is not None:
+            raise RunError(
+                f"{str(out_dir)!r} holds this stream's files ({written.name}) but its recovery"
+                f" store {str(recovery)!r} is new: resuming without it would rewrite them from what"
+                " the source can still give; give the original --recovery-dir, or a fresh --out"
+            )
+        recovery.mkdir(parents=True, exist_ok=True)
+        init_db_dir(recovery, workers)
+    _check_state_settings(recovery, identity, config)
+
+
+def run_process(
+    request: StreamRequest, prepared: PreparedStream, status: TextIO | None = sys.stderr
+) -> dict[str, Any] | None:
+    """Run this process's part of the stream job; the home process (0, or the only one) returns
+    the execution's summary, having written it, and the others ``None``."""
+    from pipelines import bytewax_flow
+
+    home = not request.process_id
+    config, out_dir, identity = prepared.config, prepared.out_dir, prepared.identity
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        rules = build_enrich_settings(config).rules
+        tail = FileTail(list(request.inputs), rules.max_record_bytes) if request.follow else None
+        live_stdin = not request.source and list(request.inputs) == ["-"]
         plan = RunPlan(
-            run_id=f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{identity}",
+            run_id=prepared.run_id,
             out_dir=str(out_dir),
-            audit_url=audit_url,
+            audit_url=prepared.audit_url,
             config=config,
             outputs_id=identity,
             naming=StreamFileNames(identity),
             image_dirs=(
                 tail.base_dirs
                 if tail
-                else tuple(f.base_dir for f in files) or (str((request.image_root or Path.cwd()).resolve()),)
+                else tuple(f.base_dir for f in prepared.files)
+                or (str((request.image_root or Path.cwd()).resolve()),)
             ),
             compare_with_store=True,
             stream=True,
@@ -189,23 +286,25 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
                 bounded=request.until_end,
                 min_idle_ms=config.claim_min_idle_seconds * 1000,
                 count=config.batch_size,
+                home=home,
             )
             acknowledger = lambda: EntryAcknowledger(address)  # noqa: E731
-            probe = StreamReader(address, f"aiep-{identity}")
-            closers.append(probe.close)
-            lag = lambda: _quiet(probe.lag)  # noqa: E731
+            if home:
+                probe = StreamReader(address, f"aiep-{identity}")
+                closers.append(probe.close)
+                lag = lambda: _quiet(probe.lag)  # noqa: E731
         elif tail is not None:
-            source = bytewax_flow.FollowSource(tail, stop)
+            source = bytewax_flow.FollowSource(tail, stop, home=home)
         elif live_stdin:
             lines = StdinLines(sys.stdin.buffer, rules.max_record_bytes, STDIN_NAME, config.batch_size)
             source = bytewax_flow.StdinSource(lines, stop)
         else:
-            splits = plan_splits(files, config.split_mb << 20)
-            source = bytewax_flow.FilesSource(splits, config.batch_size, rules, stop)
+            splits = plan_splits(list(prepared.files), config.split_mb << 20)
+            source = bytewax_flow.FilesSource(splits, config.batch_size, rules, stop, home=home)
         tally = bytewax_flow.Tally()
         workers = bytewax_flow.Workers(plan)
         metrics = server = None
-        if request.metrics_port is not None:
+        if request.metrics_port is not None and home:  # every count reaches the home process
             from pipelines.stream_metrics import StreamMetrics
 
             metrics = StreamMetrics(lag)
@@ -213,23 +312,18 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
                 server = metrics.serve(request.metrics_port)
             except OSError as exc:
                 raise RunError(f"metrics port 127.0.0.1:{request.metrics_port}: {exc.strerror}") from None
-        results = bytewax_flow.ResultsSink(tally, acknowledger, metrics)
+        results = bytewax_flow.ResultsSink(tally, acknowledger, metrics, home=home)
         flow = bytewax_flow.build(plan, source, workers, results)
         started = datetime.now(UTC)
-        reporter = _StatusLine(tally, lag, config.status_seconds, status)
+        reporter = _StatusLine(tally, lag, config.status_seconds, status if home else None)
         reporter.start()
         try:
-            from bytewax._bytewax import cli_main
-
-            cli_main(
-                flow,
-                workers_per_process=request.workers,
-                epoch_interval=timedelta(seconds=config.snapshot_seconds),
-                recovery_config=RecoveryConfig(recovery) if recovery else None,
-            )
+            _execute(flow, request, config, prepared.recovery)
+        except ProcessLost:
+            raise
         except Exception as exc:
             root = database.root_cause(exc)
-            raise RunError(f"stream failed: {database.describe_error(root, audit_url)}") from exc
+            raise RunError(f"stream failed: {database.describe_error(root, prepared.audit_url)}") from exc
         finally:
             reporter.stop()
             workers.close()
@@ -238,10 +332,10 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
                 server.server_close()
             for close in closers:
                 close()
+        if not home:
+            return None
         finished = datetime.now(UTC)
-        summary = _summary(
-            plan, request, tally.snapshot(), started, finished, schema_version, recovery, stop.is_set()
-        )
+        summary = _summary(plan, request, prepared, tally.snapshot(), started, finished, stop.is_set())
         runs = out_dir / "_runs"
         runs.mkdir(exist_ok=True)
         (runs / f"{plan.run_id}.stream.json").write_text(
@@ -256,7 +350,56 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
         return summary
     finally:
         signal.signal(signal.SIGTERM, previous)
-        lock.release()
+
+
+class ProcessLost(RunError):
+    """A process of the cluster stopped, so this one could not go on (Bytewax fails as a whole)."""
+
+
+def _execute(flow: Any, request: StreamRequest, config: PipelineConfig, recovery: Path | None) -> None:
+    """Run the dataflow on this process's workers, joined to the cluster when there is one."""
+    from bytewax._bytewax import cli_main
+    from bytewax.recovery import RecoveryConfig
+
+    cluster = {}
+    if request.process_id is not None:
+        cluster = {"process_id": request.process_id, "addresses": list(request.addresses)}
+    try:
+        with _network_chatter_on_stderr() if cluster else contextlib.nullcontext():
+            cli_main(
+                flow,
+                workers_per_process=request.workers,
+                epoch_interval=timedelta(seconds=config.snapshot_seconds),
+                recovery_config=RecoveryConfig(recovery) if recovery else None,
+                **cluster,
+            )
+    except BaseException as exc:
+        # Bytewax's Rust core panics (pyo3's PanicException, not an Exception) when a peer process
+        # goes away: the cluster cannot go on without it.
+        if type(exc).__name__ != "PanicException":
+            raise
+        detail = " ".join(str(exc).split())[:200]
+        if request.process_id is None:
+            raise RunError(f"stream failed: Bytewax panicked: {detail}") from None
+        raise ProcessLost(
+            f"stream failed: process {request.process_id} lost touch with the cluster ({detail})"
+        ) from None
+
+
+@contextlib.contextmanager
+def _network_chatter_on_stderr() -> Iterator[None]:
+    """Send what is written on file descriptor 1 to 2 meanwhile: Bytewax's network layer prints
+    its connection retries there ("error connecting to worker 0 ... retrying", while a peer
+    starts), and stdout is for the summary alone."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 #: Settings the stream's state is shaped by: a restart must keep them (its state and files were
@@ -303,11 +446,10 @@ def _quiet(call: Callable[[], int | None]) -> int | None:
 def _summary(
     plan: RunPlan,
     request: StreamRequest,
+    prepared: PreparedStream,
     counts: dict[str, int],
     started: datetime,
     finished: datetime,
-    schema_version: str,
-    recovery: Path | None,
     drained: bool,
 ) -> dict[str, Any]:
     """This execution's summary: what it did between its start and its end (a restored job's
@@ -318,6 +460,7 @@ def _summary(
         "engine": "bytewax",
         "stream_id": plan.outputs_id,
         "source": redact(request.source) if request.source else list(request.inputs),
+        "processes": _processes(request),
         "workers": request.workers,
         "started_at": started.isoformat(),
         "finished_at": finished.isoformat(),
@@ -328,8 +471,8 @@ def _summary(
         "dead_letters_by_reason": dead,
         "out_dir": plan.out_dir,
         "audit_db": redact(plan.audit_url),
-        "audit_schema_version": schema_version,
-        "recovery_dir": str(recovery) if recovery else None,
+        "audit_schema_version": prepared.schema_version,
+        "recovery_dir": str(prepared.recovery) if prepared.recovery else None,
         "config": plan.config.summary_block(),
     }
 
