@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
         "job on SIGTERM once it drained; 1 when the run cannot do its job (an input unreadable or "
         "unusable as a whole, unwritable output, an unusable audit store or one that did not keep "
         "rows it was given, a bad config or pricing table, another run holding the output's lock, "
-        "an unreachable stream, a recovery store made with other settings), or with --validate when "
+        "an unreachable stream, a recovery store made with other settings, a stream cluster that lost a "
+        "process), or with --validate when "
         "an expectation fails (after the run's summary); 2 on bad flags.",
     )
     inputs = run.add_mutually_exclusive_group(required=True)
@@ -159,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="Bytewax recovery store, created when missing (default: <DIR>/_recovery/<stream id>); "
-        "a restart with the same command resumes from it",
+        "a restart with the same command resumes from it, with other --processes and --workers too",
     )
     stream.add_argument(
         "--workers",
@@ -172,18 +173,20 @@ def _parser() -> argparse.ArgumentParser:
         "--processes",
         type=int,
         metavar="P",
-        help="run the job as a cluster of P local processes of N workers each, talking TCP on "
-        "127.0.0.1; process 0 reads the input and writes the summary; SIGTERM goes to all of them; "
-        "if one dies the cluster stops, exit 1 (default: 1, this process only)",
+        help="run the job as a cluster of P local processes of N workers each, talking TCP on free "
+        "127.0.0.1 ports; process 0 reads the input and writes the summary; SIGTERM to this process "
+        "drains them all; if one dies, the others are stopped and the run exits 1 (the same command "
+        "resumes) (default: 1, this process only)",
     )
     stream.add_argument(
         "--process-id",
         type=int,
         metavar="I",
         help="with --addresses: join a cluster across machines as process I (0-based); every "
-        "machine runs the same command with its own I; process 0 prepares the output, reads the "
-        "input, serves --metrics-port and writes the summary; --out (and the inputs) must be on a "
-        "filesystem every machine shares, and the audit store a server (mysql+pymysql://)",
+        "machine runs the same command with its own I, and each waits until all have joined; "
+        "process 0 prepares the output, reads the input, serves --metrics-port, writes the summary "
+        "and drains the cluster on SIGTERM; --out and the inputs must be on a filesystem every "
+        "machine shares, and --audit-db a MySQL server, not an SQLite file",
     )
     stream.add_argument(
         "--addresses",
@@ -812,7 +815,9 @@ def _engine_args(raw: list[str]) -> list[str]:
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
-    from pipelines.stream_run import StreamRequest, run_stream
+    from pipelines.stream_cluster import run_local_cluster
+    from pipelines.stream_job import StreamRequest
+    from pipelines.stream_run import run_stream
 
     if args.source and args.input:
         print("error: give --input or --source, not both", file=sys.stderr)
@@ -838,7 +843,8 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     if _engine_args(args.engine_args):
         print("error: engine options after `--` are for beam; bytewax takes none", file=sys.stderr)
         return EXIT_BAD_FLAGS
-    summary = run_stream(
+    run = run_local_cluster if (args.processes or 1) > 1 else run_stream
+    summary = run(
         StreamRequest(
             out_dir=args.out,
             source=args.source,
@@ -879,8 +885,6 @@ def _cluster_flags(args: argparse.Namespace) -> tuple[str, ...] | str:
             return f"--processes must be 1 to 64, got {args.processes}"
         if args.processes > 1 and local_stdin:
             return "stdin ('-') is read by one process: not with --processes"
-        if args.metrics_port is not None and args.metrics_port + args.processes > 65536:
-            return f"--metrics-port {args.metrics_port} leaves no room below 65536"
         return ()
     if (args.process_id is None) != (args.addresses is None):
         return "--process-id and --addresses go together: this process's index, and every process's HOST:PORT"

@@ -7,7 +7,7 @@ connects to the others, and none starts before all are there. Two ways to form a
   lock, the audit store's migrations, the recovery store), starts P processes on 127.0.0.1 ports
   it picks, forwards SIGTERM to them, and returns the summary process 0 wrote.
 - ``--process-id I --addresses 'HOST:PORT;...'``: every machine runs the same command with its own
-  ``I`` (``pipelines.stream_run.run_stream``). Process 0 prepares the job and writes the summary.
+  ``I`` (:func:`pipelines.stream_run.run_stream`). Process 0 prepares the job and writes the summary.
 
 Process 0 reads the source in order and every count reaches it (``pipelines.bytewax_flow``): its
 summary is the whole cluster's. A cluster cannot go on without one of its processes: when one
@@ -28,18 +28,18 @@ import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from typing import Any, TextIO
 
 from pipelines.batch_run import RunError
-from pipelines.stream_run import (
+from pipelines.stream_job import (
     PreparedStream,
-    ProcessLost,
     StreamRequest,
-    lock_stream_output,
+    open_stream_output,
     prepare_stream,
-    run_process,
     stream_config,
 )
+from pipelines.stream_run import ProcessLost, run_process
 
 #: How long the parent lets the other processes fail by themselves, once one has, before it kills
 #: them: time for them to say why, when the first to end was only the first to notice.
@@ -88,7 +88,7 @@ class _Member:
     """One started process of a local cluster, and what it said before it ended."""
 
     index: int
-    process: Any  # multiprocessing's SpawnProcess
+    process: BaseProcess
     said: Connection
     summary: dict[str, Any] | None = None
     error: str | None = None
@@ -111,7 +111,7 @@ def run_local_cluster(request: StreamRequest, status: TextIO | None = sys.stderr
     """Run the stream job on ``request.processes`` local processes; return process 0's summary."""
     config = stream_config(request)
     out_dir = request.out_dir.resolve()
-    lock = lock_stream_output(request, out_dir)
+    lock = open_stream_output(request, out_dir, lock=True)
     members: list[_Member] = []
     try:
         prepared = prepare_stream(request, config, out_dir, coordinate=True)
@@ -142,7 +142,8 @@ def run_local_cluster(request: StreamRequest, status: TextIO | None = sys.stderr
                 member.process.kill()
             member.process.join()
             member.said.close()
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _supervise(members: list[_Member], prepared: PreparedStream) -> dict[str, Any]:
@@ -151,7 +152,7 @@ def _supervise(members: list[_Member], prepared: PreparedStream) -> dict[str, An
     def forward(*_: Any) -> None:
         for member in members:
             if member.process.is_alive():
-                os.kill(member.process.pid, signal.SIGTERM)
+                member.process.terminate()  # SIGTERM: process 0 drains the cluster
 
     previous = signal.signal(signal.SIGTERM, forward)
     try:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, MySQLDatabase, drop_database, make_database, run_cli
+from tests.conftest import ROOT, MySQLDatabase, drop_database, make_database, run_cli, run_cli_in_process
 from tests.test_stream import (
     audit_rows,
     free_port,
@@ -146,17 +146,29 @@ def test_two_processes_of_two_workers_read_a_stream_as_one_worker_does(
         drop_database(db)
 
 
-def test_two_processes_of_two_workers_read_a_file_as_one_worker_does(
+def test_two_processes_joined_by_their_addresses_read_a_file_as_one_worker_does(
     workload: dict[str, Path], tmp_path: Path
 ) -> None:
-    results = []
-    for name, extra in (("one", ()), ("cluster", CLUSTER)):
-        out = tmp_path / name
-        args = ["run", "--engine", "bytewax", "--input", workload["events"], "--out", out, *extra]
-        done = run_cli(*args, "--config", workload["config"])
-        assert done.returncode == 0, done.stderr
-        results.append((out, json.loads(done.stdout)))
-    (one, expected), (cluster, summary) = results
+    # Two commands, as on two machines: each its own --process-id, both every process's address.
+    one, cluster = tmp_path / "one", tmp_path / "cluster"
+    args = ["run", "--engine", "bytewax", "--input", workload["events"], "--config", workload["config"]]
+    done = run_cli(*args, "--out", one)
+    assert done.returncode == 0, done.stderr
+    expected = json.loads(done.stdout)
+
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(2))
+    joined = [*args, "--out", cluster, "--workers", "2", "--addresses", addresses]
+    argv = [sys.executable, str(ROOT / "runner.py"), *map(str, joined), "--no-embeddings", "--no-moderation"]
+    second = subprocess.Popen(
+        [*argv, "--process-id", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    first = subprocess.Popen(
+        [*argv, "--process-id", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    (out0, err0), (out1, err1) = first.communicate(timeout=300), second.communicate(timeout=300)
+    assert (first.returncode, second.returncode) == (0, 0), (err0.decode(), err1.decode())
+    assert out1 == b"" and "process 0 wrote the summary" in err1.decode()
+    summary = json.loads(out0)  # process 0's: the whole cluster's counts
     assert (summary["processes"], summary["workers"]) == (2, 2)
     same_counts(summary, expected)
     assert summary["events_read"] == EVENTS and summary["events_in_windows_change"] == 0
@@ -248,3 +260,34 @@ def wait_for(
             return metrics
         last = metrics
     raise AssertionError(f"waited in vain; metrics: {last}")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--processes", "2", "--process-id", "0", "--addresses", "h:1;h:2"], "not both"),
+        (["--process-id", "0"], "--process-id and --addresses go together"),
+        (["--addresses", "h:1;h:2"], "--process-id and --addresses go together"),
+        (["--process-id", "2", "--addresses", "h:1;h:2"], "--process-id must be 0 to 1 for 2 addresses"),
+        (["--process-id", "0", "--addresses", "h:1;h"], "'h' is not HOST:PORT"),
+        (["--process-id", "0", "--addresses", "h:1;h:70000"], "'h:70000' is not HOST:PORT"),
+        (["--process-id", "1", "--addresses", "h:1;h:1"], "'h:1' is given twice"),
+        (["--processes", "0"], "--processes must be 1 to 64"),
+    ],
+)
+def test_bad_cluster_flags_are_refused_in_one_line(argv: list[str], message: str, tmp_path: Path) -> None:
+    done = run_cli_in_process(
+        "run", "--engine", "bytewax", "--input", "x.jsonl", "--out", tmp_path / "out", *argv
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_stdin_and_beam_refuse_a_cluster(tmp_path: Path) -> None:
+    stdin = run_cli_in_process(
+        "run", "--engine", "bytewax", "--input", "-", "--out", tmp_path, "--processes", "2"
+    )
+    assert stdin.returncode == 2 and "stdin ('-') is read by one process" in stdin.stderr
+    beam = run_cli_in_process("run", "--input", "x.jsonl", "--out", tmp_path, "--processes", "2")
+    assert beam.returncode == 2 and "--processes is for --engine bytewax" in beam.stderr
