@@ -39,7 +39,8 @@ pytestmark = pytest.mark.slow
 EVENTS = 300
 #: Small batches and 1 s epochs: the input spans many batches and snapshots. The default lateness
 #: (5 minutes) on an input out of order by hours: windows close and events arrive late as it runs.
-CONFIG = "[stream]\nsnapshot_seconds = 1\n[pipeline]\nbatch_size = 20\n"
+#: Four user shards (each writes its files per call): Bytewax routes one of them to process 1.
+CONFIG = "[stream]\nsnapshot_seconds = 1\nstatus_seconds = 1\n[pipeline]\nbatch_size = 20\nshards = 4\n"
 CLUSTER = ("--processes", "2", "--workers", "2")
 #: Counts two runs of one input agree on, whatever ran them.
 COUNTS = (
@@ -191,17 +192,14 @@ def test_a_killed_process_stops_the_cluster_and_a_restart_loses_and_doubles_noth
     second.write_bytes(b"".join(lines[EVENTS // 2 :]))
     db: MySQLDatabase = make_database(*mysql_server)
     try:
-        out, port, log = tmp_path / "killed", free_port(), tmp_path / "stderr.log"
-        args = stream_args(
+        out = tmp_path / "killed"
+        common = stream_args(
             stream_name, "killed", out, "--audit-db", db.root_url, "--config", workload["config"],
-            *CLUSTER, "--no-embeddings", "--no-moderation", image_root=workload["folder"],
+            "--no-embeddings", "--no-moderation", image_root=workload["folder"],
         )  # fmt: skip
+        args = [*common, *CLUSTER]
         publish(first, stream_name)
-        with log.open("wb") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "runner.py"), *args, "--metrics-port", str(port)],
-                cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr,
-            )  # fmt: skip
+        proc, port, log = start(args, tmp_path / "killed.log")
         try:
             # The first half read, and the counts still for two seconds: a snapshot holds it.
             half = lambda m, last: m.get("aiep_events_in_total") == EVENTS // 2 and m == last  # noqa: E731
@@ -209,9 +207,8 @@ def test_a_killed_process_stops_the_cluster_and_a_restart_loses_and_doubles_noth
             wait_for(port, proc, lambda m, last: m == metrics, log)
             publish(second, stream_name)
             # Mid-run: the second half is being read when process 1 (two of the workers) dies.
-            wait_for(
-                port, proc, lambda m, last: m.get("aiep_events_in_total", 0) > EVENTS // 2, log, poll=0.02
-            )
+            reading = lambda m, last: m.get("aiep_events_in_total", 0) > EVENTS // 2  # noqa: E731
+            wait_for(port, proc, reading, log, poll=0.02)
             pids = cluster_pids(log.read_text())
             os.kill(pids[1], signal.SIGKILL)
             proc.communicate(timeout=60)
@@ -228,11 +225,26 @@ def test_a_killed_process_stops_the_cluster_and_a_restart_loses_and_doubles_noth
                 os.kill(pid, 0)
         assert not list((out / "_runs").glob("*.stream.json"))  # no summary from a failed cluster
 
-        restarted = run_cli(*args, "--until-end")
-        assert restarted.returncode == 0, restarted.stderr
-        summary = json.loads(restarted.stdout)
-        # Resumed from the last snapshot, which holds the first half: at most the second is read.
-        assert summary["events_read"] <= EVENTS - EVENTS // 2
+        # The same command resumes; once it is idle, SIGTERM to the runner drains every process.
+        proc, port, log = start(args, tmp_path / "resumed.log")
+        try:
+            idle = lambda m, last: m.get("aiep_source_lag_entries") == 0 and m == last  # noqa: E731
+            wait_for(port, proc, idle, log)
+            proc.send_signal(signal.SIGTERM)
+            stdout, _ = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 0, log.read_text()
+        drained = json.loads(stdout)
+        assert drained["ended_by"] == "sigterm" and drained["processes"] == 2
+        assert re.search(r"^stream +\d+s: read ", log.read_text(), re.MULTILINE)  # process 0's status
+        # Rescaled: one process of three workers takes the state over, to the end of the stream.
+        finished = run_cli(*common, "--workers", "3", "--until-end")
+        assert finished.returncode == 0, finished.stderr
+        assert (json.loads(finished.stdout)["processes"], json.loads(finished.stdout)["workers"]) == (1, 3)
+        # Resumed from snapshots that hold the first half: at most the second is read again.
+        assert drained["events_read"] + json.loads(finished.stdout)["events_read"] <= EVENTS - EVENTS // 2
 
         ids = db.query("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM ai_audit_trail")[0]
         assert ids[0] == ids[1] == reference["summary"]["events_processed"]
@@ -245,6 +257,17 @@ def test_a_killed_process_stops_the_cluster_and_a_restart_loses_and_doubles_noth
         assert not list(out.glob("*/dt=*/.part-*.tmp")), "a temporary file was left behind"
     finally:
         drop_database(db)
+
+
+def start(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """``runner.py`` with ``args`` and a metrics port, its stderr into ``log``."""
+    port = free_port()
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "runner.py"), *args, "--metrics-port", str(port)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr,
+        )  # fmt: skip
+    return proc, port, log
 
 
 def wait_for(
