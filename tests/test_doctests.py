@@ -30,6 +30,7 @@ MODULES = [
     "transforms.moderation_rules",
     "pipelines.batch_run",
     "pipelines.summary",
+    "pipelines.stream_cluster",
     "connectors.config",
     "loadgen.generate",
     "loadgen.bad_records",
