@@ -31,6 +31,7 @@ MODULES = [
     "pipelines.batch_run",
     "pipelines.summary",
     "pipelines.beam_options",
+    "pipelines.stream_cluster",
     "connectors.config",
     "loadgen.generate",
     "loadgen.bad_records",
