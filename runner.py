@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     run.add_argument(
         "--staging-dir",
-        type=Path,
+        type=_staging_dir,
         metavar="DIR",
         help="beam: where spill files go, a folder every worker reaches (default: <DIR>/_staging, or a "
         "local temporary folder when --out is an object store)",
@@ -299,6 +299,17 @@ def _run_output(text: str) -> Path | str:
     from connectors.storage import is_object_store
 
     return text if is_object_store(text) else Path(text)
+
+
+def _staging_dir(text: str) -> Path:
+    """``run --staging-dir`` (argparse's type): a folder on a disk, local or shared."""
+    from connectors.storage import is_object_store
+
+    if is_object_store(text):
+        raise argparse.ArgumentTypeError(
+            "spill files are memory-mapped: give a folder on a disk, local or shared"
+        )
+    return Path(text)
 
 
 def _local_dir(text: str) -> Path:
@@ -821,10 +832,13 @@ def _engine_args(raw: list[str]) -> list[str]:
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
+    from connectors.storage import is_object_store
     from pipelines.stream_run import StreamRequest, run_stream
 
-    if not isinstance(args.out, Path) or args.staging_dir:
-        print("error: --staging-dir and an object-store --out are for --engine beam", file=sys.stderr)
+    if args.staging_dir or any(is_object_store(where) for where in [args.out, *(args.input or ())]):
+        print(
+            "error: --staging-dir and object-store inputs and outputs are for --engine beam", file=sys.stderr
+        )
         return EXIT_BAD_FLAGS
     if args.source and args.input:
         print("error: give --input or --source, not both", file=sys.stderr)

@@ -107,7 +107,7 @@ class StoreImageLoader:
         try:
             data = storage.read_at_most(f"{self.base_url.rstrip('/')}/{resolved}", self.max_bytes + 1)
         except FileNotFoundError:
-            raise ContractViolation(Reason.IMAGE_NOT_FOUND, f"no object {shown}") from None
+            raise ContractViolation(Reason.IMAGE_NOT_FOUND, f"no file {shown}") from None
         except (OSError, storage.StorageError) as exc:
             raise ContractViolation(Reason.IMAGE_UNREADABLE, f"{shown}: {storage.describe(exc)}") from None
         return _whole(data, shown, self.max_bytes)

@@ -114,8 +114,11 @@ them; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (GCS: GOOGLE_APPLICATION_C
 def _filesystem(scheme: str, bucket: str) -> pafs.FileSystem:
     """The filesystem of one bucket, made once per process (an S3 one resolves the bucket's region
     unless ``AWS_ENDPOINT_URL`` names a server)."""
+    # S3: a file smaller than an upload part goes in one PUT when it is closed, not in the three
+    # requests of a multipart upload; a refusal then shows at close, where a write fails anyway.
+    options = "?allow_delayed_open=true" if scheme == "s3" else ""
     try:
-        filesystem, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
+        filesystem, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}{options}")
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot reach {scheme}://{bucket}: {describe(exc)}") from None
     return filesystem

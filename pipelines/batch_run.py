@@ -65,7 +65,7 @@ class RunRequest:
 def object_store_needs_audit_db(out_url: str) -> str:
     """Why a run into an object store without ``--audit-db`` is refused, in one line."""
     return (
-        f"--out {out_url} is an object store, where the embedded SQLite audit store cannot live: "
+        f"--out {redact(out_url)} is an object store, where the embedded SQLite audit store cannot live: "
         "give the audit store with --audit-db URL"
     )
 
