@@ -12,6 +12,7 @@ Datasets, their schemas and their partition columns come from ``schemas/datasets
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,12 +209,17 @@ def remove_stale_parts(out_dir: Path | str, naming: FileNaming, older_than: floa
     out = Location.of(out_dir)
     removed = []
     for dataset in schemas.dataset_names():
+        emptied = set()
         for info in out.files(f"{dataset}/dt=*/part-*.parquet"):
             if naming.owns(info.base_name) and info.mtime_ns / 1e9 < older_than:
                 out.delete(info.path)
                 removed.append(info.path)
-        for folder in out.folders(f"{dataset}/dt=*"):
-            out.remove_if_empty(folder.path)
+                emptied.add(posixpath.dirname(info.path))
+        # A local disk sweeps every empty dt folder; an object store, where each look is a request,
+        # only those this removal may have emptied.
+        folders = emptied if out.is_object_store else {f.path for f in out.folders(f"{dataset}/dt=*")}
+        for folder in sorted(folders):
+            out.remove_if_empty(folder)
     return removed
 
 

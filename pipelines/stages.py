@@ -119,7 +119,7 @@ class RunPlan:
     """
 
     run_id: str
-    out_dir: str
+    out_dir: str  # a local folder, or an object-store URL (connectors.storage.Location)
     audit_url: str = field(repr=False)  # may hold a password: never in a log or an error
     config: PipelineConfig
     #: Names this run's output files (through ``naming``) and marks its audit rows: the inputs'
