@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import io
+import logging
 import os
 import posixpath
 import re
@@ -32,6 +33,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from connectors.database_url import redact
+
+log = logging.getLogger("aiep.storage")
 
 #: URL schemes read as object stores: S3 (and S3-compatible servers through ``AWS_ENDPOINT_URL``)
 #: and Google Cloud Storage.
@@ -190,8 +193,11 @@ class Location:
                 write(stream)
             filesystem.move(temporary, final)
         except BaseException:
-            if filesystem.get_file_info(temporary).type != pafs.FileType.NotFound:
-                filesystem.delete_file(temporary)
+            try:
+                if filesystem.get_file_info(temporary).type != pafs.FileType.NotFound:
+                    filesystem.delete_file(temporary)
+            except OSError as cleanup:  # the write's own error is the one to report
+                log.warning("cannot delete %s (the next run will): %s", temporary, describe(cleanup))
             raise
         return final
 
@@ -227,8 +233,8 @@ class Location:
         self.filesystem.delete_file(path)
 
     def remove_if_empty(self, folder: str) -> None:
-        """Delete the folder at the filesystem ``path`` when nothing is left in it (in an object store:
-        the zero-byte marker ``pyarrow.fs`` leaves for a prefix whose last object went)."""
+        """Delete the folder at the filesystem path ``folder`` when nothing is left in it (in an object
+        store: the zero-byte marker ``pyarrow.fs`` leaves for a prefix whose last object went)."""
         filesystem = self.filesystem
         if not filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True, recursive=True)):
             filesystem.delete_dir(folder)
@@ -313,17 +319,6 @@ def expand(pattern: str) -> list[str]:
 def _object(url: str) -> tuple[pafs.FileSystem, str]:
     scheme, bucket, key = split_url(url)
     return _filesystem(scheme, bucket), f"{bucket}/{key}"
-
-
-def size_of(path: str) -> int:
-    """The size in bytes of a local file or an object."""
-    if not is_object_store(path):
-        return os.path.getsize(path)
-    filesystem, key = _object(path)
-    size = filesystem.get_file_info(key).size
-    if size is None:
-        raise FileNotFoundError(f"no object {path}")
-    return int(size)
 
 
 @contextmanager

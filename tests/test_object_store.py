@@ -309,11 +309,23 @@ def test_a_run_from_and_into_an_object_store_equals_the_local_run_and_a_rerun_re
         assert s3.secret not in text
 
 
-def test_without_audit_db_an_object_store_output_is_refused_in_one_line(s3: S3Server) -> None:
-    result = run_cli("run", "--input", "s3://aiep/in/x.jsonl", "--out", "s3://aiep/refused", env=s3.env())
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "give the audit store with --audit-db URL"),
+        (["--audit-db", "sqlite:///a.sqlite", "--validate"], "--validate reads a local DIR"),
+        (["--audit-db", "sqlite:///a.sqlite", "--engine", "bytewax"], "are for --engine beam"),
+    ],
+)
+def test_what_an_object_store_output_cannot_do_is_refused_in_one_line(
+    s3: S3Server, extra: list[str], message: str
+) -> None:
+    result = run_cli(
+        "run", "--input", "s3://aiep/in/x.jsonl", "--out", "s3://aiep/refused", *extra, env=s3.env()
+    )
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
-    assert "--audit-db" in line and "s3://aiep/refused" in line
+    assert message in line
     assert not s3.keys("refused/")
 
 
