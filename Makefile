@@ -12,7 +12,7 @@ STAMP       = $(VENV)/.installed
 
 export HF_HUB_OFFLINE = 1
 
-.PHONY: install run test lint format fuzz crash-loop bench-embeddings bench-moderation bench-stream bench-stream-latency bench-report train-moderation clean
+.PHONY: install run cluster-demo test lint format fuzz crash-loop bench-embeddings bench-portable bench-moderation bench-stream bench-stream-latency bench-report train-moderation clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ $(SAMPLE): | $(STAMP)
 run: $(STAMP) $(SAMPLE)
 	$(PY) runner.py run --input $(SAMPLE) --out $(OUT)
 	@echo "Outputs are in $(OUT)/ (Parquet datasets, audit.sqlite, _runs/). Query them: see README.md."
+
+# The sample through a Beam job service and a worker pool in processes of their own (the pool in its
+# own network namespace where the machine allows it), as on a cluster; both stop when the run ends.
+CLUSTER_OUT ?= out-cluster
+cluster-demo: $(STAMP) $(SAMPLE)
+	$(PY) -m connectors.beam_services -- --input $(SAMPLE) --out $(CLUSTER_OUT)
+	@echo "Outputs are in $(CLUSTER_OUT)/ (Parquet datasets, audit.sqlite, _runs/); the services' logs are where the first line says."
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -84,9 +91,15 @@ REPORT_EVENTS ?= 10000000
 bench-report: $(STAMP)
 	$(PY) benchmarks/report_speed.py --events $(REPORT_EVENTS)
 
+# The spine (models off) through a Beam job service with 2 SDK workers beside the DirectRunner in one
+# process, on one PORTABLE_EVENTS-event file, in one run (benchmarks/portable_throughput.py).
+PORTABLE_EVENTS ?= 1000000
+bench-portable: $(STAMP)
+	$(PY) benchmarks/portable_throughput.py --events $(PORTABLE_EVENTS)
+
 # Retrain the text moderation model (models/moderation/; byte-identical on a rerun, ~3 min).
 train-moderation: $(STAMP)
 	$(PY) models/train_moderation.py
 
 clean:
-	rm -rf $(VENV) $(OUT) sample .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(OUT) $(CLUSTER_OUT) sample .pytest_cache .mypy_cache .ruff_cache .hypothesis

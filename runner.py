@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
         "[--config FILE] [--no-embeddings] [--no-moderation] [--device {auto,cpu,cuda}] [--cache PATH|URL] "
         "[--no-progress] [--staging-dir DIR] [-- BEAM_OPTIONS ...]\n"
         "       %(prog)s --engine bytewax (--source URL | --input PATH [PATH ...] [--follow]) --out DIR "
-        "[--recovery-dir DIR] [--workers N] [--metrics-port P] [--until-end] [--image-root DIR] "
+        "[--recovery-dir DIR] [--workers N] [--processes P | --process-id I --addresses 'HOST:PORT;...'] "
+        "[--metrics-port P] [--until-end] [--image-root DIR] "
         "[--audit-db URL] [--config FILE] [--no-embeddings] [--no-moderation] [--device ...] [--cache ...]",
         description=(
             "Run the pipeline over input files (Beam, the default) or as the stream job (Bytewax: a "
@@ -76,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
         "job on SIGTERM once it drained; 1 when the run cannot do its job (an input unreadable or "
         "unusable as a whole, unwritable output, an unusable audit store or one that did not keep "
         "rows it was given, a bad config or pricing table, another run holding the output's lock, "
-        "an unreachable stream, a recovery store made with other settings), or with --validate when "
-        "an expectation fails (after the run's summary); 2 on bad flags.",
+        "an unreachable stream, a recovery store made with other settings, a stream cluster that lost a "
+        "process), or with --validate when an expectation fails (after the run's summary); 2 on bad "
+        "flags, and for --runner=DaskRunner (Beam 2.77's sends tagged outputs to the wrong consumer).",
     )
     inputs = run.add_mutually_exclusive_group(required=True)
     inputs.add_argument(
@@ -168,10 +170,39 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="Bytewax recovery store, created when missing (default: <DIR>/_recovery/<stream id>); "
-        "a restart with the same command resumes from it",
+        "a restart with the same command resumes from it, with other --processes and --workers too",
     )
     stream.add_argument(
-        "--workers", type=int, default=1, metavar="N", help="worker threads in this process (default: 1)"
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker threads in each process (default: 1)",
+    )
+    stream.add_argument(
+        "--processes",
+        type=int,
+        metavar="P",
+        help="run the job as a cluster of P local processes of N workers each, talking TCP on free "
+        "127.0.0.1 ports; process 0 reads the input and writes the summary; SIGTERM to this process "
+        "drains them all; if one dies, the others are stopped and the run exits 1 (the same command "
+        "resumes) (default: 1, this process only)",
+    )
+    stream.add_argument(
+        "--process-id",
+        type=int,
+        metavar="I",
+        help="with --addresses: join a cluster across machines as process I (0-based); every "
+        "machine runs the same command with its own I, and each waits until all have joined; "
+        "process 0 prepares the output, reads the input, serves --metrics-port, writes the summary "
+        "and drains the cluster on SIGTERM; --out and the inputs must be on a filesystem every "
+        "machine shares, and --audit-db a MySQL server, not an SQLite file",
+    )
+    stream.add_argument(
+        "--addresses",
+        metavar="'HOST:PORT;...'",
+        help="with --process-id: every process's HOST:PORT, in process order, separated by ';'; "
+        "process I listens on the I-th",
     )
     stream.add_argument(
         "--image-root",
@@ -184,7 +215,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         metavar="P",
         help="serve Prometheus metrics on 127.0.0.1:P (/metrics): events in, out and dead-lettered by "
-        "reason, source lag, per-stage latency, model batch sizes, cache hit rate, decisions",
+        "reason, source lag, per-stage latency, model batch sizes, cache hit rate, decisions; in a "
+        "cluster, process 0 serves them for every process",
     )
     stream.add_argument(
         "--follow",
@@ -833,7 +865,9 @@ def _engine_args(raw: list[str]) -> list[str]:
 
 def _cmd_stream(args: argparse.Namespace) -> int:
     from connectors.storage import is_object_store
-    from pipelines.stream_run import StreamRequest, run_stream
+    from pipelines.stream_cluster import run_local_cluster
+    from pipelines.stream_job import StreamRequest
+    from pipelines.stream_run import run_stream
 
     if args.staging_dir or any(is_object_store(where) for where in [args.out, *(args.input or ())]):
         print(
@@ -857,10 +891,15 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     if not 1 <= args.workers <= 256:
         print(f"error: --workers must be 1 to 256, got {args.workers}", file=sys.stderr)
         return EXIT_BAD_FLAGS
+    cluster = _cluster_flags(args)
+    if isinstance(cluster, str):
+        print(f"error: {cluster}", file=sys.stderr)
+        return EXIT_BAD_FLAGS
     if _engine_args(args.engine_args):
         print("error: engine options after `--` are for beam; bytewax takes none", file=sys.stderr)
         return EXIT_BAD_FLAGS
-    summary = run_stream(
+    run = run_local_cluster if (args.processes or 1) > 1 else run_stream
+    summary = run(
         StreamRequest(
             out_dir=args.out,
             source=args.source,
@@ -873,20 +912,67 @@ def _cmd_stream(args: argparse.Namespace) -> int:
             image_root=args.image_root,
             metrics_port=args.metrics_port,
             follow=args.follow,
+            processes=args.processes or 1,
+            process_id=args.process_id,
+            addresses=cluster,
             overrides=_config_overrides(args),
         )
     )
+    if summary is None:  # another process of the cluster holds the summary
+        print(
+            f"process {args.process_id} of {len(cluster)}: done; process 0 wrote the summary", file=sys.stderr
+        )
+        return 0
     print(json.dumps(summary, indent=2))
     return _validate_outputs(args.out) if args.validate else 0
 
 
+def _cluster_flags(args: argparse.Namespace) -> tuple[str, ...] | str:
+    """The cluster's addresses from --processes, --process-id and --addresses (empty for one
+    process), or what is wrong with them."""
+    from pipelines.stream_cluster import parse_addresses
+
+    local_stdin = bool(args.input) and "-" in args.input
+    if args.processes is not None:
+        if args.process_id is not None or args.addresses is not None:
+            return "--processes starts a local cluster, --process-id and --addresses join one: not both"
+        if not 1 <= args.processes <= 64:
+            return f"--processes must be 1 to 64, got {args.processes}"
+        if args.processes > 1 and local_stdin:
+            return "stdin ('-') is read by one process: not with --processes"
+        return ()
+    if (args.process_id is None) != (args.addresses is None):
+        return "--process-id and --addresses go together: this process's index, and every process's HOST:PORT"
+    if args.process_id is None:
+        return ()
+    try:
+        addresses = parse_addresses(args.addresses)
+    except ValueError as exc:
+        return str(exc)
+    if not 0 <= args.process_id < len(addresses):
+        last = len(addresses) - 1
+        return f"--process-id must be 0 to {last} for {len(addresses)} addresses, got {args.process_id}"
+    if local_stdin:
+        return "stdin ('-') is read by one process: not with --process-id"
+    return addresses
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.batch_run import RunRequest, object_store_needs_audit_db, run_batch
+    from pipelines.beam_options import refusal
 
     if args.engine == "bytewax":
         return _cmd_stream(args)
-    for flag in ("source", "recovery_dir", "image_root", "metrics_port"):
-        if getattr(args, flag):
+    for flag in (
+        "source",
+        "recovery_dir",
+        "image_root",
+        "metrics_port",
+        "processes",
+        "process_id",
+        "addresses",
+    ):
+        if getattr(args, flag) is not None:
             print(f"error: --{flag.replace('_', '-')} is for --engine bytewax", file=sys.stderr)
             return EXIT_BAD_FLAGS
     if args.until_end or args.follow or args.workers != 1:
@@ -896,6 +982,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     extra = _engine_args(args.engine_args)
     if extra and args.engine_args[:1] != ["--"]:
         print(f"error: unexpected arguments {extra!r}; engine options go after `--`", file=sys.stderr)
+        return EXIT_BAD_FLAGS
+    if refused := refusal(extra):
+        print(f"error: {refused}", file=sys.stderr)
         return EXIT_BAD_FLAGS
     if not isinstance(args.out, Path) and not args.audit_db:  # an object store
         return _bad_flags("run", object_store_needs_audit_db(args.out))
@@ -928,18 +1017,21 @@ class _ReadingBar:
 
     It appears at the engine's first progress report, not at start-up, so that start-up messages
     (a migration notice) print before it rather than into it, however quickly a run goes. It
-    always shows its last step (100 % at the end), and is cleared when the run ends.
+    always shows its last step (100 % at the end), and is cleared when the run ends. When the
+    workers read elsewhere and report nothing here (``done`` is ``None``), it shows only the time
+    the run has taken, never a count it does not know.
     """
 
     def __init__(self) -> None:
         self._bar: Any = None
 
-    def update_to(self, done: int, total: int) -> None:
+    def update_to(self, done: int | None, total: int) -> None:
         """Show ``done`` of ``total`` bytes read (``run_batch``'s ``on_progress``)."""
         if self._bar is None:
             from tqdm import tqdm
 
             columns, lines = _terminal_size(sys.stderr)
+            unknown = {"bar_format": "running: {elapsed} (workers elsewhere report no progress)"}
             self._bar = tqdm(
                 desc="reading",
                 total=total,
@@ -950,8 +1042,12 @@ class _ReadingBar:
                 file=sys.stderr,
                 ncols=columns - 1,  # tqdm's own measure leaves the last column free
                 nrows=lines - 1,
+                **(unknown if done is None else {}),
             )
         bar = self._bar
+        if done is None:
+            bar.refresh()  # the elapsed time
+            return
         bar.total = total
         step = done - bar.n
         # tqdm skips a step smaller than the ones it has drawn; the last one must show.

@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -32,13 +31,15 @@ from connectors.config import PipelineConfig, load_config
 from connectors.database_url import redact
 from connectors.inputs import InputError, InputFile, discover_inputs, plan_splits
 from connectors.parquet_sink import RunFileNames, remove_stale_parts, remove_temporary_files
-from connectors.storage import Location, StorageError, describe, hide_secrets
+from connectors.storage import Location, StorageError, describe, hide_secrets, is_object_store
 from pipelines import progress
+from pipelines.beam_options import reads_in_this_process
 from pipelines.stages import RunPlan
 from pipelines.summary import InputSummary, RunSummary, SummaryError
 from transforms.dead_letter import Reason
 
 ENGINES = ("beam",)
+log = logging.getLogger("aiep.run")
 
 
 class RunError(Exception):
@@ -173,11 +174,15 @@ def with_shards_for(config: PipelineConfig, input_bytes: int) -> PipelineConfig:
     return dataclasses.replace(config, shards=max(config.shards, -(-input_bytes // SHARD_INPUT_BYTES)))
 
 
-def run_batch(request: RunRequest, on_progress: Callable[[int, int], None] | None = None) -> RunSummary:
+def run_batch(
+    request: RunRequest, on_progress: Callable[[int | None, int], None] | None = None
+) -> RunSummary:
     """Run the spine over files; return the run summary (also written to ``_runs/<run_id>.json``).
 
     ``on_progress(bytes_read, bytes_total)`` is called from a helper thread while the run goes;
-    both count bytes of the inputs' content as read (a gzip input's inflated bytes).
+    both count bytes of the inputs' content as read (a gzip input's inflated bytes). ``bytes_read``
+    is ``None`` when the runner's workers read the inputs in other processes, which report nothing
+    here (a job service, ``--direct_running_mode=multi_processing``): the run's progress is unknown.
     """
     if request.engine not in ENGINES:
         raise RunError(f"unknown engine {request.engine!r}; available: {', '.join(ENGINES)}")
@@ -247,7 +252,6 @@ def _run_locked(request, config, out: Location, audit_url: str, on_progress) -> 
             compare_with_store=stored_before,
         )
         splits = plan_splits(files, config.split_mb << 20)
-        _say_where_staging_is(staging, out, request)
         time.sleep(max(0.0, engine_not_before - time.monotonic()))
         counts = _run_engine(request, splits, plan, str(staging / "spill"), content_bytes, on_progress)
         with _store_errors(out):
@@ -296,13 +300,6 @@ def _start_clock(out: Location) -> tuple[float, float]:
     return probe + 1, time.monotonic() + 1
 
 
-def _say_where_staging_is(staging: Path, out: Location, request: RunRequest) -> None:
-    """One line on stderr naming the run's staging folder, where it is not the default inside a
-    local ``--out`` (there is no doubt where that one is): every worker must reach it."""
-    if out.is_object_store or request.staging_dir is not None:
-        print(f"staging at {staging} (spill files; every worker must reach it)", file=sys.stderr, flush=True)
-
-
 def _check_models(config: PipelineConfig, out_dir: Path) -> None:
     """Fail the run now, in one line, when its models cannot run where asked, its embedding cache
     cannot be opened or the moderation model's files are missing or damaged; not later in a worker."""
@@ -334,10 +331,16 @@ def _run_engine(request, splits, plan, staging_dir: str, total_bytes: int, on_pr
 
     progress.reset()
     done = threading.Event()
+    local = reads_in_this_process(request.engine_args)
+    if not local or request.staging_dir is not None or is_object_store(plan.out_dir):
+        # The one line that says where staging is, wherever it is not a local DIR/_staging read by
+        # this process alone.
+        workers = "workers run outside this process: they" if not local else "this run's workers"
+        log.warning("%s spill batches under %s, which each must reach", workers, staging_dir)
 
     def report() -> None:
         while not done.wait(0.2):
-            on_progress(progress.bytes_read(), total_bytes)
+            on_progress(progress.bytes_read() if local else None, total_bytes)
 
     reporter = threading.Thread(target=report, daemon=True) if on_progress else None
     if reporter:
@@ -355,7 +358,7 @@ def _run_engine(request, splits, plan, staging_dir: str, total_bytes: int, on_pr
         done.set()
         if reporter:
             reporter.join()
-            on_progress(total_bytes, total_bytes)
+            on_progress(total_bytes if local else None, total_bytes)
 
 
 def _summary(

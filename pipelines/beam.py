@@ -23,6 +23,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from connectors.inputs import InputSplit
 from connectors.spill import Spill, SpillRef
 from pipelines import progress
+from pipelines.beam_options import runner_key
 from pipelines.semantic import EmbeddedPane
 from pipelines.stages import Counts, PaneKey, RunPlan, StageOutput, pane_label
 from pipelines.worker import SpineWorker
@@ -33,6 +34,7 @@ DEAD_LETTER = "dead_letter"
 VIOLATIONS = "rate_limit_violations"
 EMBEDDINGS = "embeddings"
 MODERATION = "moderation"
+SPLITS_READ = "input_splits_read"
 
 
 class _StageDoFn(beam.DoFn):  # type: ignore[misc]
@@ -77,6 +79,8 @@ class ReadInputSplit(_StageDoFn):
         for records in self.worker.read(split):
             progress.advance(records.bytes_read)
             yield records
+        # Counted so that the launcher knows every split's counts came back (see ``run``).
+        Metrics.counter(NAMESPACE, SPLITS_READ).inc()
 
 
 class ValidateHashPrice(_StageDoFn):
@@ -301,8 +305,7 @@ def _runner(options: PipelineOptions) -> Any:
     the one tested. Asking for the FnApiRunner ourselves keeps every local run offline and the
     same. It honours ``--direct_running_mode`` and ``--direct_num_workers``.
     """
-    name = options.view_as(StandardOptions).runner
-    if name not in (None, "DirectRunner", "direct", "directrunner"):
+    if runner_key(options.view_as(StandardOptions).runner) != "direct":
         return None  # Beam creates the runner the options name
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
@@ -316,7 +319,12 @@ def _runner(options: PipelineOptions) -> Any:
 
 
 def run(splits: list[InputSplit], plan: RunPlan, staging_dir: str, beam_args: list[str]) -> Counts:
-    """Run the spine to completion and return its counters."""
+    """Run the spine to completion and return its counters.
+
+    The counters come back from wherever the workers ran (a job service gathers its workers'),
+    and every count of the run summary is one of them; a runner that returns no counters for
+    some input split would make a summary that lies, so that fails the run instead.
+    """
     options = PipelineOptions(beam_args)
     pipeline = beam.Pipeline(runner=_runner(options), options=options)
     build(pipeline, splits, plan, staging_dir)
@@ -327,4 +335,11 @@ def run(splits: list[InputSplit], plan: RunPlan, staging_dir: str, beam_args: li
     for counter in counters:
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    reported = totals.pop(SPLITS_READ, 0)
+    if reported != len(splits):
+        runner = options.view_as(StandardOptions).runner or "DirectRunner"
+        raise RuntimeError(
+            f"the {runner} returned the counters of {reported} of {len(splits)} "
+            "input splits, so the run's counts would be wrong"
+        )
     return totals

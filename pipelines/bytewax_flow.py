@@ -15,6 +15,11 @@ Wiring only, like ``pipelines/beam.py``. Read ``build`` top to bottom to follow 
 
 Every batch is an Arrow table; stateful steps snapshot their state (pickled bytes) every epoch to
 Bytewax's recovery store.
+
+In a cluster of several processes (``pipelines.stream_cluster``) the source and the results have
+one partition each, and only the *home* process (process 0) lists them: it reads the input in
+order, as one worker does, and every count of the cluster reaches its :class:`Tally`, so the
+summary it writes is the whole job's. The shard step spreads over every worker of every process.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import pyarrow as pa
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from connectors.file_tail import FileTail, StdinLines
 from connectors.input_batches import too_long
@@ -173,6 +178,7 @@ class RedisSource(FixedPartitionedSource[SourceBatch, str | None]):
     Its snapshot is the last entry id it handed on; restored, it reads again what the group had
     delivered after it (see :class:`~connectors.redis_stream.StreamReader`). ``bounded`` stops it
     at the last entry present at start, as the end of its input (every window then closes).
+    ``home``: whether this process reads it (only process 0 of a cluster does).
     """
 
     def __init__(
@@ -185,6 +191,7 @@ class RedisSource(FixedPartitionedSource[SourceBatch, str | None]):
         bounded: bool = False,
         min_idle_ms: int = 30_000,
         count: int = 1_000,
+        home: bool = True,
     ) -> None:
         self.address = address
         self.consumer = consumer
@@ -193,10 +200,11 @@ class RedisSource(FixedPartitionedSource[SourceBatch, str | None]):
         self.bounded = bounded
         self.min_idle_ms = min_idle_ms
         self.count = count
+        self.home = home
         self.readers: list[StreamReader] = []
 
     def list_parts(self) -> list[str]:
-        return ["stream"]
+        return ["stream"] if self.home else []
 
     def build_part(self, step_id: str, for_part: str, resume_state: str | None) -> _RedisPartition:
         reader = StreamReader(self.address, self.consumer, count=self.count, min_idle_ms=self.min_idle_ms)
@@ -248,16 +256,25 @@ class _FilesPartition(StatefulSourcePartition[SourceBatch, tuple[int, int]]):
 class FilesSource(FixedPartitionedSource[SourceBatch, tuple[int, int]]):
     """Input files read in order, as one partition (so the first copy of a duplicate is the one
     a batch run keeps); its snapshot is (split, batches handed on). Bounded: the end of the last
-    file is the end of the input."""
+    file is the end of the input. ``home``: whether this process reads them."""
 
-    def __init__(self, splits: list[InputSplit], batch_lines: int, rules: EventRules, stop: threading.Event):
+    def __init__(
+        self,
+        splits: list[InputSplit],
+        batch_lines: int,
+        rules: EventRules,
+        stop: threading.Event,
+        *,
+        home: bool = True,
+    ) -> None:
         self.splits = splits
         self.batch_lines = batch_lines
         self.rules = rules
         self.stop = stop
+        self.home = home
 
     def list_parts(self) -> list[str]:
-        return ["files"]
+        return ["files"] if self.home else []
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
@@ -297,14 +314,16 @@ FOLLOW_POLL = timedelta(milliseconds=200)
 
 class FollowSource(FixedPartitionedSource[SourceBatch, FollowPosition]):
     """Files and folders followed as they grow (:class:`~connectors.file_tail.FileTail`), as one
-    partition; its snapshot is each file's position. Unbounded: it runs until SIGTERM."""
+    partition; its snapshot is each file's position. Unbounded: it runs until SIGTERM. ``home``:
+    whether this process follows them."""
 
-    def __init__(self, tail: FileTail, stop: threading.Event) -> None:
+    def __init__(self, tail: FileTail, stop: threading.Event, *, home: bool = True) -> None:
         self.tail = tail
         self.stop = stop
+        self.home = home
 
     def list_parts(self) -> list[str]:
-        return ["follow"]
+        return ["follow"] if self.home else []
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: FollowPosition | None
@@ -381,7 +400,7 @@ class _ShardLogic(StatefulBatchLogic[ShardInput, Output, bytes]):
 # --- results ---------------------------------------------------------------------------------------
 
 
-class _ResultsPartition(StatelessSinkPartition[Any]):
+class _ResultsPartition(StatefulSinkPartition[Any, None]):
     def __init__(
         self,
         tally: Tally,
@@ -392,9 +411,9 @@ class _ResultsPartition(StatelessSinkPartition[Any]):
         self.metrics = metrics
         self.acknowledger = acknowledger() if acknowledger else None
 
-    def write_batch(self, items: list[Any]) -> None:
+    def write_batch(self, values: list[Any]) -> None:
         positions = []
-        for item in items:
+        for item in values:
             if isinstance(item, Counted):
                 self.tally.add(item.counts)
                 if self.metrics is not None:
@@ -407,25 +426,46 @@ class _ResultsPartition(StatelessSinkPartition[Any]):
             if self.metrics is not None:
                 self.metrics.observe({"entries_acknowledged": acked}, {}, {})
 
+    def snapshot(self) -> None:
+        # Counts are this execution's (a restored job's summary starts from zero) and an
+        # acknowledgement made twice changes nothing: there is no position to resume from.
+        return None
+
     def close(self) -> None:
+        # Not called on an abrupt shutdown; the client's socket dies with the process then.
         if self.acknowledger is not None:
             self.acknowledger.close()
 
 
-class ResultsSink(DynamicSink[Any]):
-    """Counts into the job's :class:`Tally`; committed positions acknowledged (Redis)."""
+#: The key every result goes under: one partition, so one worker of the home process has them all.
+RESULTS = "results"
+
+
+class ResultsSink(FixedPartitionedSink[Any, None]):
+    """Counts into the job's :class:`Tally`; committed positions acknowledged (Redis).
+
+    One partition, listed by the home process only (``home``), so the :class:`Tally` of that
+    process holds every count of the cluster once the flow has ended: the summary is exact however
+    many processes and workers ran the job.
+    """
 
     def __init__(
         self,
         tally: Tally,
         acknowledger: Callable[[], EntryAcknowledger] | None,
         metrics: StreamMetrics | None = None,
+        *,
+        home: bool = True,
     ) -> None:
         self.tally = tally
         self.acknowledger = acknowledger
         self.metrics = metrics
+        self.home = home
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ResultsPartition:
+    def list_parts(self) -> list[str]:
+        return [RESULTS] if self.home else []
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ResultsPartition:
         return _ResultsPartition(self.tally, self.acknowledger, self.metrics)
 
 
@@ -470,5 +510,5 @@ def build(
         op.filter("gate_results", gate_out, lambda item: not isinstance(item, tuple)),
         op.key_rm("from_shards", shards),
     )
-    op.output("commit", done, results)
+    op.output("commit", op.key_on("to_results", done, lambda _: RESULTS), results)
     return flow

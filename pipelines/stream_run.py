@@ -1,16 +1,10 @@
-"""Launch the stream job on Bytewax: lock the output, open the recovery store, run until the input
-ends or SIGTERM drains it, write the summary of this execution.
-
-A stream's outputs are named by its *stream id*, a hash of what it reads (the Redis server,
-stream and group, or the input files' contents): the same command started again is the same
-stream, and resumes from its recovery store (``--recovery-dir``, by default
-``<out>/_recovery/<stream id>``), created when missing.
+"""Run the stream job on Bytewax: this process's part of it (all of it, without a cluster) until
+the input ends or SIGTERM drains it; the home process writes the summary of this execution.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
+import contextlib
 import json
 import logging
 import os
@@ -18,23 +12,29 @@ import signal
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
 from connectors import database
-from connectors.config import load_config
+from connectors.config import PipelineConfig
 from connectors.database_url import redact
 from connectors.file_tail import FileTail, StdinLines
-from connectors.inputs import STDIN_NAME, InputFile, discover_inputs, plan_splits
-from connectors.parquet_sink import StreamFileNames, remove_temporary_files
+from connectors.inputs import STDIN_NAME, plan_splits
+from connectors.parquet_sink import StreamFileNames
 from connectors.redis_stream import EntryAcknowledger, StreamAddress, StreamError, StreamReader
-from pipelines.batch_run import RunError, _check_models, _prepare_out_dir, inputs_fingerprint, lock_output
+from pipelines.batch_run import RunError
 from pipelines.stages import RunPlan, build_enrich_settings
+from pipelines.stream_job import (
+    PreparedStream,
+    StreamRequest,
+    cluster_size,
+    open_stream_output,
+    prepare_stream,
+    stream_config,
+)
 
 log = logging.getLogger("aiep.stream")
 
@@ -63,114 +63,51 @@ SUMMARY_COUNTS = (
 ACCOUNTED = ("events_processed", "events_dead_lettered", "duplicates_collapsed", "events_in_windows_change")
 
 
-@dataclass(frozen=True)
-class StreamRequest:
-    """What the operator asked of a stream job."""
+def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> dict[str, Any] | None:
+    """Run the stream job until its input ends or SIGTERM; return this execution's summary.
 
-    out_dir: Path
-    source: str | None = None  # a redis:// URL
-    inputs: tuple[str, ...] = ()
-    audit_url: str | None = None
-    config_path: Path | None = None
-    recovery_dir: Path | None = None
-    workers: int = 1
-    #: Stop at the last Redis entry present at start, as the end of the input.
-    until_end: bool = False
-    #: The folder a live source's relative image paths resolve against (default: the current one).
-    image_root: Path | None = None
-    #: Serve Prometheus metrics on 127.0.0.1 at this port.
-    metrics_port: int | None = None
-    #: Follow the input files and folders as they grow, until SIGTERM.
-    follow: bool = False
-    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    With a ``process_id``, as that process of a cluster across machines: process 0 prepares the
+    output and returns the summary; the others return ``None``. (A cluster of local processes is
+    :func:`pipelines.stream_cluster.run_local_cluster`.)
+    """
+    config = stream_config(request)
+    out_dir = request.out_dir.resolve()
+    home = not request.process_id  # process 0 prepares the output, holds its lock, writes the summary
+    lock = open_stream_output(request, out_dir, lock=home)
+    try:
+        return run_process(request, prepare_stream(request, config, out_dir, coordinate=home), status)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def stream_id(request: StreamRequest, files: list[InputFile]) -> str:
-    """The stream's id: ``s`` and 15 hex digits of what it reads (never a password): the Redis
-    server, stream and group, or the input files' contents."""
-    digest = hashlib.sha256()
-    if request.source:
-        address = StreamAddress.parse(request.source)
-        digest.update(f"redis\t{redact(address.server)}\t{address.stream}\t{address.group}".encode())
-    elif list(request.inputs) == ["-"]:  # live stdin cannot be read again: each execution is its own
-        digest.update(f"stdin\t{uuid.uuid4().hex}".encode())
-    elif request.follow:  # the files grow: their paths, not their contents, name the stream
-        digest.update(b"follow\t" + "\t".join(os.path.abspath(p) for p in request.inputs).encode())
-    else:
-        digest.update(f"files\t{inputs_fingerprint(files)}".encode())
-    return "s" + digest.hexdigest()[:15]
-
-
-def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> dict[str, Any]:
-    """Run the stream job until its input ends or SIGTERM; return this execution's summary."""
-    from bytewax.recovery import RecoveryConfig, init_db_dir
-
+def run_process(
+    request: StreamRequest, prepared: PreparedStream, status: TextIO | None = sys.stderr
+) -> dict[str, Any] | None:
+    """Run this process's part of the stream job; the home process (0, or the only one) returns
+    the execution's summary, having written it, and the others ``None``."""
     from pipelines import bytewax_flow
 
-    config = dataclasses.replace(load_config(request.config_path), **request.overrides)
-    out_dir = request.out_dir.resolve()
-    _prepare_out_dir(out_dir)
-    if request.source:
-        try:
-            address = StreamAddress.parse(request.source)
-        except StreamError as exc:
-            raise RunError(str(exc)) from None
-        if not address.group:
-            raise RunError(f"stream {redact(request.source)}: a stream job needs &group=NAME")
-    lock = lock_output(out_dir)
+    home = not request.process_id
+    config, out_dir, identity = prepared.config, prepared.out_dir, prepared.identity
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        remove_temporary_files(out_dir)
         rules = build_enrich_settings(config).rules
         tail = FileTail(list(request.inputs), rules.max_record_bytes) if request.follow else None
         live_stdin = not request.source and list(request.inputs) == ["-"]
-        if live_stdin and request.recovery_dir:
-            raise RunError(
-                "stdin cannot be read again after a restart: --recovery-dir is for files and streams"
-            )
-        files = (
-            []
-            if request.source or tail or live_stdin
-            else discover_inputs(list(request.inputs), out_dir / "_staging" / "stdin.jsonl")
-        )
-        identity = stream_id(request, files)
-        audit_url = request.audit_url or database.default_url(out_dir)
-        try:
-            engine = database.open_engine(audit_url)
-            schema_version = database.upgrade(engine).after
-            engine.dispose()
-        except Exception as exc:
-            raise RunError(
-                f"audit store {redact(audit_url)} is unusable: {database.describe_error(exc, audit_url)}"
-            ) from exc
-        if config.needs_vectors:
-            _check_models(config, out_dir)
-        recovery: Path | None = None
-        if not live_stdin:
-            recovery = (request.recovery_dir or out_dir / "_recovery" / identity).resolve()
-            if not recovery.exists() or not any(recovery.iterdir()):
-                written = next(out_dir.glob(f"*/dt=*/part-{identity}-*.parquet"), None)
-                if written is not None:
-                    raise RunError(
-                        f"{str(out_dir)!r} holds this stream's files ({written.name}) but its recovery"
-                        f" store {str(recovery)!r} is new: resuming without it would rewrite them from what"
-                        " the source can still give; give the original --recovery-dir, or a fresh --out"
-                    )
-                recovery.mkdir(parents=True, exist_ok=True)
-                init_db_dir(recovery, 1)
-            _check_state_settings(recovery, identity, config)
         plan = RunPlan(
-            run_id=f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{identity}",
+            run_id=prepared.run_id,
             out_dir=str(out_dir),
-            audit_url=audit_url,
+            audit_url=prepared.audit_url,
             config=config,
             outputs_id=identity,
             naming=StreamFileNames(identity),
             image_dirs=(
                 tail.base_dirs
                 if tail
-                else tuple(f.base_dir for f in files) or (str((request.image_root or Path.cwd()).resolve()),)
+                else tuple(f.base_dir for f in prepared.files)
+                or (str((request.image_root or Path.cwd()).resolve()),)
             ),
             compare_with_store=True,
             stream=True,
@@ -189,23 +126,25 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
                 bounded=request.until_end,
                 min_idle_ms=config.claim_min_idle_seconds * 1000,
                 count=config.batch_size,
+                home=home,
             )
             acknowledger = lambda: EntryAcknowledger(address)  # noqa: E731
-            probe = StreamReader(address, f"aiep-{identity}")
-            closers.append(probe.close)
-            lag = lambda: _quiet(probe.lag)  # noqa: E731
+            if home:
+                probe = StreamReader(address, f"aiep-{identity}")
+                closers.append(probe.close)
+                lag = lambda: _quiet(probe.lag)  # noqa: E731
         elif tail is not None:
-            source = bytewax_flow.FollowSource(tail, stop)
+            source = bytewax_flow.FollowSource(tail, stop, home=home)
         elif live_stdin:
             lines = StdinLines(sys.stdin.buffer, rules.max_record_bytes, STDIN_NAME, config.batch_size)
             source = bytewax_flow.StdinSource(lines, stop)
         else:
-            splits = plan_splits(files, config.split_mb << 20)
-            source = bytewax_flow.FilesSource(splits, config.batch_size, rules, stop)
+            splits = plan_splits(list(prepared.files), config.split_mb << 20)
+            source = bytewax_flow.FilesSource(splits, config.batch_size, rules, stop, home=home)
         tally = bytewax_flow.Tally()
         workers = bytewax_flow.Workers(plan)
         metrics = server = None
-        if request.metrics_port is not None:
+        if request.metrics_port is not None and home:  # every count reaches the home process
             from pipelines.stream_metrics import StreamMetrics
 
             metrics = StreamMetrics(lag)
@@ -213,23 +152,18 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
                 server = metrics.serve(request.metrics_port)
             except OSError as exc:
                 raise RunError(f"metrics port 127.0.0.1:{request.metrics_port}: {exc.strerror}") from None
-        results = bytewax_flow.ResultsSink(tally, acknowledger, metrics)
+        results = bytewax_flow.ResultsSink(tally, acknowledger, metrics, home=home)
         flow = bytewax_flow.build(plan, source, workers, results)
         started = datetime.now(UTC)
-        reporter = _StatusLine(tally, lag, config.status_seconds, status)
+        reporter = _StatusLine(tally, lag, config.status_seconds, status if home else None)
         reporter.start()
         try:
-            from bytewax._bytewax import cli_main
-
-            cli_main(
-                flow,
-                workers_per_process=request.workers,
-                epoch_interval=timedelta(seconds=config.snapshot_seconds),
-                recovery_config=RecoveryConfig(recovery) if recovery else None,
-            )
+            _execute(flow, request, config, prepared.recovery)
+        except ProcessLost:
+            raise
         except Exception as exc:
             root = database.root_cause(exc)
-            raise RunError(f"stream failed: {database.describe_error(root, audit_url)}") from exc
+            raise RunError(f"stream failed: {database.describe_error(root, prepared.audit_url)}") from exc
         finally:
             reporter.stop()
             workers.close()
@@ -238,10 +172,10 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
                 server.server_close()
             for close in closers:
                 close()
+        if not home:
+            return None
         finished = datetime.now(UTC)
-        summary = _summary(
-            plan, request, tally.snapshot(), started, finished, schema_version, recovery, stop.is_set()
-        )
+        summary = _summary(plan, request, prepared, tally.snapshot(), started, finished, stop.is_set())
         runs = out_dir / "_runs"
         runs.mkdir(exist_ok=True)
         (runs / f"{plan.run_id}.stream.json").write_text(
@@ -256,41 +190,56 @@ def run_stream(request: StreamRequest, status: TextIO | None = sys.stderr) -> di
         return summary
     finally:
         signal.signal(signal.SIGTERM, previous)
-        lock.release()
 
 
-#: Settings the stream's state is shaped by: a restart must keep them (its state and files were
-#: made with them), or start over with a fresh recovery store and output.
-STATE_SETTINGS = (
-    "batch_size",  # a file source's position counts batches
-    "split_mb",
-    "shards",
-    "window_seconds",
-    "features_window_seconds",
-    "allowed_lateness_seconds",
-    "embeddings",
-    "moderation",
-)
+class ProcessLost(RunError):
+    """A process of the cluster stopped, so this one could not go on (Bytewax fails as a whole)."""
 
 
-def _check_state_settings(recovery: Path, identity: str, config: Any) -> None:
-    """Record the settings the state depends on beside the recovery store on first start;
-    refuse, in one line, a restart that changes any of them."""
-    record = recovery / "aiep-stream.json"
-    wanted = {"stream_id": identity, **{name: getattr(config, name) for name in STATE_SETTINGS}}
-    if not record.exists():
-        record.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
-        return
+def _execute(flow: Any, request: StreamRequest, config: PipelineConfig, recovery: Path | None) -> None:
+    """Run the dataflow on this process's workers, joined to the cluster when there is one."""
+    from bytewax._bytewax import cli_main
+    from bytewax.recovery import RecoveryConfig
+
+    cluster = {}
+    if request.process_id is not None:
+        cluster = {"process_id": request.process_id, "addresses": list(request.addresses)}
     try:
-        kept = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RunError(f"recovery store {str(recovery)!r}: cannot read {record.name}: {exc}") from None
-    changed = [f"{k} {kept.get(k)!r} -> {v!r}" for k, v in wanted.items() if kept.get(k) != v]
-    if changed:
-        raise RunError(
-            f"recovery store {str(recovery)!r} holds the state of a stream run with other settings"
-            f" ({'; '.join(changed)}); restart with the same ones, or use a fresh --recovery-dir and --out"
-        )
+        with _network_chatter_on_stderr() if cluster else contextlib.nullcontext():
+            cli_main(
+                flow,
+                workers_per_process=request.workers,
+                epoch_interval=timedelta(seconds=config.snapshot_seconds),
+                recovery_config=RecoveryConfig(recovery) if recovery else None,
+                **cluster,
+            )
+    except BaseException as exc:
+        # Bytewax's Rust core panics (pyo3's PanicException, not an Exception) when a peer process
+        # goes away: the cluster cannot go on without it.
+        if type(exc).__name__ != "PanicException":
+            raise
+        detail = " ".join(str(exc).split())[:200]
+        if request.process_id is None:
+            raise RunError(f"stream failed: Bytewax panicked: {detail}") from None
+        raise ProcessLost(
+            f"stream failed: process {request.process_id} lost touch with the cluster ({detail})"
+        ) from None
+
+
+@contextlib.contextmanager
+def _network_chatter_on_stderr() -> Iterator[None]:
+    """Send what is written on file descriptor 1 to 2 meanwhile: Bytewax's network layer prints
+    its connection retries there ("error connecting to worker 0 ... retrying", while a peer
+    starts), and stdout is for the summary alone."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _quiet(call: Callable[[], int | None]) -> int | None:
@@ -303,11 +252,10 @@ def _quiet(call: Callable[[], int | None]) -> int | None:
 def _summary(
     plan: RunPlan,
     request: StreamRequest,
+    prepared: PreparedStream,
     counts: dict[str, int],
     started: datetime,
     finished: datetime,
-    schema_version: str,
-    recovery: Path | None,
     drained: bool,
 ) -> dict[str, Any]:
     """This execution's summary: what it did between its start and its end (a restored job's
@@ -318,6 +266,7 @@ def _summary(
         "engine": "bytewax",
         "stream_id": plan.outputs_id,
         "source": redact(request.source) if request.source else list(request.inputs),
+        "processes": cluster_size(request),
         "workers": request.workers,
         "started_at": started.isoformat(),
         "finished_at": finished.isoformat(),
@@ -328,8 +277,8 @@ def _summary(
         "dead_letters_by_reason": dead,
         "out_dir": plan.out_dir,
         "audit_db": redact(plan.audit_url),
-        "audit_schema_version": schema_version,
-        "recovery_dir": str(recovery) if recovery else None,
+        "audit_schema_version": prepared.schema_version,
+        "recovery_dir": str(prepared.recovery) if prepared.recovery else None,
         "config": plan.config.summary_block(),
     }
 

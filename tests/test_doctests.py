@@ -31,6 +31,8 @@ MODULES = [
     "transforms.moderation_rules",
     "pipelines.batch_run",
     "pipelines.summary",
+    "pipelines.beam_options",
+    "pipelines.stream_cluster",
     "connectors.config",
     "loadgen.generate",
     "loadgen.bad_records",

@@ -212,10 +212,10 @@ def audit_rows(db: MySQLDatabase) -> list[tuple[Any, ...]]:
 
 
 def staging_of(result: CliResult) -> Path:
-    """The staging folder a run named on stderr."""
-    found = re.search(r"^staging at (\S+) ", result.stderr, re.MULTILINE)
+    """The run's staging folder, from the line on stderr that names where its workers spill."""
+    found = re.search(r"this run's workers spill batches under (\S+), which each must reach", result.stderr)
     assert found, result.stderr
-    return Path(found.group(1))
+    return Path(found.group(1)).parent
 
 
 #: Summary fields that say what a run did (not when, where or under which id).

@@ -1,0 +1,69 @@
+"""What the launcher reads from a run's Beam pipeline options before Beam is imported.
+
+The runner the options name (spelt as Beam accepts it), whether ``run`` refuses that runner, and
+whether the run's workers read the inputs in this process, where the progress bar can count them.
+Parsed as Beam parses them (argparse, no abbreviations, unknown options left alone), without
+importing Beam, which takes a second: a refusal is immediate.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+#: Runners ``run`` refuses, by their key (see ``runner_key``), and why, in one line.
+REFUSED_RUNNERS = {
+    "dask": "Beam 2.77's DaskRunner sends tagged outputs to the wrong consumer (dead letters and "
+    "rate-limit violations would reach the wrong step); use the DirectRunner, the PortableRunner, "
+    "Flink, Spark or Dataflow",
+}
+
+
+def _parsed(beam_args: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    parser.add_argument("--runner")
+    parser.add_argument("--direct_running_mode", default="in_memory")
+    known, _ = parser.parse_known_args(list(beam_args))
+    return known
+
+
+def runner_key(name: str | None) -> str:
+    """The runner ``name`` names, as Beam resolves it: case aside, with or without ``Runner``,
+    or as the last part of a dotted class path; ``direct`` when no runner is named.
+
+    >>> [runner_key(n) for n in ("DirectRunner", "direct", None, "PortableRunner", "dask_runner")]
+    ['direct', 'direct', 'direct', 'portable', 'dask']
+    >>> runner_key("apache_beam.runners.dask.dask_runner.DaskRunner")
+    'dask'
+    """
+    if not name:
+        return "direct"
+    short = name.rsplit(".", 1)[-1].lower().replace("_", "")
+    return short.removesuffix("runner") or short
+
+
+def runner_of(beam_args: Sequence[str]) -> str | None:
+    """The ``--runner`` the options name, as given (``None``: Beam's default, the DirectRunner)."""
+    runner: str | None = _parsed(beam_args).runner
+    return runner
+
+
+def refusal(beam_args: Sequence[str]) -> str | None:
+    """Why ``run`` refuses the runner the options name, in one line; ``None`` when it does not."""
+    name = runner_of(beam_args)
+    why = REFUSED_RUNNERS.get(runner_key(name))
+    return None if why is None else f"--runner={name} is not supported: {why}"
+
+
+def reads_in_this_process(beam_args: Sequence[str]) -> bool:
+    """Whether the run's sources read the inputs in this process, so that
+    :mod:`pipelines.progress` sees every byte: the DirectRunner in memory or in threads, not in
+    worker processes (``--direct_running_mode=multi_processing``) nor on any other runner.
+
+    >>> reads_in_this_process([]), reads_in_this_process(["--direct_running_mode=multi_threading"])
+    (True, True)
+    >>> reads_in_this_process(["--runner=PortableRunner", "--job_endpoint=localhost:8099"])
+    False
+    """
+    options = _parsed(beam_args)
+    return runner_key(options.runner) == "direct" and options.direct_running_mode != "multi_processing"
