@@ -2,7 +2,7 @@
 
     runner.py run --input PATH... --out DIR [--engine beam] [--audit-db URL] [--config FILE]
                   [--no-embeddings] [--no-moderation] [--device auto|cpu|cuda] [--cache PATH|URL]
-                  [-- BEAM_OPTIONS...]
+                  [--staging-dir DIR] [-- BEAM_OPTIONS...]
     runner.py similar --out DIR "TEXT" [--k 10] [--field input|output|both]
     runner.py generate --events N --out FILE [--seed S] [--dup-rate R] [--bad-rate R] [--images]
     runner.py db upgrade|status --audit-db URL
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         "and moderate them, build user features; write Parquet and the audit store",
         usage="%(prog)s --input PATH [PATH ...] --out DIR [--engine {beam}] [--audit-db URL] "
         "[--config FILE] [--no-embeddings] [--no-moderation] [--device {auto,cpu,cuda}] [--cache PATH|URL] "
-        "[--no-progress] [-- BEAM_OPTIONS ...]\n"
+        "[--no-progress] [--staging-dir DIR] [-- BEAM_OPTIONS ...]\n"
         "       %(prog)s --engine bytewax (--source URL | --input PATH [PATH ...] [--follow]) --out DIR "
         "[--recovery-dir DIR] [--workers N] [--processes P | --process-id I --addresses 'HOST:PORT;...'] "
         "[--metrics-port P] [--until-end] [--image-root DIR] "
@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
         "--input",
         nargs="+",
         metavar="PATH",
-        help="JSONL/CSV (optionally .gz) or Parquet files or globs, in order; '-' reads JSONL from stdin",
+        help="JSONL/CSV (optionally .gz) or Parquet files or globs, in order; for beam also objects "
+        "(s3://BUCKET/KEY, gs://BUCKET/KEY, globs too); '-' reads JSONL from stdin",
     )
     inputs.add_argument(
         "--source",
@@ -97,9 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--out",
         required=True,
-        type=Path,
+        type=_run_output,
         metavar="DIR",
-        help="output directory: Parquet datasets, audit.sqlite and _runs/<run_id>.json",
+        help="output directory: Parquet datasets, audit.sqlite and _runs/<run_id>.json; or, for beam, "
+        "an object store (s3://BUCKET/PREFIX or gs://BUCKET/PREFIX; needs --audit-db; credentials and "
+        "endpoint from the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)",
     )
     run.add_argument(
         "--engine",
@@ -148,6 +151,13 @@ def _parser() -> argparse.ArgumentParser:
         "or redis://HOST:PORT/DB for several workers or machines",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    run.add_argument(
+        "--staging-dir",
+        type=_staging_dir,
+        metavar="DIR",
+        help="beam: where spill files go, a folder every worker reaches (default: <DIR>/_staging, or a "
+        "local temporary folder when --out is an object store)",
+    )
     run.add_argument(
         "--validate",
         action="store_true",
@@ -264,7 +274,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 on success; 1 when DIR holds no embeddings or the model cannot load; "
         "2 on bad flags.",
     )
-    near.add_argument("--out", required=True, type=Path, metavar="DIR", help="a run's output directory")
+    near.add_argument("--out", required=True, type=_local_dir, metavar="DIR", help="a run's output directory")
     near.add_argument("text", metavar="TEXT", help="the text to search for")
     near.add_argument("--k", type=int, default=10, metavar="K", help="matches to print (default: 10)")
     near.add_argument(
@@ -316,6 +326,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_output(text: str) -> Path | str:
+    """``run --out`` (argparse's type): an object-store URL as it is, a local folder as a path."""
+    from connectors.storage import is_object_store
+
+    return text if is_object_store(text) else Path(text)
+
+
+def _staging_dir(text: str) -> Path:
+    """``run --staging-dir`` (argparse's type): a folder on a disk, local or shared."""
+    from connectors.storage import is_object_store
+
+    if is_object_store(text):
+        raise argparse.ArgumentTypeError(
+            "spill files are memory-mapped: give a folder on a disk, local or shared"
+        )
+    return Path(text)
+
+
+def _local_dir(text: str) -> Path:
+    """An analyst command's ``--out`` (argparse's type): a local folder; only ``run`` writes to an
+    object store, and these commands read what it wrote from a local copy."""
+    from connectors.storage import is_object_store
+
+    if is_object_store(text):
+        from connectors.database_url import redact
+
+        raise argparse.ArgumentTypeError(
+            f"{redact(text)} is an object store; this command reads a local DIR: copy the outputs "
+            "there first (e.g. aws s3 sync)"
+        )
+    return Path(text)
+
+
 def _day(text: str) -> Any:
     """A ``--since``/``--until`` date: YYYY-MM-DD (argparse's type)."""
     from analytics.report import utc_day
@@ -328,7 +371,9 @@ def _day(text: str) -> Any:
 
 def _add_period_flags(parser: argparse.ArgumentParser) -> None:
     """The flags ``report`` and ``dashboard`` share: the period, the budgets' config, the store."""
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="a run's output directory")
+    parser.add_argument(
+        "--out", required=True, type=_local_dir, metavar="DIR", help="a run's output directory"
+    )
     parser.add_argument(
         "--since", type=_day, metavar="DATE", help="first UTC day of event time to include (YYYY-MM-DD)"
     )
@@ -357,7 +402,7 @@ def _add_analytics_parsers(commands: Any) -> None:
         epilog="Exit status: 0 on success; 1 when the SQL fails or DIR or a run summary cannot be read; "
         "2 on bad flags or a statement that is not a query.",
     )
-    sql.add_argument("--out", required=True, type=Path, metavar="DIR", help="a run's output directory")
+    sql.add_argument("--out", required=True, type=_local_dir, metavar="DIR", help="a run's output directory")
     sql.add_argument("query", metavar="SQL", help="one or more statements; the last one's rows are printed")
     sql.add_argument(
         "--format", choices=["table", "csv", "json"], default="table", help="how to print (default: table)"
@@ -484,7 +529,9 @@ def _add_validate_parser(commands: Any) -> None:
         "(unreadable, or not of its dataset's schema in datasets.json), or DIR is not a directory; "
         "2 on bad flags.",
     )
-    check.add_argument("--out", required=True, type=Path, metavar="DIR", help="a run's output directory")
+    check.add_argument(
+        "--out", required=True, type=_local_dir, metavar="DIR", help="a run's output directory"
+    )
 
 
 def _add_mcp_parser(commands: Any) -> None:
@@ -499,7 +546,9 @@ def _add_mcp_parser(commands: Any) -> None:
         epilog="Exit status: 0 when the client closes the connection; 1 when DIR is not a directory or "
         "the config cannot be read; 2 on bad flags.",
     )
-    serve.add_argument("--out", required=True, type=Path, metavar="DIR", help="a run's output directory")
+    serve.add_argument(
+        "--out", required=True, type=_local_dir, metavar="DIR", help="a run's output directory"
+    )
     serve.add_argument(
         "--audit-db",
         metavar="URL",
@@ -815,10 +864,16 @@ def _engine_args(raw: list[str]) -> list[str]:
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
+    from connectors.storage import is_object_store
     from pipelines.stream_cluster import run_local_cluster
     from pipelines.stream_job import StreamRequest
     from pipelines.stream_run import run_stream
 
+    if args.staging_dir or any(is_object_store(where) for where in [args.out, *(args.input or ())]):
+        print(
+            "error: --staging-dir and object-store inputs and outputs are for --engine beam", file=sys.stderr
+        )
+        return EXIT_BAD_FLAGS
     if args.source and args.input:
         print("error: give --input or --source, not both", file=sys.stderr)
         return EXIT_BAD_FLAGS
@@ -903,7 +958,7 @@ def _cluster_flags(args: argparse.Namespace) -> tuple[str, ...] | str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.batch_run import RunRequest, run_batch
+    from pipelines.batch_run import RunRequest, object_store_needs_audit_db, run_batch
     from pipelines.beam_options import refusal
 
     if args.engine == "bytewax":
@@ -931,6 +986,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if refused := refusal(extra):
         print(f"error: {refused}", file=sys.stderr)
         return EXIT_BAD_FLAGS
+    if not isinstance(args.out, Path) and not args.audit_db:  # an object store
+        return _bad_flags("run", object_store_needs_audit_db(args.out))
+    if not isinstance(args.out, Path) and args.validate:
+        return _bad_flags(
+            "run", "--validate reads a local DIR; validate a local copy of an object-store --out"
+        )
     request = RunRequest(
         inputs=args.input,
         out_dir=args.out,
@@ -939,6 +1000,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config_path=args.config,
         engine_args=tuple(extra),
         overrides=_config_overrides(args),
+        staging_dir=args.staging_dir,
     )
     bar = _ReadingBar() if sys.stderr.isatty() and not args.no_progress else None
     try:
@@ -1009,7 +1071,7 @@ def _terminal_size(stream: Any) -> os.terminal_size:
 
 
 def _print_summary(summary: RunSummary) -> None:
-    out = Path(summary.out_dir)
+    out = summary.out_dir  # a local folder or an object-store URL
     print(
         f"run {summary.run_id} finished in {summary.seconds:.1f}s "
         f"({summary.events_per_second or 0:,} events/s)"
@@ -1046,7 +1108,7 @@ def _print_summary(summary: RunSummary) -> None:
         print("  moderation: off (--no-moderation): no decisions were made")
     print(f"  outputs: {out}/{{{datasets}}}/dt=*/*.parquet")
     print(f"  audit:   {summary.audit_db}")
-    print(f"  summary: {out / '_runs' / (summary.run_id + '.json')}")
+    print(f"  summary: {out}/_runs/{summary.run_id}.json")
 
 
 #: The flag that gives each argument of ``generate_events``, to name it in an error.

@@ -24,7 +24,7 @@ from typing import IO, Any, cast
 
 import schemas
 from connectors.input_batches import BatchBuilder, too_long
-from connectors.inputs import InputError, InputFile, InputSplit
+from connectors.inputs import InputError, InputFile, InputSplit, open_content
 from connectors.tabular import unflatten, unique_columns
 from transforms.dead_letter import RAW_KEEP_BYTES, ContractViolation, Reason
 from transforms.event_batch import InputRecords
@@ -166,7 +166,7 @@ def read_csv(split: InputSplit, batch_lines: int, rules: EventRules) -> Iterator
     # A cell may hold a whole record (an inline image): the record limit is the only field limit.
     csv.field_size_limit(max(csv.field_size_limit(), limit))
     try:
-        with gzip.open(file.path, "rb") if file.gzip else open(file.path, "rb") as stream:
+        with open_content(file) as stream:
             lines = _CsvLines(cast(IO[bytes], stream), limit)  # GzipFile reads like one
             yield from _csv_batches(file, lines, batch_lines, stream.tell)
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:

@@ -169,26 +169,40 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> SchemaUpgrade:
 
 @contextmanager
 def _migration_lock(engine: sa.Engine) -> Iterator[None]:
+    # A SQLite file's lock is its own; a server's is server-wide: one name per database.
+    database = hashlib.sha256(str(engine.url.database).encode()).hexdigest()[:32]
+    with named_lock(engine, "migrations" if engine.dialect.name == "sqlite" else f"migrate.{database}"):
+        yield
+
+
+@contextmanager
+def named_lock(engine: sa.Engine, name: str, timeout: float = MIGRATION_LOCK_SECONDS) -> Iterator[None]:
+    """Hold the store's lock ``name`` (at most 59 characters) for the ``with`` block, waiting up to
+    ``timeout`` seconds for another holder (0: not at all); TimeoutError if it is still held.
+
+    On MySQL/MariaDB it is ``GET_LOCK('aiep.<name>')``: server-wide, and freed by the server when
+    the connection holding it ends, so a killed process never leaves it behind. On SQLite it is a
+    lock file beside the database file (``<file>.<name>.lock``), freed by the system likewise.
+    """
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if not database or database == ":memory:":
             yield
             return
-        with filelock.FileLock(f"{database}.migrations.lock", timeout=MIGRATION_LOCK_SECONDS):
+        # filelock.Timeout is a TimeoutError.
+        with filelock.FileLock(f"{database}.{name}.lock", timeout=timeout):
             yield
         return
-    # Server-wide lock names: one per database; at most 64 characters.
-    name = "aiep.migrate." + hashlib.sha256(str(engine.url.database).encode()).hexdigest()[:32]
     with engine.connect() as conn:
         granted = conn.execute(
-            sa.text("SELECT GET_LOCK(:name, :seconds)"), {"name": name, "seconds": MIGRATION_LOCK_SECONDS}
+            sa.text("SELECT GET_LOCK(:name, :seconds)"), {"name": f"aiep.{name}", "seconds": timeout}
         ).scalar()
         if granted != 1:
-            raise TimeoutError(f"another process held the migration lock for {MIGRATION_LOCK_SECONDS}s")
+            raise TimeoutError(f"another process holds the lock {name!r} of the audit store")
         try:
             yield
         finally:
-            conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+            conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": f"aiep.{name}"})
 
 
 def has_audit_rows(engine: sa.Engine) -> bool:

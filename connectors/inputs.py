@@ -1,7 +1,8 @@
 """Plan a run's inputs: find them, fingerprint them, and cut them into splits a worker reads.
 
 Supported: JSONL (``.jsonl``, ``.ndjson``, ``.json``), CSV (``.csv``) and Parquet
-(``.parquet``), each optionally gzip-compressed (``.gz``, not Parquet), given as paths or globs;
+(``.parquet``), each optionally gzip-compressed (``.gz``, not Parquet), given as paths or globs,
+local or in an object store (``s3://BUCKET/KEY``, ``gs://BUCKET/KEY``: ``connectors.storage``);
 ``-`` reads JSONL from stdin (spooled to a file first so that workers in other processes, or on a
 cluster, can read it too). Reading a split is ``connectors.readers.read_split``'s job.
 """
@@ -11,14 +12,19 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
+import io
 import os
+import posixpath
 import shutil
 import sys
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from connectors import storage
 from transforms.dead_letter import storable
 
 STDIN_NAME = "<stdin>"
@@ -48,11 +54,11 @@ class InputFile:
     """One input, fingerprinted. ``order`` is its position among the run's inputs."""
 
     order: int
-    path: str
+    path: str  # an absolute local path, or an object's URL
     name: str
     format: str  # a name in FORMATS
     gzip: bool
-    size: int  # bytes on disk
+    size: int  # bytes on disk (in the store)
     sha256: str  # of the file's bytes, as sha256sum prints it
     base_dir: str
     #: sha256 of what a gzip input inflates to (``None`` otherwise): one content, one identity,
@@ -115,6 +121,7 @@ def discover_inputs(patterns: list[str], stdin_spool: Path) -> list[InputFile]:
     """
     files: list[InputFile] = []
     seen: set[tuple[int, int]] = set()  # (device, inode): one file, however its path is spelt or linked
+    seen_urls: set[str] = set()  # an object: its URL as ``connectors.storage`` spells it
     stdin_seen = False
     for pattern in patterns:
         if pattern == "-":
@@ -125,6 +132,18 @@ def discover_inputs(patterns: list[str], stdin_spool: Path) -> list[InputFile]:
             with stdin_spool.open("wb") as spool:
                 shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
             files.append(_fingerprint(len(files), str(stdin_spool), STDIN_NAME, "jsonl", False, os.getcwd()))
+            continue
+        if storage.is_object_store(pattern):
+            try:
+                urls = storage.expand(pattern)
+            except storage.StorageError as exc:
+                raise InputError(str(exc)) from None
+            for url in urls:
+                if url in seen_urls:  # read once
+                    continue
+                seen_urls.add(url)
+                fmt, compressed = format_of(url)
+                files.append(_fingerprint(len(files), url, url, fmt, compressed, posixpath.dirname(url)))
             continue
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         if not matches:
@@ -148,17 +167,30 @@ def discover_inputs(patterns: list[str], stdin_spool: Path) -> list[InputFile]:
 
 def _fingerprint(order: int, path: str, name: str, fmt: str, compressed: bool, base_dir: str) -> InputFile:
     try:
-        with open(path, "rb") as fh:
+        with storage.open_binary(path) as fh:
             file_hash, size = _digest(fh)
         content_hash, inflated_size = None, None
         if compressed:  # inflated once here anyway: its size comes with its hash
-            with gzip.open(path, "rb") as inflated:
+            with storage.open_binary(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as inflated:
                 content_hash, inflated_size = _digest(inflated)
     except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"cannot read input {name!r}: {getattr(exc, 'strerror', None) or exc}") from None
+        detail = getattr(exc, "strerror", None) or storage.describe(exc)
+        raise InputError(f"cannot read input {name!r}: {detail}") from None
     return InputFile(
         order, path, name, fmt, compressed, size, file_hash, base_dir, content_hash, inflated_size
     )
+
+
+@contextmanager
+def open_content(file: InputFile) -> Iterator[io.BufferedIOBase]:
+    """The content of an input, local or in an object store, as a binary stream: inflated as it is
+    read for a gzip input; seekable otherwise."""
+    with storage.open_binary(file.path) as raw:
+        if not file.gzip:
+            yield raw
+            return
+        with gzip.GzipFile(fileobj=raw, mode="rb") as inflated:
+            yield inflated
 
 
 def _digest(stream: Any) -> tuple[str, int]:
@@ -179,7 +211,7 @@ def plan_splits(files: list[InputFile], split_bytes: int) -> list[InputSplit]:
             splits.append(InputSplit(file, 0, file.size, 1))
             continue
         start, line_no = 0, 1
-        with open(file.path, "rb") as fh:
+        with storage.open_binary(file.path) as fh:
             while start < file.size:
                 fh.seek(start)
                 block = fh.read(split_bytes)

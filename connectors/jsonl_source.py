@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from connectors.input_batches import BatchBuilder, too_long
-from connectors.inputs import InputError, InputSplit
+from connectors.inputs import InputError, InputSplit, open_content
 from transforms.dead_letter import RAW_KEEP_BYTES
 from transforms.event_batch import InputRecords
 from transforms.validate import EventRules
@@ -65,9 +65,8 @@ def bounded_lines(
 def read_jsonl(split: InputSplit, batch_lines: int, rules: EventRules) -> Iterator[InputRecords]:
     """Read one split of a JSONL input as batches of raw records, in order."""
     file, limit = split.file, rules.max_record_bytes
-    opener = gzip.open if file.gzip else open
     try:
-        with opener(file.path, "rb") as fh:
+        with open_content(file) as fh:
             fh.seek(split.start)
             budget = split.end - split.start if not file.gzip else None
             line_no = split.first_line_no

@@ -4,14 +4,15 @@ Every file is ``<out>/<dataset>/dt=<YYYY-MM-DD>/part-<stem>.parquet``. The stem 
 sink's naming policy and the key written: for a bounded run (:class:`RunFileNames`) it is the
 inputs' fingerprint and the key (a shard and a pane), so a re-run of the same inputs replaces its
 files instead of adding to them; a stream would name its files per epoch or checkpoint instead.
-A file appears atomically: it is written under a hidden temporary name, then renamed, so a reader
-never sees half a file. Datasets, their schemas and their partition columns come from
-``schemas/datasets.json``.
+A file appears atomically: it is written under a hidden temporary name, then moved to its name (a
+rename on a local disk, a server-side copy in an object store: ``connectors.storage``), so a reader
+never sees half a file. The output is a local folder or an object-store URL (``s3://``, ``gs://``).
+Datasets, their schemas and their partition columns come from ``schemas/datasets.json``.
 """
 
 from __future__ import annotations
 
-import os
+import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from connectors.sinks import Written
+from connectors.storage import Location
 
 #: The partition value Hive, Spark and DuckDB read as NULL.
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
@@ -36,23 +38,23 @@ def partition_dates(times: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 
 def write_partitioned(
-    table: pa.Table, out_dir: Path, dataset: str, stem: str, time_column: str
-) -> list[Path]:
-    """Write ``table`` as one file per ``dt`` (from ``time_column``); return the paths written."""
+    table: pa.Table, out_dir: Path | str, dataset: str, stem: str, time_column: str
+) -> list[str]:
+    """Write ``table`` as one file per ``dt`` (from ``time_column``) under ``out_dir`` (a folder or
+    an object-store URL), each atomically; return the paths written."""
     if table.num_rows == 0:
         return []
+    out = Location.of(out_dir)
     dates = partition_dates(table.column(time_column))
     written = []
     days = sorted(pc.unique(dates).to_pylist())
     for dt in days:
         part = table if len(days) == 1 else table.filter(pc.equal(dates, dt))  # one day: no copy
-        folder = out_dir / dataset / f"dt={dt}"
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"part-{stem}.parquet"
-        temporary = folder / f".part-{stem}.parquet.{os.getpid()}.tmp"
-        pq.write_table(part, temporary, compression="zstd")
-        os.replace(temporary, final)
-        written.append(final)
+
+        def write(stream: pa.NativeFile, rows: pa.Table = part) -> None:
+            pq.write_table(rows, stream, compression="zstd")
+
+        written.append(out.write_atomically(f"{dataset}/dt={dt}/part-{stem}.parquet", write))
     return written
 
 
@@ -132,13 +134,14 @@ def remove_parts_after(out_dir: Path, naming: StreamFileNames, writer: str, next
     """Delete the files ``writer`` wrote with a sequence number of ``next_sequence`` or more, in
     every dataset: writes a stream made after the snapshot it is restored from."""
     prefix = f"part-{naming.outputs_id}-{writer}-"
+    out = Location.of(out_dir)
     removed = []
     for dataset in schemas.dataset_names():
-        for path in (out_dir / dataset).glob(f"dt=*/{prefix}*.parquet"):
-            sequence = path.name[len(prefix) : -len(".parquet")]
+        for info in out.files(f"{dataset}/dt=*/{prefix}*.parquet"):
+            sequence = info.base_name[len(prefix) : -len(".parquet")]
             if sequence.isdigit() and int(sequence) >= next_sequence:
-                path.unlink()
-                removed.append(path)
+                out.delete(info.path)
+                removed.append(Path(info.path))
     return removed
 
 
@@ -150,8 +153,9 @@ class ParquetSink:
     ``naming.stem(key)``.
     """
 
-    def __init__(self, out_dir: Path, dataset: schemas.Dataset, naming: FileNaming) -> None:
+    def __init__(self, out_dir: Path | str, dataset: schemas.Dataset, naming: FileNaming) -> None:
         self.out_dir = out_dir
+        self.out = Location.of(out_dir)
         self.dataset = dataset
         self.naming = naming
 
@@ -179,50 +183,55 @@ class ParquetSink:
     ) -> pa.Table:
         """The ``columns`` of rows matching ``where`` in this dataset's files that the naming does
         not own (what other runs wrote into this output), in the ``dt`` partition ``day`` or all."""
-        files = sorted(
-            str(path)
-            for path in (self.out_dir / self.dataset.name).glob(f"dt={day or '*'}/part-*.parquet")
-            if not self.naming.owns(path.name)
-        )
+        files = [
+            info.path
+            for info in self.out.files(f"{self.dataset.name}/dt={day or '*'}/part-*.parquet")
+            if not self.naming.owns(info.base_name)
+        ]
         if not files:
             return self.dataset.schema.empty_table().select(list(columns))
-        found = ds.dataset(files, format="parquet", schema=self.dataset.schema)
+        found = ds.dataset(
+            files, format="parquet", schema=self.dataset.schema, filesystem=self.out.filesystem
+        )
         return found.to_table(columns=list(columns), filter=where)
 
     def close(self) -> None:
         """Nothing to release: every write closed its file."""
 
 
-def remove_stale_parts(out_dir: Path, naming: FileNaming, older_than: float) -> list[Path]:
+def remove_stale_parts(out_dir: Path | str, naming: FileNaming, older_than: float) -> list[str]:
     """Delete files an earlier run with the same naming wrote and this run did not rewrite.
 
     A run owns every file its naming names in every dataset of ``schemas/datasets.json``; any such
-    file last written before this run began (``older_than``, epoch seconds) is from a run whose
-    results this one replaces.
+    file last written before this run began (``older_than``, epoch seconds by the clock that stamps
+    the output's files) is from a run whose results this one replaces.
     """
+    out = Location.of(out_dir)
     removed = []
     for dataset in schemas.dataset_names():
-        for path in (out_dir / dataset).glob("dt=*/part-*.parquet"):
-            if not naming.owns(path.name):
-                continue
-            if path.stat().st_mtime < older_than:
-                path.unlink()
-                removed.append(path)
-        for folder in (out_dir / dataset).glob("dt=*"):
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        emptied = set()
+        for info in out.files(f"{dataset}/dt=*/part-*.parquet"):
+            if naming.owns(info.base_name) and info.mtime_ns / 1e9 < older_than:
+                out.delete(info.path)
+                removed.append(info.path)
+                emptied.add(posixpath.dirname(info.path))
+        # A local disk sweeps every empty dt folder; an object store, where each look is a request,
+        # only those this removal may have emptied.
+        folders = emptied if out.is_object_store else {f.path for f in out.folders(f"{dataset}/dt=*")}
+        for folder in sorted(folders):
+            out.remove_if_empty(folder)
     return removed
 
 
-def remove_temporary_files(out_dir: Path) -> list[Path]:
-    """Delete the hidden temporary files a killed run left (a Parquet file written, not renamed)
-    in every dataset of ``schemas/datasets.json``.
+def remove_temporary_files(out_dir: Path | str) -> list[str]:
+    """Delete the hidden temporary files a killed run left (a Parquet file written, not moved to its
+    name) in every dataset of ``schemas/datasets.json``.
 
     Call it only while holding the output directory's lock: then no other run is writing one.
     """
-    removed = []
-    for dataset in schemas.dataset_names():
-        for path in (out_dir / dataset).glob("dt=*/.part-*.tmp"):
-            path.unlink()
-            removed.append(path)
-    return removed
+    out = Location.of(out_dir)
+    return [
+        path
+        for dataset in schemas.dataset_names()
+        for path in out.remove_hidden(f"{dataset}/dt=*/.part-*.tmp")
+    ]

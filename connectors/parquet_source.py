@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from connectors.input_batches import BATCH_BYTES, BatchBuilder, too_long
 from connectors.inputs import InputError, InputSplit
+from connectors.storage import parquet_source
 from connectors.tabular import unflatten, unique_columns
 from transforms.dead_letter import RAW_KEEP_BYTES, ContractViolation, Reason
 from transforms.event_batch import InputRecords
@@ -49,8 +50,9 @@ def read_parquet(split: InputSplit, batch_lines: int, rules: EventRules) -> Iter
     try:
         # Dictionary-encoded strings stay encoded until a chunk of rows is converted: decoded at
         # once, one repeated 5 MB string in a 300-row file is 1.5 GB.
-        dictionary = _dictionary_columns(pq.read_metadata(file.path))
-        parquet = pq.ParquetFile(file.path, read_dictionary=dictionary)
+        path, filesystem = parquet_source(file.path)
+        dictionary = _dictionary_columns(pq.read_metadata(path, filesystem=filesystem))
+        parquet = pq.ParquetFile(path, read_dictionary=dictionary, filesystem=filesystem)
         total_rows = parquet.metadata.num_rows
         names = parquet.schema_arrow.names
         unique_columns(names, file.name)

@@ -3,8 +3,10 @@
 Beam's DirectRunner holds every element of a GroupByKey in memory, several copies deep, so
 shuffling the tables themselves makes memory grow with the input (1.1 GB RSS for 200k events,
 measured). Spilled, a shuffle element is ``(key, (path, first batch, batch count))``, and a worker
-holds one shard's batch at a time. The tables one stage call splits by key share one file. On a
-cluster the staging folder is under ``--out``, which every worker already mounts.
+holds one shard's batch at a time. The tables one stage call splits by key share one file. The
+staging folder is ``DIR/_staging`` by default, a local temporary folder when ``--out`` is an object
+store, or ``--staging-dir``: on a cluster a folder every worker mounts (files are memory-mapped, so
+it is a disk, never an object store).
 
 Files are named uniquely per write, so a retried bundle never clobbers a file another attempt's
 output still names; the launcher removes the whole staging folder when the run ends.

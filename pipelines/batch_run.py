@@ -1,4 +1,9 @@
-"""Launch one batch run: lock the output, fingerprint the inputs, run an engine, write the summary."""
+"""Launch one batch run: lock the output, fingerprint the inputs, run an engine, write the summary.
+
+The output is a local folder or an object-store URL (``s3://``, ``gs://``; ``connectors.storage``).
+An object store can hold no lock file and no SQLite store: a run into one needs ``--audit-db``, and
+takes its lock there (see :func:`output_lock`).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,12 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -24,6 +31,7 @@ from connectors.config import PipelineConfig, load_config
 from connectors.database_url import redact
 from connectors.inputs import InputError, InputFile, discover_inputs, plan_splits
 from connectors.parquet_sink import RunFileNames, remove_stale_parts, remove_temporary_files
+from connectors.storage import Location, StorageError, describe, hide_secrets, is_object_store
 from pipelines import progress
 from pipelines.beam_options import reads_in_this_process
 from pipelines.stages import RunPlan
@@ -43,13 +51,39 @@ class RunRequest:
     """What the operator asked for."""
 
     inputs: list[str]
-    out_dir: Path
+    #: A local folder, or an object-store URL (``s3://BUCKET/PREFIX``, ``gs://BUCKET/PREFIX``).
+    out_dir: Path | str
     engine: str = "beam"
     audit_url: str | None = None
     config_path: Path | None = None
     engine_args: tuple[str, ...] = ()
     #: Settings the command line gives, by field of ``PipelineConfig``; they win over the file.
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Where spill files and the stdin spool go: a folder every worker reaches (see ``staging_root``).
+    staging_dir: Path | None = None
+
+
+def object_store_needs_audit_db(out_url: str) -> str:
+    """Why a run into an object store without ``--audit-db`` is refused, in one line."""
+    return (
+        f"--out {redact(out_url)} is an object store, where the embedded SQLite audit store cannot live: "
+        "give the audit store with --audit-db URL"
+    )
+
+
+def staging_root(out: Location, staging_dir: Path | None = None) -> Path:
+    """The folder this output's runs stage in, each in a folder of its own (``<root>/<run_id>``).
+
+    By default ``DIR/_staging`` for a local output, and a local temporary folder for an object store
+    (spill files are memory-mapped: they need a disk, not a store). With ``staging_dir`` (a folder
+    every worker reaches, on a cluster a shared one), a folder in it named after the output, so that
+    outputs sharing it never clear each other's. A run clears the whole root under the output's
+    lock: what is left there is a killed run's.
+    """
+    if staging_dir is None and not out.is_object_store:
+        return Path(out.url) / "_staging"
+    base = staging_dir if staging_dir is not None else Path(tempfile.gettempdir()) / "aiep-staging"
+    return base.resolve() / f"out-{hashlib.sha256(out.url.encode()).hexdigest()[:12]}"
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
@@ -72,6 +106,41 @@ def lock_output(out_dir: Path) -> filelock.FileLock:
             f"another run is writing to {str(out_dir)!r} (lock {out_dir / '.aiep.lock'})"
         ) from None
     return lock
+
+
+@contextmanager
+def output_lock(out: Location, audit_url: str) -> Iterator[None]:
+    """Hold the output's run lock for the ``with`` block, or refuse in one line.
+
+    A local folder's is its lock file (:func:`lock_output`). An object store has no lock that
+    ``pyarrow.fs`` can take, so the lock of an object-store output lives in the audit store: a
+    named ``GET_LOCK`` on MySQL/MariaDB (freed by the server when the run's connection ends), a
+    lock file beside a SQLite store's file. Two runs into one object-store output exclude each
+    other when they share the audit store (or, on MySQL, its server); runs with unrelated audit
+    stores do not, nor does anything outside this pipeline writing into the prefix.
+    """
+    if not out.is_object_store:
+        lock = lock_output(Path(out.url))
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+    name = "output." + hashlib.sha256(out.url.encode()).hexdigest()[:32]
+    with ExitStack() as held:
+        try:
+            engine = database.open_engine(audit_url)
+            held.callback(engine.dispose)
+            held.enter_context(database.named_lock(engine, name, timeout=0))
+        except TimeoutError:
+            raise RunError(
+                f"another run is writing to {out.url} (lock {name!r} in {redact(audit_url)})"
+            ) from None
+        except Exception as exc:  # any driver error: the store is unusable for this run
+            raise RunError(
+                f"audit store {redact(audit_url)} is unusable: {database.describe_error(exc, audit_url)}"
+            ) from exc
+        yield
 
 
 def inputs_fingerprint(files: list[InputFile]) -> str:
@@ -117,30 +186,42 @@ def run_batch(
     """
     if request.engine not in ENGINES:
         raise RunError(f"unknown engine {request.engine!r}; available: {', '.join(ENGINES)}")
+    try:
+        out = Location.of(request.out_dir)
+    except StorageError as exc:
+        raise RunError(str(exc)) from None
+    if out.is_object_store and not request.audit_url:
+        raise RunError(object_store_needs_audit_db(out.url))
     config = dataclasses.replace(load_config(request.config_path), **request.overrides)
     if config.embedding_cache and "://" not in config.embedding_cache:
         # Workers may start elsewhere: a cache file is named absolutely.
         config = dataclasses.replace(config, embedding_cache=str(Path(config.embedding_cache).resolve()))
-    out_dir = request.out_dir.resolve()
-    _prepare_out_dir(out_dir)
-    lock = lock_output(out_dir)
-    try:
-        return _run_locked(request, config, out_dir, on_progress)
-    finally:
-        lock.release()
+    if out.is_object_store and config.needs_vectors and not config.embedding_cache:
+        raise RunError(
+            f"--out {out.url} is an object store, where the default embedding cache file cannot live: "
+            "give it with --cache PATH|redis://HOST:PORT/DB, or run with --no-embeddings --no-moderation"
+        )
+    if not out.is_object_store:
+        _prepare_out_dir(Path(out.url))
+    audit_url = request.audit_url or database.default_url(Path(out.url))
+    with output_lock(out, audit_url):
+        return _run_locked(request, config, out, audit_url, on_progress)
 
 
-def _run_locked(request, config, out_dir: Path, on_progress) -> RunSummary:  # type: ignore[no-untyped-def]
+def _run_locked(request, config, out: Location, audit_url: str, on_progress) -> RunSummary:  # type: ignore[no-untyped-def]
     started = datetime.now(UTC)
-    started_clock = time.time()  # as file modification times record it
+    started_clock, engine_not_before = _start_clock(out)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     # Holding the lock, any staging folder or temporary file left here is a killed run's.
-    shutil.rmtree(out_dir / "_staging", ignore_errors=True)
-    remove_temporary_files(out_dir)
-    for leftover in [*out_dir.glob("_runs/.*.json.tmp"), *out_dir.glob(".write-probe-*")]:
-        leftover.unlink()
-    staging = out_dir / "_staging" / run_id
-    audit_url = request.audit_url or database.default_url(out_dir)
+    root = staging_root(out, request.staging_dir)
+    if not out.is_object_store:
+        shutil.rmtree(Path(out.url) / "_staging", ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
+    with _store_errors(out):
+        remove_temporary_files(out.url)
+        out.remove_hidden("_runs/.*.tmp")
+        out.remove_hidden(".write-probe-*")
+    staging = root / run_id
     try:
         files = discover_inputs(request.inputs, staging / "stdin.jsonl")
         fingerprint = inputs_fingerprint(files)
@@ -154,7 +235,7 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> RunSummary:  # t
                 f"audit store {redact(audit_url)} is unusable: {database.describe_error(exc, audit_url)}"
             ) from exc
         if config.needs_vectors:
-            _check_models(config, out_dir)
+            _check_models(config, Path(out.url))
         # Inflated sizes, as the readers go through them: a worker's batches grow with the
         # content, not with how well it compressed; the progress bar counts in the same unit.
         content_bytes = sum(f.content_size for f in files)
@@ -162,7 +243,7 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> RunSummary:  # t
         naming = RunFileNames(fingerprint)
         plan = RunPlan(
             run_id=run_id,
-            out_dir=str(out_dir),
+            out_dir=out.url,
             audit_url=audit_url,
             config=config,
             outputs_id=fingerprint,
@@ -171,18 +252,52 @@ def _run_locked(request, config, out_dir: Path, on_progress) -> RunSummary:  # t
             compare_with_store=stored_before,
         )
         splits = plan_splits(files, config.split_mb << 20)
+        time.sleep(max(0.0, engine_not_before - time.monotonic()))
         counts = _run_engine(request, splits, plan, str(staging / "spill"), content_bytes, on_progress)
-        remove_stale_parts(out_dir, naming, started_clock)
+        with _store_errors(out):
+            remove_stale_parts(out.url, naming, started_clock)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if staging.parent.exists() and not any(staging.parent.iterdir()):
-            staging.parent.rmdir()
+        if root.exists() and not any(root.iterdir()):
+            root.rmdir()
 
     summary = _summary(
-        run_id, request, started, files, fingerprint, audit_url, schema_version, config, counts
+        run_id, request, started, files, fingerprint, audit_url, schema_version, config, counts, out
     )
-    _write_summary(out_dir, run_id, summary)
+    with _store_errors(out):
+        _write_summary(out, run_id, summary)
     return summary
+
+
+@contextmanager
+def _store_errors(out: Location) -> Iterator[None]:
+    """An object store's refusal (credentials, permissions, a lost connection) as one line naming
+    the output; a local disk's errors as they are."""
+    try:
+        yield
+    except OSError as exc:
+        if not out.is_object_store:
+            raise
+        raise RunError(f"output {out.url} is not usable: {describe(exc)}") from None
+
+
+def _start_clock(out: Location) -> tuple[float, float]:
+    """``(older_than, not_before)``: a file of this output stamped before ``older_than`` (epoch
+    seconds, by the clock that stamps its files) is from an earlier run; and the monotonic time
+    before which this run must write none.
+
+    A local disk stamps files by this machine's clock, finely. An object store stamps them by its
+    own, in whole seconds: a probe's stamp ``p``, taken while holding the output's lock, is at least
+    that of every file an earlier run wrote; a file written a second after the probe or later is
+    stamped ``p + 1`` or more, rounded either way. The probe also proves the store writable.
+    """
+    if not out.is_object_store:
+        return time.time(), 0.0
+    try:
+        probe = out.store_time()
+    except OSError as exc:
+        raise RunError(f"output {out.url} is not writable: {describe(exc)}") from None
+    return probe + 1, time.monotonic() + 1
 
 
 def _check_models(config: PipelineConfig, out_dir: Path) -> None:
@@ -217,11 +332,11 @@ def _run_engine(request, splits, plan, staging_dir: str, total_bytes: int, on_pr
     progress.reset()
     done = threading.Event()
     local = reads_in_this_process(request.engine_args)
-    if not local:
-        log.warning(
-            "workers run outside this process: they spill batches under %s, which each must reach",
-            staging_dir,
-        )
+    if not local or request.staging_dir is not None or is_object_store(plan.out_dir):
+        # The one line that says where staging is, wherever it is not a local DIR/_staging read by
+        # this process alone.
+        workers = "workers run outside this process: they" if not local else "this run's workers"
+        log.warning("%s spill batches under %s, which each must reach", workers, staging_dir)
 
     def report() -> None:
         while not done.wait(0.2):
@@ -236,7 +351,9 @@ def _run_engine(request, splits, plan, staging_dir: str, total_bytes: int, on_pr
         root = database.root_cause(exc)
         if isinstance(root, InputError):  # an input unusable as a whole, found as it was read
             raise RunError(str(root)) from exc
-        raise RunError(f"pipeline failed: {database.describe_error(root, plan.audit_url)}") from exc
+        raise RunError(
+            f"pipeline failed: {hide_secrets(database.describe_error(root, plan.audit_url))}"
+        ) from exc
     finally:
         done.set()
         if reporter:
@@ -245,7 +362,7 @@ def _run_engine(request, splits, plan, staging_dir: str, total_bytes: int, on_pr
 
 
 def _summary(
-    run_id, request, started, files, fingerprint, audit_url, schema_version, config, counts
+    run_id, request, started, files, fingerprint, audit_url, schema_version, config, counts, out
 ) -> RunSummary:  # type: ignore[no-untyped-def]
     finished = datetime.now(UTC)
     read = counts.get("events_read", 0)
@@ -288,7 +405,7 @@ def _summary(
                 InputSummary(f.name, f.format, f.gzip, f.size, f.sha256, f.content_hash) for f in files
             ),
             inputs_fingerprint=fingerprint,
-            out_dir=str(request.out_dir.resolve()),
+            out_dir=out.url,
             audit_db=redact(audit_url),
             audit_schema_version=schema_version,
             config=config.summary_block(),
@@ -302,11 +419,6 @@ def _to_millisecond(moment: datetime) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-def _write_summary(out_dir: Path, run_id: str, summary: RunSummary) -> Path:
-    runs = out_dir / "_runs"
-    runs.mkdir(exist_ok=True)
-    final = runs / f"{run_id}.json"
-    temporary = runs / f".{run_id}.json.tmp"
-    temporary.write_text(summary.to_json(), encoding="utf-8")
-    os.replace(temporary, final)
-    return final
+def _write_summary(out: Location, run_id: str, summary: RunSummary) -> str:
+    text = summary.to_json().encode("utf-8")
+    return out.write_atomically(f"_runs/{run_id}.json", lambda stream: stream.write(text))

@@ -15,7 +15,7 @@ They come after :class:`~pipelines.semantic.EmbedTexts`, which embeds every text
 
 from __future__ import annotations
 
-import os
+import posixpath
 import zlib
 from collections.abc import Iterable, Sequence
 
@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.images import FolderImageLoader
+from connectors.images import image_loader
 from connectors.parquet_sink import ParquetSink
 from connectors.sinks import Counts, Sink
 from connectors.users import UserDirectory
@@ -109,7 +109,7 @@ class ScreenImages:
             if is_url(image):
                 return unscanned(image)
             try:
-                image = FolderImageLoader(os.path.dirname(image), self.max_bytes)(os.path.basename(image))
+                image = image_loader(posixpath.dirname(image), self.max_bytes)(posixpath.basename(image))
             except ContractViolation as exc:  # gone or changed since validation
                 return ImageProblem(IMAGE_UNDECODABLE, f"{exc.reason.value}: {exc.detail}")
         return decode_image(image, max_pixels=self.max_pixels)

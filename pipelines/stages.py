@@ -25,7 +25,6 @@ and disposes the database engine when the worker ends.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import pyarrow.compute as pc
 import schemas
 from connectors.audit_sink import StoredEvents
 from connectors.config import PipelineConfig
-from connectors.images import FolderImageLoader
+from connectors.images import image_loader, image_location
 from connectors.inputs import InputSplit
 from connectors.parquet_sink import FileNaming, partition_dates
 from connectors.readers import read_split
@@ -120,7 +119,7 @@ class RunPlan:
     """
 
     run_id: str
-    out_dir: str
+    out_dir: str  # a local folder, or an object-store URL (connectors.storage.Location)
     audit_url: str = field(repr=False)  # may hold a password: never in a log or an error
     config: PipelineConfig
     #: Names this run's output files (through ``naming``) and marks its audit rows: the inputs'
@@ -192,7 +191,7 @@ class ValidateHashPrice:
         self.schema = in_flight_schema(schemas.arrow_schema("events"), content=carry_content)
 
     def __call__(self, records: InputRecords) -> StageOutput:
-        loader = FolderImageLoader(self.image_dirs[records.source_order], self.settings.rules.image_max_bytes)
+        loader = image_loader(self.image_dirs[records.source_order], self.settings.rules.image_max_bytes)
         batch = enrich_records(records, self.settings, loader, self.schema)
         events = batch.events
         if IMAGE_PATH in events.column_names:
@@ -210,7 +209,7 @@ def _resolved_image_paths(events: pa.Table, image_dir: str) -> pa.Table:
     paths = events.column(IMAGE_PATH)
     if paths.null_count == len(paths):
         return events
-    resolved = [p if p is None or is_url(p) else os.path.join(image_dir, p) for p in paths.to_pylist()]
+    resolved = [p if p is None or is_url(p) else image_location(image_dir, p) for p in paths.to_pylist()]
     return events.set_column(
         events.schema.get_field_index(IMAGE_PATH), IMAGE_PATH, pa.array(resolved, pa.string())
     )

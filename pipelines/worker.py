@@ -70,7 +70,7 @@ class SpineWorker:
 
     def __init__(self, plan: RunPlan) -> None:
         self.plan = plan
-        self.out_dir = Path(plan.out_dir)
+        self.out_dir = plan.out_dir  # a local folder or an object-store URL
         self._engine: sa.Engine | None = None
         self._sinks: list[Sink | EmbeddingCache] = []  # what close() closes
 
@@ -159,7 +159,8 @@ class SpineWorker:
 
     @cached_property
     def cached_embedder(self) -> CachedEmbedder:
-        cache = open_cache(self.plan.config, self.out_dir, self.embedder)
+        # An object-store run names its cache (batch_run refuses it otherwise): no default is made there.
+        cache = open_cache(self.plan.config, Path(self.out_dir), self.embedder)
         self._sinks.append(cache)
         return CachedEmbedder(self.embedder, cache, self.settings.hasher, self.embedder.dimensions)
 

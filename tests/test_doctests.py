@@ -16,6 +16,7 @@ MODULES = [
     "connectors.tabular",
     "connectors.parquet_source",
     "connectors.inputs",
+    "connectors.storage",
     "connectors.jsonl_source",
     "connectors.database_url",
     "connectors.embedding_cache",
