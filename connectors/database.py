@@ -10,6 +10,7 @@ tables, so column lists are never restated in code.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +32,8 @@ from pymysql.constants import CLIENT
 import schemas
 from connectors.database_url import hide_secrets, resolve_url
 from connectors.retry import transient_retry
+
+log = logging.getLogger("aiep.database")
 
 #: What a transaction's work returns (``in_transaction``).
 Outcome = TypeVar("Outcome")
@@ -194,6 +197,9 @@ def named_lock(engine: sa.Engine, name: str, timeout: float = MIGRATION_LOCK_SEC
             yield
         return
     with engine.connect() as conn:
+        # The connection sits idle while the lock is held (a whole run): the server's wait_timeout
+        # (8 h by default) must not end it, which would free the lock without telling us.
+        conn.execute(sa.text("SET SESSION wait_timeout = 31536000"))
         granted = conn.execute(
             sa.text("SELECT GET_LOCK(:name, :seconds)"), {"name": f"aiep.{name}", "seconds": timeout}
         ).scalar()
@@ -202,7 +208,10 @@ def named_lock(engine: sa.Engine, name: str, timeout: float = MIGRATION_LOCK_SEC
         try:
             yield
         finally:
-            conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": f"aiep.{name}"})
+            try:
+                conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": f"aiep.{name}"})
+            except sa.exc.DBAPIError as exc:  # a lost connection freed it already; the run's own
+                log.warning("lock %r: release failed (%s)", name, type(exc.orig).__name__)  # outcome stands
 
 
 def has_audit_rows(engine: sa.Engine) -> bool:

@@ -32,7 +32,10 @@ class ServiceError(Exception):
 
 def _ip(*args: str) -> str:
     """Run ``ip ARGS``; its output, or a ServiceError with ip's own one-line complaint."""
-    done = subprocess.run([shutil.which("ip") or "ip", *args], capture_output=True, text=True)
+    command = shutil.which("ip")
+    if command is None:
+        raise ServiceError("network namespaces need the `ip` command (Debian's iproute2)")
+    done = subprocess.run([command, *args], capture_output=True, text=True)
     if done.returncode != 0:
         complaint = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
         raise ServiceError(f"`ip {' '.join(args)}` failed: {complaint}")

@@ -217,12 +217,14 @@ class Location:
         while fixed < len(wanted) - 1 and not _has_magic(wanted[fixed]):
             fixed += 1
         base = "/".join([self.path(), *wanted[:fixed]])
-        selector = pafs.FileSelector(base, allow_not_found=True, recursive=len(wanted) - fixed > 1)
+        rest = wanted[fixed:]
+        # ``**`` matches any depth, also as the last segment (``in/**``): list the whole subtree.
+        recursive = len(rest) > 1 or "**" in rest
+        selector = pafs.FileSelector(base, allow_not_found=True, recursive=recursive)
         try:
             found = self.filesystem.get_file_info(selector)
         except NotADirectoryError:
             return []
-        rest = wanted[fixed:]
         return sorted(
             (info for info in found if glob_match(info.path[len(base) + 1 :].split("/"), rest)),
             key=lambda info: info.path,

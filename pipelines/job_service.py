@@ -44,7 +44,8 @@ class SdkWorkersJob(local_job_service.BeamJob):  # type: ignore[misc]
         runner = fn_runner.FnApiRunner(provision_info=self._provision_info)
         # What FnApiRunner.run_pipeline sets from the same option (0: one per CPU); the job's
         # options travel as a protobuf Struct, whose numbers come back as floats.
-        asked = int(options.view_as(DirectOptions).direct_num_workers or 1)
+        value = options.view_as(DirectOptions).direct_num_workers
+        asked = 1 if value is None else int(value)
         runner._num_workers = asked if asked > 0 else os.cpu_count() or 1
         return runner.run_via_runner_api(self._pipeline_proto, options)
 

@@ -139,7 +139,8 @@ def run_process(
             lines = StdinLines(sys.stdin.buffer, rules.max_record_bytes, STDIN_NAME, config.batch_size)
             source = bytewax_flow.StdinSource(lines, stop)
         else:
-            splits = plan_splits(list(prepared.files), config.split_mb << 20)
+            # Only the home process reads: the others need no splits (planning reads the inputs).
+            splits = plan_splits(list(prepared.files), config.split_mb << 20) if home else []
             source = bytewax_flow.FilesSource(splits, config.batch_size, rules, stop, home=home)
         tally = bytewax_flow.Tally()
         workers = bytewax_flow.Workers(plan)

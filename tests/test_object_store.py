@@ -8,6 +8,7 @@ its access key, every request must be signed with that key, so a wrong secret fa
 from __future__ import annotations
 
 import functools
+import glob
 import io
 import json
 import os
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
+from connectors.storage import Location
 from tests.conftest import (
     CliResult,
     MySQLDatabase,
@@ -409,3 +411,23 @@ def test_images_resolve_against_the_inputs_folder_in_the_store(
     with pytest.raises(ContractViolation) as large:
         image_loader("s3://aiep/pics/in", max_bytes=len(png_bytes) - 1)("images/a.png")
     assert large.value.reason == Reason.IMAGE_TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    "pattern", ["**", "in/**", "in/**/*.jsonl", "in/*/*.jsonl", "in/a/*", "**/b/*.jsonl", "in/[ab]/x?.jsonl"]
+)
+def test_a_listing_matches_what_glob_matches(tmp_path: Path, pattern: str) -> None:
+    """``Location.files`` (the listing an object-store input goes through, here on a local disk)
+    gives exactly ``glob.glob(recursive=True)``'s files, at any depth, hidden names skipped."""
+    for name in ["top.jsonl", "in/x1.jsonl", "in/a/x1.jsonl", "in/a/b/x2.jsonl", "in/b/x3.jsonl",
+                 "in/a/.hidden.jsonl", "in/.h/x4.jsonl", "in/b/c/d/x5.jsonl"]:  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}\n")
+    place = Location.of(tmp_path)
+    listed = [place.relative(info.path) for info in place.files(pattern)]
+    expected = sorted(
+        str(Path(path).relative_to(tmp_path))
+        for path in glob.glob(str(tmp_path / pattern), recursive=True)
+        if Path(path).is_file()
+    )
+    assert listed == expected and expected, pattern

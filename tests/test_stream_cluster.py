@@ -160,13 +160,14 @@ def test_two_processes_joined_by_their_addresses_read_a_file_as_one_worker_does(
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(2))
     joined = [*args, "--out", cluster, "--workers", "2", "--addresses", addresses]
     argv = [sys.executable, str(ROOT / "runner.py"), *map(str, joined), "--no-embeddings", "--no-moderation"]
-    second = subprocess.Popen(
-        [*argv, "--process-id", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    first = subprocess.Popen(
-        [*argv, "--process-id", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    (out0, err0), (out1, err1) = first.communicate(timeout=300), second.communicate(timeout=300)
+    # Process 1's output goes to files: read after process 0's, a full pipe would stall it.
+    with (tmp_path / "out1").open("w+b") as out_file, (tmp_path / "err1").open("w+b") as err_file:
+        second = subprocess.Popen([*argv, "--process-id", "1"], cwd=ROOT, stdout=out_file, stderr=err_file)
+        first = subprocess.Popen(
+            [*argv, "--process-id", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        (out0, err0), _ = first.communicate(timeout=300), second.wait(timeout=300)
+    out1, err1 = (tmp_path / "out1").read_bytes(), (tmp_path / "err1").read_bytes()
     assert (first.returncode, second.returncode) == (0, 0), (err0.decode(), err1.decode())
     assert out1 == b"" and "process 0 wrote the summary" in err1.decode()
     summary = json.loads(out0)  # process 0's: the whole cluster's counts
