@@ -37,9 +37,9 @@ from tests.conftest import (
 pytestmark = pytest.mark.slow
 
 #: Enough events that the audit sink is still writing when the outage comes.
-N_EVENTS = 30_000
+N_EVENTS = 15_000
 #: Small transactions: the audit sink commits ~150 batches, so an outage lands between and inside them.
-AUDIT_BATCH_ROWS = 200
+AUDIT_BATCH_ROWS = 100
 #: How long the test keeps killing the pipeline's connections, at most.
 KILL_WINDOW_SECONDS = 60.0
 #: How long the test waits for one run to end.

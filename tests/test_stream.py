@@ -29,7 +29,7 @@ from tests.conftest import ROOT, drop_database, make_database, read_dataset, run
 
 pytestmark = pytest.mark.slow
 
-EVENTS = 1_000
+EVENTS = 600
 #: Out of order by up to about 12 hours in the generated input: with this lateness nothing is late,
 #: so a stream must give exactly what a batch run gives.
 NOTHING_LATE = "[stream]\nallowed_lateness_seconds = 259200\nsnapshot_seconds = 1\n"
@@ -169,7 +169,7 @@ def test_bytewax_from_redis_gives_what_beam_gives(
             assert summary[name] == beam_summary[name], name
         assert summary["late_events"] == 0 and summary["events_in_windows_change"] == 0
         assert summary["entries_acknowledged"] == EVENTS  # every entry, once its results committed
-        assert summary["events_processed"] > 900 and summary["rate_limited"] > 0
+        assert summary["events_processed"] > 0.9 * EVENTS and summary["rate_limited"] > 0
 
         assert audit_rows(stream_db) == audit_rows(beam_db)
         assert decision_rows(stream_db) == decision_rows(beam_db)
@@ -496,7 +496,8 @@ def test_follow_reads_each_appended_line_once_across_a_restart(
     folder, out = tmp_path / "in", tmp_path / "followed"
     folder.mkdir()
     first, second = folder / "a.jsonl", folder / "b.jsonl"
-    first.write_bytes(b"".join(lines[:400]))
+    a, b, c = EVENTS * 2 // 5, EVENTS * 7 // 10, EVENTS * 17 // 20  # where the input is cut
+    first.write_bytes(b"".join(lines[:a]))
 
     def start() -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
@@ -518,20 +519,20 @@ def test_follow_reads_each_appended_line_once_across_a_restart(
         return stream_summary(out)
 
     proc, port = start()
-    wait_for_reads(port, proc, records(lines[:400]))
+    wait_for_reads(port, proc, records(lines[:a]))
     with first.open("ab") as grow:  # lines appended to a file, and a new file with half a line
-        grow.write(b"".join(lines[400:700]))
-    second.write_bytes(b"".join(lines[700:850]) + lines[850][:50])
-    wait_for_reads(port, proc, records(lines[:850]))  # the half line waits for its end
+        grow.write(b"".join(lines[a:b]))
+    second.write_bytes(b"".join(lines[b:c]) + lines[c][:50])
+    wait_for_reads(port, proc, records(lines[:c]))  # the half line waits for its end
     before = stop(proc)
-    assert before["ended_by"] == "sigterm" and before["events_read"] == records(lines[:850])
+    assert before["ended_by"] == "sigterm" and before["events_read"] == records(lines[:c])
 
     with second.open("ab") as grow:  # while stopped: the rest of the half line, and more
-        grow.write(lines[850][50:] + b"".join(lines[851:]))
+        grow.write(lines[c][50:] + b"".join(lines[c + 1 :]))
     proc, port = start()
-    wait_for_reads(port, proc, records(lines[850:]))
+    wait_for_reads(port, proc, records(lines[c:]))
     after = stop(proc)
-    assert after["events_read"] == records(lines[850:])  # nothing read twice, nothing missed
+    assert after["events_read"] == records(lines[c:])  # nothing read twice, nothing missed
 
     audit = run_sqlite(out / "audit.sqlite")
     assert len(audit) == len({row[0] for row in audit})
