@@ -8,12 +8,16 @@ Measures, in one run on one generated file (made once per size and seed under ``
 
 1. **raw parse**: ``pyarrow.json.read_json`` of the file, the ceiling of any JSONL reader;
 2. **DuckDB peer**: the same validate, dedup, hash, price and rate-limit logic as one DuckDB
-   statement (``benchmarks/peer_sql.py``), what a data engineer would write instead;
-3. **spine**: ``runner.py run`` (``run_batch``, DirectRunner, SQLite audit store) in a child
-   process, events_read / run seconds, and its peak RSS;
+   statement (``benchmarks/peer_sql.py``), what a data engineer would write instead, pinned to
+   2 threads (the machine's cores);
+3. **spine**: ``runner.py run`` (``run_batch``, DirectRunner, SQLite audit store, model stages
+   off) in a child process, events_read / run seconds, and its peak RSS;
 
-then prints the spine's ratio to each. ``--baseline REF`` also runs the spine of an older commit
-on the same file in the same run, and prints the two side by side (throughput and result counts).
+the peer and the spine alternately, ``--rounds`` times (default 3), so that load from other work
+falls on both; then prints the spine's ratio to each anchor, per round and the median. The last
+line of the output is ``spine / DuckDB peer (median) = R``. ``--baseline REF`` also runs the spine
+of an older commit in each round, on the same file, and prints the two side by side (throughput
+and result counts).
 ``--rss-scaling`` runs only the spine at several sizes to show whether memory stays flat as the
 input grows. Timings are printed, never asserted.
 """
@@ -21,7 +25,9 @@ input grows. Timings are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +40,7 @@ import orjson
 
 from benchmarks.anchors import PEER_SIMPLIFICATIONS, duckdb_peer, raw_parse
 from benchmarks.event_files import event_file
-from benchmarks.measure import REPO, Measurement, best_of, checkout_commit, run_spine
+from benchmarks.measure import REPO, Measurement, checkout_commit, run_spine
 from benchmarks.report import (
     environment,
     print_agreement,
@@ -44,6 +50,9 @@ from benchmarks.report import (
     print_scaling,
     print_table,
 )
+
+#: The peer's threads: this machine's two cores, as the spine may use them.
+PEER_THREADS = 2
 
 _SPINE_ARG_HELP = (
     "a Beam pipeline option for the spine, repeatable "
@@ -80,11 +89,11 @@ def _parser() -> argparse.ArgumentParser:
         help="run only the spine at these sizes and print peak RSS per size",
     )
     parser.add_argument(
-        "--repeat",
+        "--rounds",
         type=int,
-        default=1,
+        default=3,
         metavar="K",
-        help="measure each K times and keep the fastest (default: 1; the machine may be shared)",
+        help="alternate the DuckDB peer and the spine K times; ratios are the median's (default: 3)",
     )
     parser.add_argument(
         "--spine-arg",
@@ -119,48 +128,70 @@ def _sizes(text: str) -> list[int]:
 
 
 def compare(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    """Measure raw parse, the DuckDB peer (all cores, then 1 thread) and the spine on one file."""
+    """Measure raw parse once, then the DuckDB peer (2 threads), the baseline's spine (if asked)
+    and the spine, alternately, ``--rounds`` times on one file."""
     source = event_file(args.data_dir, args.events, args.seed)
     print(
         f"input: {source.path} ({source.path.stat().st_size / 2**20:,.0f} MiB, {source.lines:,} lines)",
         flush=True,
     )
-    repeat = max(1, args.repeat)
-    rows = [best_of(repeat, lambda _: raw_parse(source))]
-    rows.append(best_of(repeat, lambda _: duckdb_peer(source, scratch / "duckdb-peer")))
-    if int(rows[-1].details["threads"]) > 1:
-        rows.append(best_of(repeat, lambda _: duckdb_peer(source, scratch / "duckdb-peer-1", threads=1)))
-    baseline = None
-    if args.baseline:
-        checkout = checkout_commit(args.baseline, scratch / "baseline-tree")
-        baseline = best_of(
-            repeat,
-            lambda attempt: run_spine(
-                source.path, scratch / f"baseline-{attempt}", tuple(args.spine_arg), repo=checkout
-            ),
-        )
-    rows.append(
-        best_of(
-            repeat,
-            lambda attempt: run_spine(source.path, scratch / f"spine-{attempt}", tuple(args.spine_arg)),
-        )
-    )
+    raw = _measured(raw_parse(source))
+    checkout = checkout_commit(args.baseline, scratch / "baseline-tree") if args.baseline else None
+    peers: list[Measurement] = []
+    spines: list[Measurement] = []
+    baselines: list[Measurement] = []
+    for round_ in range(max(1, args.rounds)):
+        print(f"round {round_ + 1}:", flush=True)
+        peers.append(_measured(duckdb_peer(source, scratch / "duckdb-peer", threads=PEER_THREADS)))
+        if checkout is not None:
+            out = scratch / f"baseline-{round_}"
+            baselines.append(_measured(run_spine(source.path, out, tuple(args.spine_arg), repo=checkout)))
+            _drop(out, args.keep_outputs)
+        out = scratch / f"spine-{round_}"
+        spines.append(_measured(run_spine(source.path, out, tuple(args.spine_arg))))
+        _drop(out, args.keep_outputs)
+    peer, spine = _median_run(peers), _median_run(spines)
+    baseline = _median_run(baselines) if baselines else None
     print()
-    print_table([*rows[:-1], *([baseline] if baseline else []), rows[-1]])
-    ratios = print_ratios(rows)
-    agreement = print_agreement(rows[-1], rows[1])
+    print_table([raw, peer, *([baseline] if baseline else []), spine])
+    ratios = print_ratios([raw, peer, spine])
+    per_round = [s.events_per_s / p.events_per_s for p, s in zip(peers, spines, strict=True)]
+    median = statistics.median(per_round)
+    print(f"  per round, spine / DuckDB peer: {', '.join(f'{r:.3f}' for r in per_round)}")
+    ratios["spine / DuckDB peer (median of rounds)"] = round(median, 4)
+    agreement = print_agreement(spine, peer)
     if baseline:
-        ratios["spine / spine at baseline"] = print_before_after(baseline, rows[-1])
+        ratios["spine / spine at baseline"] = print_before_after(baseline, spine)
     print("\nDuckDB peer simplifications:")
     for line in PEER_SIMPLIFICATIONS:
         print(f"  - {line}")
     return {
         "input": {"path": str(source.path), "manifest": source.manifest},
-        "measurements": [_as_json(m) for m in rows],
+        "measurements": [_as_json(m) for m in [raw, *peers, *baselines, *spines]],
         "ratios": ratios,
         "agreement": agreement,
         "peer_simplifications": list(PEER_SIMPLIFICATIONS),
+        "headline": f"spine / DuckDB peer (median) = {median:.3f}",
     }
+
+
+def _median_run(runs: list[Measurement]) -> Measurement:
+    """The run of median wall time (the slower middle one of an even count), every wall noted."""
+    ordered = sorted(runs, key=lambda m: m.wall_s)
+    middle = ordered[len(ordered) // 2]
+    return dataclasses.replace(
+        middle, details={**middle.details, "walls_s": [round(m.wall_s, 3) for m in runs]}
+    )
+
+
+def _measured(m: Measurement) -> Measurement:
+    print(f"  measured {m.name}: {m.wall_s:.2f} s", flush=True)
+    return m
+
+
+def _drop(out: Path, keep: bool) -> None:
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def scaling(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
@@ -214,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             + b"\n"
         )
         print(f"\nwrote {args.json}")
+    if "headline" in results:
+        print(f"\n{results['headline']}")  # the last line: the figure issue 19 tracks
     return 0
 
 
