@@ -16,10 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.cost import COST_MAX, PriceBook, event_cost
+from transforms.clean_rows import clean_rows
+from transforms.cost import COST_MAX, COST_PLACES, PriceBook, event_cost
 from transforms.dead_letter import RAW_KEEP_BYTES, ContractViolation, DeadLetter, Reason
 from transforms.hashing import ContentHasher
 from transforms.validate import (
@@ -126,6 +128,7 @@ def enrich_records(
     settings: EnrichSettings,
     load_image: ImageLoader,
     schema: pa.Schema,
+    columnar: bool = True,
 ) -> EnrichedBatch:
     """Validate, hash and price a batch of records.
 
@@ -134,27 +137,50 @@ def enrich_records(
         settings: rules, prices, hasher and shard count.
         load_image: reads a path image for this batch's source (a connector supplies it).
         schema: :func:`in_flight_schema` of the events dataset.
+        columnar: take the batch's plain JSONL records through the columnar fast path
+            (:mod:`transforms.clean_rows`) and only the rest one at a time; ``False`` judges
+            every record one at a time (the reference the fast path is tested against).
 
     Returns:
-        The events that passed, and a dead letter for each record that did not.
+        The events that passed, in input order, and a dead letter for each record that did not.
     """
     rules = settings.rules
+    clean = None
+    if columnar and records.parsed is None and records.raws:
+        clean = clean_rows(
+            records.raws, records.line_nos, records.rejected, rules,
+            settings.prices, settings.hasher, settings.shards,
+        )  # fmt: skip
     rows: list[tuple[Any, ...]] = []  # one tuple per event, in _ROW_COLUMNS order
+    positions: list[int] = []
     dead: list[DeadLetter] = []
     parsed, rejected = records.parsed, records.rejected
+    taken = set(clean.positions.tolist()) if clean is not None else ()
     for i, raw in enumerate(records.raws):
+        if i in taken:
+            continue
         obj: Any = None
         try:
             if i in rejected:
                 raise rejected[i]
             obj = parsed[i] if parsed is not None else parse_record(raw, rules)
             rows.append(_event_row(obj, raw, records.line_nos[i], settings, load_image, parsed is None))
+            positions.append(i)
         except ContractViolation as violation:
             dead.append(_dead_letter(records, i, obj, violation.reason, violation.detail, rules))
         except Exception as exc:  # no rule names it: keep the record as a dead letter, go on
             log.warning("%s:%d: %s", records.source, records.line_nos[i], _describe(exc))
             dead.append(_dead_letter(records, i, obj, Reason.INTERNAL_ERROR, _describe(exc), rules))
-    return EnrichedBatch(_as_table(rows, records, settings, schema), dead)
+    one_by_one = _as_table(_row_columns(rows), len(rows), records, settings, schema)
+    if clean is None or not len(clean.positions):
+        return EnrichedBatch(one_by_one, dead)
+    columnar_rows = _as_table(clean.columns, len(clean.positions), records, settings, schema)
+    if not rows:
+        return EnrichedBatch(columnar_rows, dead)
+    order = np.argsort(
+        np.concatenate([clean.positions, np.asarray(positions, dtype=np.int64)]), kind="stable"
+    )
+    return EnrichedBatch(pa.concat_tables([columnar_rows, one_by_one]).take(pa.array(order)), dead)
 
 
 def _event_row(
@@ -251,32 +277,53 @@ _ROW_COLUMNS = (
 )  # fmt: skip
 
 
+def _row_columns(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """The per-record path's row tuples as columns, its costs as micro-USD and a priced flag."""
+    if not rows:
+        return {name: () for name in _ROW_COLUMNS} | {"cost_micros": (), "priced": ()}
+    columns: dict[str, Any] = dict(zip(_ROW_COLUMNS, zip(*rows, strict=True), strict=True))
+    costs = columns.pop("cost")
+    columns["priced"] = [cost is not None for cost in costs]
+    columns["cost_micros"] = [0 if cost is None else int(cost.scaleb(COST_PLACES)) for cost in costs]
+    return columns
+
+
 def _as_table(
-    rows: list[tuple[Any, ...]], records: InputRecords, settings: EnrichSettings, schema: pa.Schema
+    values: dict[str, Any], n: int, records: InputRecords, settings: EnrichSettings, schema: pa.Schema
 ) -> pa.Table:
-    """Columns from the row tuples, plus the columns derived from them or constant per batch."""
-    n = len(rows)
-    values: dict[str, Any] = (
-        dict(zip(_ROW_COLUMNS, zip(*rows, strict=True), strict=True))
-        if n
-        else {name: () for name in _ROW_COLUMNS}
-    )
-    tiers = pa.array(values.pop("ai_tier"), pa.string())
+    """The in-flight table of ``n`` events from their columns (lists or Arrow arrays), plus the
+    columns derived from them or constant per batch."""
+    values = dict(values)
     has_image = pa.array(values.pop("_has_image"), pa.bool_())
-    cost = pa.array(values["cost"], schema.field("cost").type)
-    values["ai_tier"] = tiers
+    priced = pa.array(values.pop("priced"), pa.bool_())
     values["modality"] = pc.if_else(has_image, "image", "text")
-    values["cost"] = cost
-    values["cost_status"] = pc.if_else(pc.is_null(cost), "unpriced", "priced")
+    kind = schema.field("cost").type
+    values["cost"] = pc.if_else(priced, _decimals(values.pop("cost_micros"), kind), pa.scalar(None, kind))
+    values["cost_status"] = pc.if_else(priced, "priced", "unpriced")
     values["hash_mode"] = pa.array([settings.hasher.mode] * n, pa.string())
     values["source"] = pa.array([records.source] * n, pa.string())
     values[ORDER] = pa.array([records.source_order] * n, pa.int32())
     return pa.Table.from_arrays(
         [
-            pa.array(values[f.name], f.type) if not isinstance(values[f.name], pa.Array) else values[f.name]
+            values[f.name].cast(f.type)
+            if isinstance(values[f.name], pa.Array)
+            else pa.array(values[f.name], f.type)
             for f in schema
         ],
         schema=schema,
+    )
+
+
+def _decimals(micros: Any, kind: pa.DataType) -> pa.Array:
+    """Amounts in micro-USD (whole numbers below 10**18) as a decimal array of ``kind``
+    (COST_PLACES places): the 128-bit integers are built directly, exactly."""
+    assert kind.scale == COST_PLACES
+    low = np.asarray(micros, dtype=np.int64)
+    words = np.empty((len(low), 2), dtype=np.int64)
+    words[:, 0] = low
+    words[:, 1] = low >> 63  # the sign, spread over the high word
+    return pa.Array.from_buffers(
+        pa.decimal128(kind.precision, kind.scale), len(low), [None, pa.py_buffer(words)]
     )
 
 

@@ -41,3 +41,18 @@ class ContentHasher:
         if text is None:
             return None
         return self.data(unicodedata.normalize("NFC", text).encode("utf-8"))
+
+    def texts(self, texts: list[str | None]) -> list[str | None]:
+        """:meth:`text` of each, in one loop (the hot path hashes whole columns).
+
+        >>> hasher = ContentHasher(b"k")
+        >>> hasher.texts(["e\\u0301", None]) == [hasher.text("\\u00e9"), None]
+        True
+        """
+        normalize, sha256 = unicodedata.normalize, hashlib.sha256
+        if self.key is None:
+            return [None if t is None else sha256(normalize("NFC", t).encode()).hexdigest() for t in texts]
+        key, digest = self.key, hmac.digest
+        return [
+            None if t is None else digest(key, normalize("NFC", t).encode(), "sha256").hex() for t in texts
+        ]
