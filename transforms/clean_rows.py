@@ -18,6 +18,7 @@ the per-record path on generated, fuzzed and hypothesis-drawn records.
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import pyarrow.compute as pc
 from transforms.cost import COST_MAX, COST_PLACES, Price, PriceBook
 from transforms.dead_letter import RAW_KEEP_BYTES
 from transforms.hashing import ContentHasher
-from transforms.validate import _EXPONENT, EventRules, nesting_depth
+from transforms.validate import EventRules, nesting_depth
 
 #: Stands for an absent field, which differs from JSON null (a null field is the wrong type).
 _ABSENT: Any = object()
@@ -44,6 +45,10 @@ _PLAIN_TIME = (
     r"(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$"
 )
 _UTC_US = pa.timestamp("us", tz="UTC")
+#: A number with an exponent in orjson's compact output (numbers follow ``:``, ``,`` or ``[``): a
+#: float that may have been read from an integer past 64 bits. ``validate._EXPONENT`` also matches
+#: inside strings (``"s-162e30"``), where it costs the per-record path only a second parse.
+_NUMBER_WITH_EXPONENT = re.compile(rb"[:,\[]-?\d+(?:\.\d+)?[eE]")
 #: Token counts below this keep every cost computable in 64-bit integers (see ``_micros``).
 _COUNT_LIMIT = 1 << 31
 _COST_MAX_MICROS = int(COST_MAX.scaleb(COST_PLACES))
@@ -217,8 +222,8 @@ def _plain_records(raws: Sequence[bytes], skip: Mapping[int, object], rules: Eve
                 text = dumps(metadata)
                 # A large float may stand for an integer past 64 bits, and deep metadata needs its
                 # depth counted: the per-record path does both.
-                if len(text) >= 2 * inner and (
-                    _EXPONENT.search(text) or nesting_depth(metadata, inner) > inner
+                if _NUMBER_WITH_EXPONENT.search(text) or (
+                    len(text) >= 2 * inner and nesting_depth(metadata, inner) > inner
                 ):
                     continue
                 metadata = text.decode()
