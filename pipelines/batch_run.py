@@ -33,7 +33,7 @@ from connectors.inputs import InputError, InputFile, discover_inputs, plan_split
 from connectors.parquet_sink import RunFileNames, remove_stale_parts, remove_temporary_files
 from connectors.storage import Location, StorageError, describe, hide_secrets, is_object_store
 from pipelines import progress
-from pipelines.beam_options import reads_in_this_process
+from pipelines.beam_options import counts_bytes_read, reads_in_this_process, with_worker_processes
 from pipelines.stages import RunPlan
 from pipelines.summary import InputSummary, RunSummary, SummaryError
 from transforms.dead_letter import Reason
@@ -181,8 +181,8 @@ def run_batch(
 
     ``on_progress(bytes_read, bytes_total)`` is called from a helper thread while the run goes;
     both count bytes of the inputs' content as read (a gzip input's inflated bytes). ``bytes_read``
-    is ``None`` when the runner's workers read the inputs in other processes, which report nothing
-    here (a job service, ``--direct_running_mode=multi_processing``): the run's progress is unknown.
+    is ``None`` when the workers are not the DirectRunner's (a job service, a cluster), whose
+    progress the launcher does not count on seeing (``pipelines.progress``).
     """
     if request.engine not in ENGINES:
         raise RunError(f"unknown engine {request.engine!r}; available: {', '.join(ENGINES)}")
@@ -253,7 +253,9 @@ def _run_locked(request, config, out: Location, audit_url: str, on_progress) -> 
         )
         splits = plan_splits(files, config.split_mb << 20)
         time.sleep(max(0.0, engine_not_before - time.monotonic()))
-        counts = _run_engine(request, splits, plan, str(staging / "spill"), content_bytes, on_progress)
+        counts, engine_args = _run_engine(
+            request, splits, plan, str(staging / "spill"), content_bytes, on_progress
+        )
         with _store_errors(out):
             remove_stale_parts(out.url, naming, started_clock)
     finally:
@@ -262,7 +264,17 @@ def _run_locked(request, config, out: Location, audit_url: str, on_progress) -> 
             root.rmdir()
 
     summary = _summary(
-        run_id, request, started, files, fingerprint, audit_url, schema_version, config, counts, out
+        run_id,
+        request,
+        engine_args,
+        started,
+        files,
+        fingerprint,
+        audit_url,
+        schema_version,
+        config,
+        counts,
+        out,
     )
     with _store_errors(out):
         _write_summary(out, run_id, summary)
@@ -320,7 +332,10 @@ def _check_models(config: PipelineConfig, out_dir: Path) -> None:
         raise RunError(str(exc)) from None
 
 
-def _run_engine(request, splits, plan, staging_dir: str, total_bytes: int, on_progress) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def _run_engine(
+    request, splits, plan, staging_dir: str, total_bytes: int, on_progress
+) -> tuple[dict[str, int], list[str]]:  # type: ignore[no-untyped-def]
+    """Run Beam; its counters, and the options it ran with (``with_worker_processes``)."""
     # Imported here: Beam takes a second to import. Without the optional GCP extras its import
     # logs "apitools not found" through the root logger, a warning about nothing this run uses.
     logging.disable(logging.WARNING)
@@ -329,24 +344,30 @@ def _run_engine(request, splits, plan, staging_dir: str, total_bytes: int, on_pr
     finally:
         logging.disable(logging.NOTSET)
 
-    progress.reset()
     done = threading.Event()
-    local = reads_in_this_process(request.engine_args)
-    if not local or request.staging_dir is not None or is_object_store(plan.out_dir):
-        # The one line that says where staging is, wherever it is not a local DIR/_staging read by
-        # this process alone.
+    if (
+        not reads_in_this_process(request.engine_args)
+        or request.staging_dir is not None
+        or is_object_store(plan.out_dir)
+    ):
+        # The one line that says where staging is, wherever it is not a local DIR/_staging that
+        # this process and the processes it starts share.
+        local = reads_in_this_process(request.engine_args)
         workers = "workers run outside this process: they" if not local else "this run's workers"
         log.warning("%s spill batches under %s, which each must reach", workers, staging_dir)
+    engine_args = with_worker_processes(request.engine_args, len(splits), os.cpu_count())
+    counted = counts_bytes_read(engine_args)
+    progress_files = progress.folder_of(staging_dir)
 
     def report() -> None:
         while not done.wait(0.2):
-            on_progress(progress.bytes_read() if local else None, total_bytes)
+            on_progress(progress.bytes_read(progress_files) if counted else None, total_bytes)
 
     reporter = threading.Thread(target=report, daemon=True) if on_progress else None
     if reporter:
         reporter.start()
     try:
-        return beam.run(splits, plan, staging_dir, list(request.engine_args))
+        return beam.run(splits, plan, staging_dir, engine_args), engine_args
     except Exception as exc:  # the engine wraps a step's error in its own; report the root cause
         root = database.root_cause(exc)
         if isinstance(root, InputError):  # an input unusable as a whole, found as it was read
@@ -356,13 +377,15 @@ def _run_engine(request, splits, plan, staging_dir: str, total_bytes: int, on_pr
         ) from exc
     finally:
         done.set()
+        progress.close(progress_files)  # in case the engine skipped a DoFn's teardown
         if reporter:
             reporter.join()
-            on_progress(total_bytes if local else None, total_bytes)
+            # The last call: every byte the sources counted (all of them, when the run succeeded).
+            on_progress(progress.bytes_read(progress_files) if counted else None, total_bytes)
 
 
 def _summary(
-    run_id, request, started, files, fingerprint, audit_url, schema_version, config, counts, out
+    run_id, request, engine_args, started, files, fingerprint, audit_url, schema_version, config, counts, out
 ) -> RunSummary:  # type: ignore[no-untyped-def]
     finished = datetime.now(UTC)
     read = counts.get("events_read", 0)
@@ -371,7 +394,7 @@ def _summary(
         return RunSummary(
             run_id=run_id,
             engine=request.engine,
-            engine_args=tuple(request.engine_args),
+            engine_args=tuple(engine_args),
             started_at=_to_millisecond(started),
             finished_at=_to_millisecond(finished),
             seconds=round(seconds, 3),

@@ -73,11 +73,19 @@ class _StageDoFn(beam.DoFn):  # type: ignore[misc]
 
 
 class ReadInputSplit(_StageDoFn):
-    """Input split → batches of raw records."""
+    """Input split → batches of raw records; the bytes read counted for the progress bar."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.read_counter = progress.counter(progress.folder_of(self._staging_dir))
+
+    def teardown(self) -> None:
+        progress.release(progress.folder_of(self._staging_dir))
+        super().teardown()
 
     def process(self, split: InputSplit) -> Iterator[InputRecords]:
         for records in self.worker.read(split):
-            progress.advance(records.bytes_read)
+            self.read_counter.advance(records.bytes_read)
             yield records
         # Counted so that the launcher knows every split's counts came back (see ``run``).
         Metrics.counter(NAMESPACE, SPLITS_READ).inc()

@@ -228,21 +228,6 @@ def _dataset_rows(out: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 @pytest.mark.slow
-def test_multi_process_workers_give_the_same_outputs(
-    generated: dict[str, Any], default_run: dict[str, Any], tmp_path: Path
-) -> None:
-    out = tmp_path / "mp"
-    result = run_pipeline(
-        [generated["source"]], out, "--", "--direct_running_mode=multi_processing", "--direct_num_workers=2"
-    )
-    assert result.summary()["engine_args"] == [
-        "--direct_running_mode=multi_processing",
-        "--direct_num_workers=2",
-    ]
-    assert _dataset_rows(out) == _dataset_rows(default_run["out"])
-
-
-@pytest.mark.slow
 def test_bundles_run_three_times_give_the_outputs_of_one_pass(
     generated: dict[str, Any], default_run: dict[str, Any], tmp_path: Path
 ) -> None:

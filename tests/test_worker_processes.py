@@ -1,0 +1,45 @@
+"""A large input runs on one DirectRunner worker process per core, with the outputs of one process
+and a progress bar that counts bytes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipelines.batch_run import RunRequest, run_batch
+from tests.test_inputs import generate, run_outputs
+
+#: ``split_mb = 1`` makes a few MiB of input a large one (SPLITS_PER_PROCESS splits per process).
+OVERRIDES = {"embeddings": False, "moderation": False, "split_mb": 1}
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: every run stays in one process")
+def test_a_large_input_runs_on_a_worker_process_per_core_with_the_outputs_of_one(tmp_path: Path) -> None:
+    source = generate(tmp_path / "events.jsonl", 18_000, 5)
+    size = source.stat().st_size
+    assert size > 8 << 20  # 8 splits of 1 MiB or more: two processes of four
+    reports: list[tuple[int | None, int]] = []
+    spread = run_batch(
+        RunRequest(inputs=[str(source)], out_dir=tmp_path / "spread", overrides=OVERRIDES),
+        on_progress=lambda done, total: reports.append((done, total)),
+    )
+    one = run_batch(
+        RunRequest(
+            inputs=[str(source)],
+            out_dir=tmp_path / "one",
+            overrides=OVERRIDES,
+            engine_args=("--direct_num_workers=1",),  # a choice of theirs: kept as it is
+        )
+    )
+    assert spread.engine_args == ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    assert one.engine_args == ("--direct_num_workers=1",)
+    spread_outputs, one_outputs = run_outputs(tmp_path / "spread"), run_outputs(tmp_path / "one")
+    for outputs in (spread_outputs, one_outputs):
+        del outputs["summary"]["engine_args"]
+    assert spread_outputs == one_outputs
+    assert spread.events_read == 18_000
+    # The worker processes' bytes reach the bar: it counts up, and ends at every byte.
+    assert reports[-1] == (size, size)
+    assert all(done is not None and done <= size for done, _ in reports)
