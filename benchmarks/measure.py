@@ -143,16 +143,31 @@ def _memory_kb(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
+def _pss_kb(pid: int) -> int:
+    """One process's proportional set size in KiB: its RSS with each page shared with other
+    processes (the libraries every worker maps) counted as its share, so a tree's sum counts
+    each page once."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
 class TreeRssPoller(threading.Thread):
     """Samples the memory of a process tree until stopped.
 
     Keeps each process's peak RSS (``VmHWM``, which the kernel tracks between samples too), the
-    peak of the tree's summed RSS, and a timeline of the summed RSS, all in KiB.
+    peak of the tree's summed RSS, and a timeline of the summed RSS, all in KiB; and, once a
+    second (reading it walks the page tables), the peak of the tree's summed PSS.
     """
 
     def __init__(self, root: int, interval_s: float = 0.1) -> None:
         super().__init__(daemon=True)
-        self.root, self.interval_s, self.peak_kb = root, interval_s, 0
+        self.root, self.interval_s, self.peak_kb, self.peak_pss_kb = root, interval_s, 0, 0
         self.hwm_kb: dict[int, int] = {}  # pid -> its VmHWM, the last one seen
         self.timeline: list[tuple[float, int]] = []  # (seconds since start, KiB), one a second
         self._stop_event = threading.Event()
@@ -170,6 +185,8 @@ class TreeRssPoller(threading.Thread):
             elapsed = time.perf_counter() - started
             if not self.timeline or elapsed - self.timeline[-1][0] >= 1.0:
                 self.timeline.append((round(elapsed, 1), total))
+                pss = sum(_pss_kb(pid) for pid in _tree_pids(self.root))
+                self.peak_pss_kb = max(self.peak_pss_kb, pss)
 
     @property
     def peak_hwm_kb(self) -> int:
@@ -298,6 +315,7 @@ def run_spine(
         details={
             "process_wall_s": round(run.wall_s, 3),
             "peak_tree_rss_mb_polled": round(run.memory.peak_kb / 1024, 1),
+            "peak_tree_pss_mb_polled": round(run.memory.peak_pss_kb / 1024, 1),
             "processes_seen": len(run.memory.hwm_kb),
             # wait4's ru_maxrss can report the *parent's* peak: the child starts by vfork and
             # exec keeps the larger of the old and new high-water marks. Kept for reference.

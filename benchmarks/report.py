@@ -94,7 +94,8 @@ def print_table(rows: list[Measurement]) -> None:
         f"and imports); cpu/wall {spine.cpu_s / spine.details['process_wall_s']:.2f} cores; "
         f"peak RSS {_rss(spine.peak_rss_mb)} (VmHWM of {spine.details['processes_seen']} "
         f"process(es)); summed tree RSS polled each 0.1 s peaked at "
-        f"{_rss(spine.details['peak_tree_rss_mb_polled'])}; wait4 ru_maxrss "
+        f"{_rss(spine.details['peak_tree_rss_mb_polled'])}, its summed PSS (shared pages once), polled "
+        f"each 1 s, at {_rss(spine.details.get('peak_tree_pss_mb_polled'))}; wait4 ru_maxrss "
         f"{_rss(spine.details['ru_maxrss_mb'])} (may be the parent's, see measure.py)"
     )
     print(f"   spine RSS over the run (s: MB): {rss_timeline(spine)}")
@@ -175,7 +176,7 @@ def print_scaling(runs: list[Measurement]) -> None:
     """Peak RSS and throughput of the spine at each input size, and how RSS grows with it."""
     print(
         f"{'events read':>12}{'run s':>9}{'events/s':>10}{'cpu s':>9}{'peak RSS':>11}"
-        f"{'tree RSS':>11}{'ΔRSS per 1M more':>18}{'others':>8}  code"
+        f"{'tree RSS':>11}{'tree PSS':>11}{'ΔRSS per 1M more':>18}{'others':>8}  code"
     )
     previous: Measurement | None = None
     for m in runs:
@@ -186,7 +187,8 @@ def print_scaling(runs: list[Measurement]) -> None:
         print(
             f"{m.events:>12,}{m.wall_s:>9.1f}{m.events_per_s:>10,.0f}{m.cpu_s:>9.1f}"
             f"{_rss(m.peak_rss_mb):>11}{_rss(m.details['peak_tree_rss_mb_polled']):>11}"
-            f"{growth:>18}{_cores(m.others_cores):>8}  {_code(m)}"
+            f"{_rss(m.details.get('peak_tree_pss_mb_polled')):>11}{growth:>18}"
+            f"{_cores(m.others_cores):>8}  {_code(m)}"
         )
         previous = m
     if len({_code(m) for m in runs}) > 1:
@@ -194,5 +196,7 @@ def print_scaling(runs: list[Measurement]) -> None:
     for m in runs:
         print(f"RSS over the run at {m.events:,} events (s: MB): {rss_timeline(m)}")
     print("peak RSS: the kernel's VmHWM of the run's process(es);")
-    print("tree RSS: their summed RSS, polled each 0.1 s;")
+    print("tree RSS: their summed RSS, polled each 0.1 s (a page every process maps, such as a")
+    print("  library's, counts once per process);")
+    print("tree PSS: their summed proportional set size, polled each 1 s (each page counted once);")
     print("others: CPU cores other processes kept busy during the run (noise)")

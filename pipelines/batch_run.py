@@ -160,14 +160,16 @@ def inputs_fingerprint(files: list[InputFile]) -> str:
 #: Input bytes per shard beyond which a run uses more shards than configured, so that the
 #: batch one worker holds in the dedup and rate-limit steps stays the same size however large
 #: the input (memory flat as input grows). Counted as read: a gzip input by its inflated bytes.
-SHARD_INPUT_BYTES = 64 << 20
+#: 32 MiB: with a worker process per core (``with_worker_processes``), each holds a shard at
+#: once; at 64 MiB two processes held 1.96 GB at 2M events (16 shards of 60 MB of input each).
+SHARD_INPUT_BYTES = 32 << 20
 
 
 def with_shards_for(config: PipelineConfig, input_bytes: int) -> PipelineConfig:
     """``config`` with at least one shard per ``SHARD_INPUT_BYTES`` of input.
 
     >>> with_shards_for(PipelineConfig(shards=16), 10 << 30).shards
-    160
+    320
     >>> with_shards_for(PipelineConfig(shards=16), 1 << 20).shards
     16
     """
@@ -355,7 +357,9 @@ def _run_engine(
         local = reads_in_this_process(request.engine_args)
         workers = "workers run outside this process: they" if not local else "this run's workers"
         log.warning("%s spill batches under %s, which each must reach", workers, staging_dir)
-    engine_args = with_worker_processes(request.engine_args, len(splits), os.cpu_count())
+    # A model stage already uses every core (torch's threads), and would load once per process.
+    models = plan.config.needs_vectors
+    engine_args = with_worker_processes(request.engine_args, 0 if models else len(splits), os.cpu_count())
     counted = counts_bytes_read(engine_args)
     progress_files = progress.folder_of(staging_dir)
 

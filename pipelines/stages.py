@@ -346,11 +346,13 @@ class OrderForSinks:
         return flagged
 
 
-#: ``WriteEvents`` gathers this many audit batches of rows (``audit_batch_rows``; 50,000 rows by
-#: default, ~75 MB at about 1.5 KB in flight per event), from several panes, before it writes
+#: ``WriteEvents`` gathers this many audit batches of rows (``audit_batch_rows``; 30,000 rows by
+#: default, ~45 MB at about 1.5 KB in flight per event), from several panes, before it writes
 #: them: the audit trail gets fewer, larger writes whose batches each cover a narrow range of
-#: event ids (an embedded store's commit costs about the index pages it touches).
-WRITE_BUFFER_BATCHES = 5
+#: event ids (an embedded store's commit costs about the index pages it touches). Two such
+#: buffers are held while one is written (see ``WriteEvents``); five (50,000 rows) wrote no faster
+#: and held 2 x 30 MB more in each worker process.
+WRITE_BUFFER_BATCHES = 3
 
 
 class WriteEvents:
