@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -42,7 +41,7 @@ from connectors.images import image_loader, image_location
 from connectors.inputs import InputSplit
 from connectors.parquet_sink import FileNaming, partition_dates
 from connectors.readers import read_split
-from connectors.sinks import Counts, Sink, Written
+from connectors.sinks import Counts, Sink
 from connectors.users import UserDirectory
 from transforms.cost import PriceBook
 from transforms.dead_letter import DeadLetter, dead_letter_bucket, dead_letter_table, sorted_by_position
@@ -346,13 +345,11 @@ class OrderForSinks:
         return flagged
 
 
-#: ``WriteEvents`` gathers this many audit batches of rows (``audit_batch_rows``; 30,000 rows by
-#: default, ~45 MB at about 1.5 KB in flight per event), from several panes, before it writes
+#: ``WriteEvents`` gathers this many audit batches of rows (``audit_batch_rows``; 50,000 rows by
+#: default, ~75 MB at about 1.5 KB in flight per event), from several panes, before it writes
 #: them: the audit trail gets fewer, larger writes whose batches each cover a narrow range of
-#: event ids (an embedded store's commit costs about the index pages it touches). Two such
-#: buffers are held while one is written (see ``WriteEvents``); five (50,000 rows) wrote no faster
-#: and held 2 x 30 MB more in each worker process.
-WRITE_BUFFER_BATCHES = 3
+#: event ids (an embedded store's commit costs about the index pages it touches).
+WRITE_BUFFER_BATCHES = 5
 
 
 class WriteEvents:
@@ -362,14 +359,10 @@ class WriteEvents:
     concurrent run over other inputs) is refused there, and then left out of this run's Parquet as
     a conflicting duplicate.
 
-    ``add`` gathers tables until they hold ``buffer_rows`` rows, then starts their audit write on
-    the stage's writer thread and returns at once, with the results of the buffer written before
-    (its audit write done, then its Parquet, one write per key). So the audit write of one buffer
-    runs while this thread orders the next panes and writes the last buffer's Parquet: the
-    database (SQLite steps, MySQL round trips) works without Python's lock, on the other core.
-    ``flush`` writes what is gathered and waits for every write; an engine calls it at the end of a
-    bundle (an epoch, for a stream), and nothing gathered counts as written before. Calling the
-    stage writes one table at once. ``close`` stops the writer thread.
+    ``add`` gathers tables until they hold ``buffer_rows`` rows, then writes them all: one audit
+    write, then one Parquet write per key. ``flush`` writes what is gathered; an engine calls it at
+    the end of a bundle (an epoch, for a stream), and nothing gathered counts as written before.
+    Calling the stage writes one table at once.
     """
 
     def __init__(self, audit: Sink, events: Sink, buffer_rows: int) -> None:
@@ -378,9 +371,6 @@ class WriteEvents:
         self.buffer_rows = buffer_rows
         self._pending: list[tuple[str, pa.Table]] = []
         self._pending_rows = 0
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
-        #: The buffer whose audit write was started last, and that write.
-        self._in_flight: tuple[list[tuple[str, pa.Table]], Future[Written]] | None = None
 
     def __call__(self, key: str, events: pa.Table) -> tuple[list[Keyed], Counts]:
         written = self.add(key, events) + self.flush()
@@ -392,38 +382,18 @@ class WriteEvents:
         return letters, counts
 
     def add(self, key: str, events: pa.Table) -> list[tuple[str, list[Keyed], Counts]]:
-        """Gather ``events`` under ``key``; once it is enough rows, start their audit write.
-        Returns, for each key of the buffer written before, its dead letters and counts."""
+        """Gather ``events`` under ``key``; write everything gathered once it is enough rows.
+        Returns, for each key written, its dead letters and counts (empty until a write)."""
         self._pending.append((key, events))
         self._pending_rows += events.num_rows
-        return self._start() if self._pending_rows >= self.buffer_rows else []
+        return self.flush() if self._pending_rows >= self.buffer_rows else []
 
     def flush(self) -> list[tuple[str, list[Keyed], Counts]]:
-        """Write everything gathered and wait for every write: the audit trail, then each key's
-        Parquet."""
-        done = self._start() if self._pending else []
-        if self._in_flight is not None:
-            flight, self._in_flight = self._in_flight, None
-            done += self._finish(*flight)
-        return done
-
-    def close(self) -> None:
-        """Wait for a write still running (an engine failing mid-bundle), and stop the thread."""
-        self._writer.shutdown(wait=True)
-
-    def _start(self) -> list[tuple[str, list[Keyed], Counts]]:
-        """Start the gathered buffer's audit write; finish the buffer started before it."""
+        """Write everything gathered: the audit trail, then each key's Parquet."""
         pending, self._pending, self._pending_rows = self._pending, [], 0
-        table = pa.concat_tables(table for _, table in pending)
-        flight = (pending, self._writer.submit(self.audit.write, pending[0][0], table))
-        previous, self._in_flight = self._in_flight, flight
-        return self._finish(*previous) if previous is not None else []
-
-    def _finish(
-        self, pending: list[tuple[str, pa.Table]], audit: Future[Written]
-    ) -> list[tuple[str, list[Keyed], Counts]]:
-        """Wait for a buffer's audit write, then write each key's Parquet without the refused."""
-        audited = audit.result()
+        if not pending:
+            return []
+        audited = self.audit.write(pending[0][0], pa.concat_tables(table for _, table in pending))
         refused = pa.array(audited.refused, pa.string())
         results = []
         for i, (key, events) in enumerate(pending):

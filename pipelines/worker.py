@@ -228,9 +228,6 @@ class SpineWorker:
     def close(self) -> None:
         """Close the sinks and dispose of the worker's database engine (its pooled connections);
         stages used after it are built anew."""
-        writing = self.__dict__.get("write_events")
-        if writing is not None:
-            writing.close()  # its writer thread may still hold an audit write
         for sink in self._sinks:
             sink.close()
         self._sinks.clear()
