@@ -71,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
             "Run the pipeline over input files (Beam, the default) or as the stream job (Bytewax: a "
             "Redis stream, files followed as they grow, or files read to their end). Arguments after "
             "`--` are passed to Beam as pipeline options, e.g. `-- --runner=FlinkRunner "
-            "--flink_master=host:8081`."
+            "--flink_master=host:8081`. With none that choose otherwise, a large input (4 splits per "
+            "core or more) runs on one DirectRunner worker process per core, unless a model stage "
+            "runs; `-- --direct_num_workers=1` keeps any run in one process."
         ),
         epilog="Exit status: 0 on success (dead letters are data, not failure), and for the stream "
         "job on SIGTERM once it drained; 1 when the run cannot do its job (an input unreadable or "
