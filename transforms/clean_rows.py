@@ -256,7 +256,7 @@ def _event_times(texts: list[Any], rules: EventRules, ok: np.ndarray) -> np.ndar
         when = pc.cast(chosen, _UTC_US)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a day the calendar lacks (02-30)
         return _event_times_one_by_one(texts, plain.to_numpy(zero_copy_only=False), rules, ok)
-    micros = when.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    micros: np.ndarray = when.cast(pa.int64()).to_numpy(zero_copy_only=False)
     low, high = (_micros_of(t) for t in rules.time_range)
     ok &= plain.to_numpy(zero_copy_only=False) & (micros >= low) & (micros <= high)
     return micros
@@ -324,10 +324,12 @@ def _micros(
     bound = (per_input + per_output + per_image * 1000) * _COUNT_LIMIT * 10 ** max(0, -shift)
     if bound >= 1 << 62:
         return None
-    exact = tokens_in * per_input + tokens_out * per_output + images * (per_image * 1000)
+    exact: np.ndarray = tokens_in * per_input + tokens_out * per_output + images * (per_image * 1000)
     if shift <= 0:
-        return exact * 10**-shift
+        scaled: np.ndarray = exact * 10**-shift
+        return scaled
     divisor = 10**shift
     quotient, rest = np.divmod(exact, divisor)
     # Half-even: up past the half, and at exactly the half when the quotient is odd.
-    return quotient + ((2 * rest > divisor) | ((2 * rest == divisor) & (quotient % 2 == 1)))
+    rounded: np.ndarray = quotient + ((2 * rest > divisor) | ((2 * rest == divisor) & (quotient % 2 == 1)))
+    return rounded
