@@ -347,14 +347,10 @@ def _run_engine(
         logging.disable(logging.NOTSET)
 
     done = threading.Event()
-    if (
-        not reads_in_this_process(request.engine_args)
-        or request.staging_dir is not None
-        or is_object_store(plan.out_dir)
-    ):
+    local = reads_in_this_process(request.engine_args)
+    if not local or request.staging_dir is not None or is_object_store(plan.out_dir):
         # The one line that says where staging is, wherever it is not a local DIR/_staging that
         # this process and the processes it starts share.
-        local = reads_in_this_process(request.engine_args)
         workers = "workers run outside this process: they" if not local else "this run's workers"
         log.warning("%s spill batches under %s, which each must reach", workers, staging_dir)
     # A model stage already uses every core (torch's threads), and would load once per process.
