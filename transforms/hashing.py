@@ -38,12 +38,11 @@ class ContentHasher:
 
     def text(self, text: str | None) -> str | None:
         """Hex digest of the NFC-normalised UTF-8 text; ``None`` for absent text."""
-        if text is None:
-            return None
-        return self.data(unicodedata.normalize("NFC", text).encode("utf-8"))
+        return self.texts([text])[0]
 
     def texts(self, texts: list[str | None]) -> list[str | None]:
-        """:meth:`text` of each, in one loop (the hot path hashes whole columns).
+        """:meth:`text` of each, in one loop (the hot path hashes whole columns): the one
+        definition of a text's hash.
 
         >>> hasher = ContentHasher(b"k")
         >>> hasher.texts(["e\\u0301", None]) == [hasher.text("\\u00e9"), None]
