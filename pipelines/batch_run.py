@@ -7,8 +7,10 @@ takes its lock there (see :func:`output_lock`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import importlib
 import logging
 import os
 import shutil
@@ -33,7 +35,12 @@ from connectors.inputs import InputError, InputFile, discover_inputs, plan_split
 from connectors.parquet_sink import RunFileNames, remove_stale_parts, remove_temporary_files
 from connectors.storage import Location, StorageError, describe, hide_secrets, is_object_store
 from pipelines import progress
-from pipelines.beam_options import counts_bytes_read, reads_in_this_process, with_worker_processes
+from pipelines.beam_options import (
+    balanced_split_bytes,
+    counts_bytes_read,
+    reads_in_this_process,
+    with_worker_processes,
+)
 from pipelines.stages import RunPlan
 from pipelines.summary import InputSummary, RunSummary, SummaryError
 from transforms.dead_letter import Reason
@@ -212,6 +219,7 @@ def run_batch(
 
 def _run_locked(request, config, out: Location, audit_url: str, on_progress) -> RunSummary:  # type: ignore[no-untyped-def]
     started = datetime.now(UTC)
+    engine_import = _import_engine()
     started_clock, engine_not_before = _start_clock(out)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     # Holding the lock, any staging folder or temporary file left here is a killed run's.
@@ -253,8 +261,11 @@ def _run_locked(request, config, out: Location, audit_url: str, on_progress) -> 
             image_dirs=tuple(f.base_dir for f in files),
             compare_with_store=stored_before,
         )
-        splits = plan_splits(files, config.split_mb << 20)
+        splits = plan_splits(
+            files, balanced_split_bytes(content_bytes, config.split_mb << 20, os.cpu_count())
+        )
         time.sleep(max(0.0, engine_not_before - time.monotonic()))
+        engine_import.join()
         counts, engine_args = _run_engine(
             request, splits, plan, str(staging / "spill"), content_bytes, on_progress
         )
@@ -293,6 +304,27 @@ def _store_errors(out: Location) -> Iterator[None]:
         if not out.is_object_store:
             raise
         raise RunError(f"output {out.url} is not usable: {describe(exc)}") from None
+
+
+def _beam_import_noise(record: logging.LogRecord) -> bool:
+    """False for the warning Beam logs through the root logger on import without its optional GCP
+    extras ("apitools not found"), about nothing a run uses."""
+    return not (record.name == "root" and str(record.msg).startswith("apitools not found"))
+
+
+def _import_engine() -> threading.Thread:
+    """Start importing the engine (``pipelines.beam``; Beam takes most of a second to import) in
+    a thread, while this one finds, fingerprints and plans the inputs; join it before using it.
+    A failed import raises again where ``_run_engine`` imports the module."""
+    logging.getLogger().addFilter(_beam_import_noise)  # once: a filter is added only once
+
+    def load() -> None:
+        with contextlib.suppress(Exception):  # raised again, in one place, by the import there
+            importlib.import_module("pipelines.beam")
+
+    thread = threading.Thread(target=load, name="import-engine", daemon=True)
+    thread.start()
+    return thread
 
 
 def _start_clock(out: Location) -> tuple[float, float]:
@@ -338,13 +370,7 @@ def _run_engine(
     request, splits, plan, staging_dir: str, total_bytes: int, on_progress
 ) -> tuple[dict[str, int], list[str]]:  # type: ignore[no-untyped-def]
     """Run Beam; its counters, and the options it ran with (``with_worker_processes``)."""
-    # Imported here: Beam takes a second to import. Without the optional GCP extras its import
-    # logs "apitools not found" through the root logger, a warning about nothing this run uses.
-    logging.disable(logging.WARNING)
-    try:
-        from pipelines import beam
-    finally:
-        logging.disable(logging.NOTSET)
+    from pipelines import beam  # see _import_engine
 
     done = threading.Event()
     local = reads_in_this_process(request.engine_args)

@@ -100,6 +100,25 @@ def with_worker_processes(beam_args: Sequence[str], splits: int, cpus: int | Non
     return [*beam_args, "--direct_running_mode=multi_processing", f"--direct_num_workers={processes}"]
 
 
+def balanced_split_bytes(content_bytes: int, split_bytes: int, cpus: int | None) -> int:
+    """The size to cut ``content_bytes`` of input into: at most ``split_bytes``, and such that the
+    splits come out a multiple of the worker processes ``with_worker_processes`` would start.
+
+    The DirectRunner hands each process an equal share of a stage's inputs, by count: 15 splits
+    on 2 processes leave one process a split (about 0.4 s at 1M events) to read alone at the end.
+
+    >>> balanced_split_bytes(475 << 20, 32 << 20, cpus=2) / 2**20  # 16 splits, not 15
+    29.6875
+    >>> balanced_split_bytes(64 << 20, 32 << 20, cpus=2) == 32 << 20  # one process: as asked
+    True
+    """
+    splits = -(-content_bytes // split_bytes)
+    processes = min(cpus or 1, splits // SPLITS_PER_PROCESS)
+    if processes < 2:
+        return split_bytes
+    return -(-content_bytes // (-(-splits // processes) * processes))
+
+
 def counts_bytes_read(beam_args: Sequence[str]) -> bool:
     """Whether the launcher sees the bytes the run's sources read (``pipelines.progress``): on the
     DirectRunner, in any running mode; elsewhere the progress bar shows elapsed time only.
