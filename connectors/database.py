@@ -9,6 +9,7 @@ tables, so column lists are never restated in code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import sqlite3
@@ -326,6 +327,12 @@ class BatchWriter:
             raw.commit()
             return counts
         except BaseException:
+            if self._one_transaction:
+                # SQLite keeps a closed connection's transaction, write lock included, until its
+                # last statement is finalized, and the raised error's traceback holds one: roll
+                # back now, or the retry (or the next write) waits on this very transaction.
+                with contextlib.suppress(sqlite3.Error):
+                    raw.rollback()
             # The connection may be dead (killed, server gone): never hand it back to the pool.
             raw.invalidate()
             raise

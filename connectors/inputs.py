@@ -202,23 +202,33 @@ def _digest(stream: Any) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+#: ``plan_splits`` counts a split's lines this many bytes at a time.
+PLAN_CHUNK_BYTES = 4 << 20
+
+
 def plan_splits(files: list[InputFile], split_bytes: int) -> list[InputSplit]:
     """Cut plain inputs of a line-splittable format (JSONL) into ~``split_bytes`` ranges at line
-    boundaries, numbering lines; any other input is one split (it can't be entered mid-way)."""
+    boundaries, numbering lines; any other input is one split (it can't be entered mid-way).
+
+    A file of ``size`` bytes is cut near ``size * k / n`` for ``n = ceil(size / split_bytes)``:
+    each cut moves on to the end of the line it falls in, and the next is placed from the file's
+    start, not from there, so long lines never add up to one split fewer (``n`` splits, unless
+    one line spans a whole cut)."""
     splits: list[InputSplit] = []
     for file in files:
         if file.format not in LINE_SPLIT_FORMATS or file.gzip or file.size <= split_bytes:
             splits.append(InputSplit(file, 0, file.size, 1))
             continue
+        count = -(-file.size // split_bytes)
         start, line_no = 0, 1
         with storage.open_binary(file.path) as fh:
-            while start < file.size:
-                fh.seek(start)
-                block = fh.read(split_bytes)
-                end = start + len(block)
-                newlines = block.count(b"\n")
-                if end < file.size and not block.endswith(b"\n"):
-                    # Finish the line the block cut, in chunks: one line may be gigabytes long.
+            for k in range(1, count + 1):
+                cut = file.size * k // count
+                if cut <= start:  # inside a line the previous split already finished
+                    continue
+                end, newlines, last = _count_lines(fh, file, start, cut)
+                if end < file.size and last != b"\n":
+                    # Finish the line the cut fell in, in chunks: one line may be gigabytes long.
                     while chunk := fh.readline(1 << 20):
                         end += len(chunk)
                         if chunk.endswith(b"\n"):
@@ -228,3 +238,15 @@ def plan_splits(files: list[InputFile], split_bytes: int) -> list[InputSplit]:
                 line_no += newlines
                 start = end
     return splits
+
+
+def _count_lines(fh: Any, file: InputFile, start: int, stop: int) -> tuple[int, int, bytes]:
+    """Read ``start..stop`` of ``fh`` in chunks (a few MiB held, whatever ``split_mb`` is):
+    where the reading stopped, the newlines in it and its last byte."""
+    fh.seek(start)
+    end, newlines, last = start, 0, b""
+    while end < stop and (chunk := fh.read(min(PLAN_CHUNK_BYTES, stop - end))):
+        end, newlines, last = end + len(chunk), newlines + chunk.count(b"\n"), chunk[-1:]
+    if end < stop:
+        raise InputError(f"input {file.name!r} shrank while its splits were planned")
+    return end, newlines, last

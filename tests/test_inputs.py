@@ -20,11 +20,13 @@ from connectors.inputs import (
     FORMATS,
     GZIP_FORMATS,
     LINE_SPLIT_FORMATS,
+    InputError,
     InputFile,
     discover_inputs,
     plan_splits,
 )
 from connectors.readers import READERS, read_split
+from pipelines.beam_options import balanced_split_bytes
 from tests.conftest import ROOT, read_dataset, run_cli, run_pipeline
 from tests.test_cli import event_line
 from transforms.validate import EventRules
@@ -179,3 +181,33 @@ def test_an_input_read_in_many_splits_gives_the_outputs_of_one_split(tmp_path: P
     outputs = run_outputs(tmp_path / "many")
     assert outputs["dead_letter"] and outputs["summary"]["duplicates_collapsed"] > 0
     assert outputs == run_outputs(tmp_path / "one")
+
+
+@pytest.mark.parametrize("lines", [7_777, 12_345])
+def test_splits_sized_for_two_processes_come_out_a_multiple_of_two(lines: int, tmp_path: Path) -> None:
+    source = generate(tmp_path / "events.jsonl", lines, lines)
+    content = source.read_bytes()
+    (file,) = discover_inputs([str(source)], tmp_path / "spool")
+    for split_bytes in (200 << 10, 300 << 10, 450 << 10, 3 << 20):
+        assert max(map(len, content.splitlines())) < split_bytes // 2  # no line spans a cut
+        asked = -(-file.size // split_bytes)
+        size = balanced_split_bytes(file.size, split_bytes, cpus=2)
+        splits = plan_splits([file], size)
+        assert size <= split_bytes
+        if asked >= 8:  # two processes of four splits or more: balanced
+            assert len(splits) == asked + asked % 2
+        else:
+            assert size == split_bytes and len(splits) == asked
+        # Whole lines, in order, with nothing left out and nothing read twice.
+        assert [s.start for s in splits[1:]] == [s.end for s in splits[:-1]]
+        assert splits[0].start == 0 and splits[-1].end == file.size
+        assert all(content[s.start - 1 : s.start] == b"\n" for s in splits[1:])
+        assert [s.first_line_no for s in splits] == [content[: s.start].count(b"\n") + 1 for s in splits]
+
+
+def test_an_input_that_shrinks_before_it_is_planned_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    source = generate(tmp_path / "events.jsonl", 2_000, 3)
+    (file,) = discover_inputs([str(source)], tmp_path / "spool")
+    source.write_bytes(source.read_bytes()[: file.size // 2])
+    with pytest.raises(InputError, match="shrank while its splits were planned"):
+        plan_splits([file], 64 << 10)

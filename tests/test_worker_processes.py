@@ -3,10 +3,11 @@ and a progress bar that counts bytes."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
-from pipelines.batch_run import RunRequest, run_batch
+from pipelines.batch_run import RunRequest, _beam_import_noise, run_batch
 from tests.test_inputs import generate, run_outputs
 
 #: ``split_mb = 1`` makes a few MiB of input a large one (SPLITS_PER_PROCESS splits per process).
@@ -43,3 +44,13 @@ def test_a_large_input_runs_on_a_worker_process_per_core_with_the_outputs_of_one
     # The worker processes' bytes reach the bar: it counts up, and ends at every byte.
     assert reports[-1] == (size, size)
     assert all(done is not None and done <= size for done, _ in reports)
+
+
+def test_only_beams_apitools_warning_is_filtered_from_the_root_logger() -> None:
+    def record(name: str, msg: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, msg, None, None)
+
+    beam_noise = "apitools not found, and bigquery client libraries are not available"
+    assert not _beam_import_noise(record("root", beam_noise))
+    assert _beam_import_noise(record("root", "no users table: creating a minimal users table"))
+    assert _beam_import_noise(record("aiep.run", beam_noise))  # another logger's: kept

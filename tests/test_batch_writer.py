@@ -1,0 +1,125 @@
+"""BatchWriter on SQLite: rows staged in a TEMP table, then inserted with ``INSERT ... SELECT``.
+
+Checked against what the same keyed statement stores when the rows are bound to it directly
+(the way MySQL is written, and SQLite was before): the same values, of the same storage class,
+and per batch the same counts of rows changed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+
+from connectors.database import BatchWriter, open_engine, upgrade
+
+AUDIT = "ai_audit_trail"
+COLUMNS = ["event_id", "user_id", "cost", "created_at", "rate_limited", "payload_fingerprint", "model"]
+
+
+def audit_store(path: Path) -> sa.Engine:
+    engine = open_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()  # from here on the pool holds one connection, the writer's
+    return engine
+
+
+def keyed_insert(engine: sa.Engine) -> sqlite.Insert:
+    table = sa.Table(AUDIT, sa.MetaData(), autoload_with=engine)
+    return sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+
+
+def cost_text(i: int) -> str:
+    """Exact decimal text as the audit sink sends it: whole (``"4.000000"``) or not."""
+    return f"{i}.000000" if i % 3 == 1 else str(Decimal(i).scaleb(-6))
+
+
+def rows_table(n: int, offset: int = 0) -> dict[str, pa.Array]:
+    """``n`` rows whose values cover each storage class the audit columns meet: text that reads as
+    a number, exact decimals, NULLs, 64-bit integers, blobs, non-ASCII text."""
+    ids = [f"ev-{offset + i:06d}-é" for i in range(n)]
+    return {
+        "event_id": pa.array(ids),
+        "user_id": pa.array([None if i % 7 == 0 else 2**62 + i for i in range(n)], pa.int64()),
+        "cost": pa.array([None if i % 5 == 0 else cost_text(i) for i in range(n)]),
+        "created_at": pa.array([f"2026-11-{1 + i % 28:02d} 12:00:{i % 60:02d}" for i in range(n)]),
+        "rate_limited": pa.array([i % 2 for i in range(n)], pa.int8()),
+        "payload_fingerprint": pa.array([bytes([i % 256]) * 16 for i in range(n)], pa.binary()),
+        "model": pa.array(["0042" if i % 3 == 0 else "gpt-4o" for i in range(n)]),
+    }
+
+
+def stored(path: Path) -> list[tuple[object, ...]]:
+    """Every written column with its storage class, in key order, read with plain sqlite3."""
+    picked = ", ".join(f"{c}, typeof({c})" for c in COLUMNS)
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(f"SELECT {picked} FROM {AUDIT} ORDER BY event_id").fetchall()
+
+
+def direct_insert(engine: sa.Engine, path: Path, columns: dict[str, pa.Array], batch_rows: int) -> list[int]:
+    """The same statement, rows bound to it directly, one ``executemany`` per batch; changed rows."""
+    compiled = keyed_insert(engine).compile(dialect=engine.dialect, column_keys=COLUMNS)
+    values = [columns[name].to_pylist() for name in compiled.positiontup or []]
+    rows = list(zip(*values, strict=True))
+    counts = []
+    with closing(sqlite3.connect(path)) as conn:
+        for start in range(0, len(rows), batch_rows):
+            cursor = conn.executemany(str(compiled), rows[start : start + batch_rows])
+            counts.append(cursor.rowcount)
+        conn.commit()
+    return counts
+
+
+def test_staged_rows_are_stored_exactly_as_rows_bound_directly(tmp_path: Path) -> None:
+    staged_path, direct_path = tmp_path / "staged.sqlite", tmp_path / "direct.sqlite"
+    staged_engine, direct_engine = audit_store(staged_path), audit_store(direct_path)
+    writer = BatchWriter(staged_engine, keyed_insert(staged_engine), COLUMNS, batch_rows=7, retry_attempts=1)
+
+    # A first write, then one that overlaps it: the stored keys must count 0 in their batches.
+    first, second = rows_table(30), rows_table(40, offset=20)
+    staged_counts = [n for _, _, n in writer.write_batches(first, 30)]
+    staged_counts += [n for _, _, n in writer.write_batches(second, 40)]
+    direct_counts = direct_insert(direct_engine, direct_path, first, 7)
+    direct_counts += direct_insert(direct_engine, direct_path, second, 7)
+
+    assert staged_counts == direct_counts
+    assert staged_counts == [7, 7, 7, 7, 2, 0, 4, 7, 7, 7, 5]  # ids 20..29 were stored
+    assert stored(staged_path) == stored(direct_path)
+    assert len(stored(staged_path)) == 60
+    types = {row[1 + 2 * COLUMNS.index("cost")] for row in stored(staged_path)}
+    assert types == {"real", "integer", "null"}  # NUMERIC affinity applied once, as directly
+    staged_engine.dispose()
+    direct_engine.dispose()
+
+
+def test_the_staging_table_is_emptied_by_each_write_and_a_failed_one_stores_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite"
+    engine = audit_store(path)
+    writer = BatchWriter(engine, keyed_insert(engine), COLUMNS, batch_rows=4, retry_attempts=1)
+    assert writer.write(rows_table(10), 10) == 10
+
+    raw = engine.raw_connection()  # the pool's one connection: the one the writer used
+    cursor = raw.cursor()
+    try:
+        assert cursor.execute(f"SELECT count(*) FROM temp.staged_{AUDIT}").fetchall() == [(0,)]
+    finally:
+        cursor.close()
+        raw.close()
+
+    # The last batch breaks a NOT NULL: the transaction, staging included, is rolled back whole.
+    bad = rows_table(10, offset=100)
+    bad["event_id"] = pa.array([*bad["event_id"].to_pylist()[:9], None])
+    with pytest.raises(sqlite3.IntegrityError):
+        writer.write(bad, 10)
+    assert len(stored(path)) == 10
+
+    # The writer goes on: the next write stages from an empty table again.
+    assert writer.write(rows_table(10, offset=200), 10) == 10
+    assert [row[0] for row in stored(path)][-1] == "ev-000209-é"
+    engine.dispose()
