@@ -85,40 +85,46 @@ def clean_rows(
     counts = {name: np.asarray(values, dtype=np.int64) for name, values in plain.counts.items()}
     micros, priced = _costs(plain.models, when_us, counts, prices, ok)
     keep = None if ok.all() else np.flatnonzero(ok)
+    mask = None if keep is None else pa.array(ok)
 
-    def take(values: list[Any]) -> list[Any]:
-        return values if keep is None else [values[i] for i in keep]
+    def take(values: list[Any], kind: pa.DataType) -> pa.Array:
+        """A column of every plain record as Arrow, less those the checks above turned away
+        (filtered in C: nearly every batch has some)."""
+        array = pa.array(values, kind)
+        return array if mask is None else array.filter(mask)
 
     def pick(values: np.ndarray) -> np.ndarray:
         return values if keep is None else values[keep]
 
-    rows = take(plain.positions)
-    ids, inputs, outputs = take(plain.ids), take(plain.inputs), take(plain.outputs)
+    rows = pick(np.asarray(plain.positions, dtype=np.int64))
+    positions = rows.tolist()
+    shard_of = zlib.crc32
+    shard = np.fromiter((shard_of(i.encode()) for i in plain.ids), np.int64, len(plain.ids)) % shards
     columns: dict[str, Any] = {
-        "event_id": ids,
+        "event_id": take(plain.ids, pa.string()),
         "event_time": pa.array(pick(when_us), _UTC_US),
-        "user_id": pa.array(np.asarray(take(plain.users), dtype=np.int64)),
-        "operation_type": take(plain.operations),
-        "model": take(plain.models),
-        "ai_tier": take(plain.tiers),
+        "user_id": pa.array(pick(np.asarray(plain.users, dtype=np.int64))),
+        "operation_type": take(plain.operations, pa.string()),
+        "model": take(plain.models, pa.string()),
+        "ai_tier": take(plain.tiers, pa.string()),
         "_has_image": pa.array(np.zeros(len(rows), dtype=bool)),
-        "input_hash": hasher.texts(inputs),
-        "output_hash": hasher.texts(outputs),
+        "input_hash": take(hasher.texts(plain.inputs), pa.string()),
+        "output_hash": take(hasher.texts(plain.outputs), pa.string()),
         "image_hash": pa.nulls(len(rows), pa.string()),
         **{name: pa.array(pick(values)) for name, values in counts.items()},
         "cost_micros": pick(micros),
         "priced": pick(priced),
-        "metadata": take(plain.metadata),
-        "line_no": [line_nos[p] for p in rows],
-        "_raw": [raws[p][: RAW_KEEP_BYTES + 1] for p in rows],
-        "_fingerprint": take(plain.fingerprints),
-        "_shard": [zlib.crc32(event_id.encode()) % shards for event_id in ids],
-        "_input_text": inputs,
-        "_output_text": outputs,
+        "metadata": take(plain.metadata, pa.string()),
+        "line_no": [line_nos[p] for p in positions],
+        "_raw": [raws[p][: RAW_KEEP_BYTES + 1] for p in positions],
+        "_fingerprint": take(plain.fingerprints, pa.binary()),
+        "_shard": pick(shard),
+        "_input_text": take(plain.inputs, pa.string()),
+        "_output_text": take(plain.outputs, pa.string()),
         "_image": pa.nulls(len(rows), pa.binary()),
         "_image_path": pa.nulls(len(rows), pa.string()),
     }
-    return CleanRows(np.asarray(rows, dtype=np.int64), columns)
+    return CleanRows(rows, columns)
 
 
 @dataclass
