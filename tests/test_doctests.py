@@ -19,6 +19,8 @@ MODULES = [
     "connectors.storage",
     "connectors.jsonl_source",
     "connectors.database_url",
+    "connectors.audit_sink",
+    "connectors.parquet_sink",
     "connectors.embedding_cache",
     "connectors.redis_stream",
     "transforms.dedup",
