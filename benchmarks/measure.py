@@ -229,11 +229,12 @@ class ChildRun:
     memory: TreeRssPoller
 
 
-def run_child(command: list[str], log: Path) -> ChildRun:
-    """Run ``command`` from the repository root, output to ``log``; watch its memory meanwhile."""
+def run_child(command: list[str], log: Path, cwd: Path = REPO) -> ChildRun:
+    """Run ``command`` from ``cwd`` (the repository root), output to ``log``; watch its memory
+    meanwhile."""
     with log.open("wb") as sink:
         busy0, started = system_busy_s(), time.perf_counter()
-        child = subprocess.Popen(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(command, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT)
         poller = TreeRssPoller(child.pid)
         poller.start()
         _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not all children's
@@ -291,12 +292,15 @@ def run_spine(
     """
     command = [sys.executable, str(repo / "runner.py"), "run", "--no-progress"]
     command += list(model_stage_flags(repo))
-    command += ["--input", str(input_path), "--out", str(out_dir)]
+    command += ["--input", str(input_path.resolve()), "--out", str(out_dir.resolve())]
     command += ["--", *engine_args] if engine_args else []
     log = out_dir.with_name(out_dir.name + ".log")
     # The code the child imports: other people may be editing it meanwhile.
     code = git_state() if repo == REPO else {"checkout": str(repo)}
-    run = run_child(command, log)
+    # From the checkout: Beam starts its worker processes as ``python -m ...``, which import the
+    # pipeline's modules from their working directory, so from anywhere else a baseline's workers
+    # would run the work tree's code.
+    run = run_child(command, log, cwd=repo)
     if run.exit_code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"spine run failed (exit {run.exit_code}): {' '.join(command)}\n{tail}")
