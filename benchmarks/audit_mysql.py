@@ -52,7 +52,7 @@ import sqlalchemy as sa
 import schemas
 from benchmarks.measure import Measurement, Stopwatch, stopwatch
 from benchmarks.report import environment, print_environment
-from connectors.audit_sink import AUDIT_COLUMNS, AuditSink
+from connectors.audit_sink import AUDIT_COLUMNS, WRITTEN_COLUMNS, AuditSink
 from connectors.database import open_engine, upgrade
 from connectors.database_url import redact, resolve_url
 from loadgen.events import KIND_SHARES, ModelCard, model_catalogue
@@ -136,6 +136,7 @@ def _event(rng: random.Random, catalogue: Catalogue, line_no: int, ms: int) -> d
         "cost": None if price is None else event_cost(price, *usage),
         "cost_status": "unpriced" if price is None else "priced",
         "rate_limited": rng.random() < 0.06,
+        "decision": None,  # moderation decides after the audit sink's input is ordered
         "window_start": event_time.replace(second=0, microsecond=0),
         "metadata": f'{{"app": "web", "session": "s-{line_no:010x}"}}' if rng.random() < 0.3 else None,
         "source": "bench/audit_mysql",
@@ -187,8 +188,8 @@ def audit_rows(events: pa.Table) -> list[AuditRow]:
 
 def insert_sql() -> str:
     """The anchor's keyed insert, with one ``%s`` per audit column."""
-    names = ", ".join([*AUDIT_COLUMNS.values(), "inputs_fingerprint"])
-    marks = ", ".join(["%s"] * (len(AUDIT_COLUMNS) + 1))
+    names = ", ".join(WRITTEN_COLUMNS)
+    marks = ", ".join(["%s"] * len(WRITTEN_COLUMNS))
     return f"INSERT IGNORE INTO ai_audit_trail ({names}) VALUES ({marks})"
 
 

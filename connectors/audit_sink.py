@@ -53,6 +53,19 @@ def timestamp_text(times: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Ar
     return seconds.cast(pa.timestamp("s")).cast(pa.string())
 
 
+def keyed_insert(engine: sa.Engine) -> sa.Insert:
+    """The audit trail's insert that keeps a stored ``event_id``'s row as it is, for ``engine``'s
+    dialect (the table reflected from the migrations)."""
+    table = sa.Table("ai_audit_trail", sa.MetaData(), autoload_with=engine)
+    if dialect(engine) == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+    return mysql.insert(table).prefix_with("IGNORE")
+
+
+#: The ai_audit_trail columns a write gives, in this order: the events' and the run's inputs mark.
+WRITTEN_COLUMNS = [*AUDIT_COLUMNS.values(), "inputs_fingerprint"]
+
+
 class AuditRowsLost(RuntimeError):
     """The audit store did not keep rows it was given and holds nothing under their event ids."""
 
@@ -97,15 +110,7 @@ class AuditSink:
     def __init__(
         self, engine: sa.Engine, batch_rows: int, retry_attempts: int = 8, outputs_id: str = ""
     ) -> None:
-        table = sa.Table("ai_audit_trail", sa.MetaData(), autoload_with=engine)
-        statement: sa.Insert
-        if dialect(engine) == "sqlite":
-            statement = sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
-        else:
-            statement = mysql.insert(table).prefix_with("IGNORE")
-        self._writer = BatchWriter(
-            engine, statement, [*AUDIT_COLUMNS.values(), "inputs_fingerprint"], batch_rows, retry_attempts
-        )
+        self._writer = BatchWriter(engine, keyed_insert(engine), WRITTEN_COLUMNS, batch_rows, retry_attempts)
         self._stored = StoredEvents(engine, retry_attempts)
         self.outputs_id = outputs_id
         self._closed = False

@@ -271,7 +271,7 @@ class BatchWriter:
         self._one_transaction = dialect(engine) == "sqlite"
         if self._one_transaction:
             self._staged = _StagedInsert(engine.dialect, statement, columns)
-            self._order = list(columns)
+            self._positional, self._order = True, list(columns)
             return
         compiled = statement.compile(dialect=engine.dialect, column_keys=columns)
         self._sql = str(compiled)
@@ -303,7 +303,7 @@ class BatchWriter:
     def _rows(self, columns: dict[str, pa.Array | pa.ChunkedArray], start: int, stop: int) -> Rows:
         values = [columns[name].slice(start, stop - start).to_pylist() for name in self._order]
         rows: Rows = list(zip(*values, strict=True))
-        if not self._one_transaction and not self._positional:
+        if not self._positional:
             rows = [dict(zip(self._order, row, strict=True)) for row in rows]
         return rows
 
@@ -354,7 +354,6 @@ class _StagedInsert:
         names = ", ".join(quote(column) for column in columns)
         self._create = f"CREATE TEMP TABLE IF NOT EXISTS {quote(name)} ({names})"
         self._fill = f"INSERT INTO temp.{quote(name)} ({names}) VALUES ({', '.join('?' * len(columns))})"
-        self._last = f"SELECT coalesce(max(rowid), 0) FROM temp.{quote(name)}"
         self._clear = f"DELETE FROM temp.{quote(name)}"
         staged = sa.table(name, *(sa.column(column) for column in columns), schema="temp")
         rowid: sa.ColumnClause[Any] = sa.literal_column("rowid")
@@ -365,14 +364,16 @@ class _StagedInsert:
         self._bounds = list(compiled.positiontup or ())
 
     def stage(self, cursor: Any, batches: Iterator[Rows]) -> list[tuple[int, int]]:
-        """Bind every batch's rows into the TEMP table (emptied first); each batch's rowid range."""
+        """Bind every batch's rows into the TEMP table (emptied first); each batch's rowid range.
+
+        An empty table without AUTOINCREMENT numbers the rows it is given 1, 2, 3, ..."""
         cursor.execute(self._create)
         cursor.execute(self._clear)
-        ranges = []
+        ranges, last = [], 0
         for rows in batches:
-            first = cursor.execute(self._last).fetchone()[0] + 1
             cursor.executemany(self._fill, rows)
-            ranges.append((first, first + len(rows) - 1))
+            ranges.append((last + 1, last + len(rows)))
+            last += len(rows)
         return ranges
 
     def insert(self, cursor: Any, first: int, last: int) -> int:

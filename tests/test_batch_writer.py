@@ -15,8 +15,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.dialects import sqlite
 
+from connectors.audit_sink import keyed_insert
 from connectors.database import BatchWriter, open_engine, upgrade
 
 AUDIT = "ai_audit_trail"
@@ -28,11 +28,6 @@ def audit_store(path: Path) -> sa.Engine:
     upgrade(engine)
     engine.dispose()  # from here on the pool holds one connection, the writer's
     return engine
-
-
-def keyed_insert(engine: sa.Engine) -> sqlite.Insert:
-    table = sa.Table(AUDIT, sa.MetaData(), autoload_with=engine)
-    return sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
 
 
 def cost_text(i: int) -> str:
