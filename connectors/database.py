@@ -18,21 +18,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import filelock
 import pyarrow as pa
 import pymysql
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from pymysql.constants import CLIENT
 
 import schemas
 from connectors.database_url import hide_secrets, resolve_url
 from connectors.retry import transient_retry
+
+if TYPE_CHECKING:  # alembic loads where migrations run, not in every worker process (~75 ms)
+    from alembic.config import Config
 
 log = logging.getLogger("aiep.database")
 
@@ -132,6 +131,8 @@ def open_engine(url: str, create: bool = True) -> sa.Engine:
 
 
 def _alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(schemas.MIGRATIONS_DIR))
     return config
@@ -165,6 +166,8 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> SchemaUpgrade:
     with _migration_lock(engine):
         before = current_version(engine)
         if before != target:
+            from alembic import command
+
             with engine.begin() as conn:
                 config.attributes["connection"] = conn
                 command.upgrade(config, target)
@@ -223,12 +226,16 @@ def has_audit_rows(engine: sa.Engine) -> bool:
 
 def current_version(engine: sa.Engine) -> str | None:
     """The applied migration version, or ``None`` for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
 def head_version() -> str:
     """The newest migration this code ships."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None
     return head

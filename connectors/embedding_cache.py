@@ -32,18 +32,18 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 import cachetools
 import numpy as np
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from connectors.database import describe_error
 from connectors.database_url import redact
 from connectors.retry import transient_retry
+
+if TYPE_CHECKING:  # redis loads where a Redis cache is used, not in every worker process
+    import redis
 
 log = logging.getLogger("aiep.embedding_cache")
 
@@ -266,6 +266,10 @@ class RedisEmbeddingStore:
             self._client = None
 
     def _call(self, command: Callable[[redis.Redis], T]) -> T:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         if self._client is None:
             # No retries inside the client: tenacity (connectors.retry) is the one retry policy.
             self._client = redis.Redis.from_url(

@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 
 import pymysql
-import redis
 import tenacity
 
 log = logging.getLogger("aiep.retry")
 
 TRANSIENT_MYSQL_ERRORS = frozenset({2003, 2006, 2013, 1205, 1213})
-#: Redis reports a refused password as a kind of ConnectionError; retrying it cannot help.
-_REDIS_CREDENTIAL_ERRORS = (
-    redis.exceptions.AuthenticationError,
-    redis.exceptions.AuthorizationError,
-    redis.exceptions.ExternalAuthProviderError,
-)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -37,8 +31,14 @@ def is_transient(exc: BaseException) -> bool:
         return code in TRANSIENT_MYSQL_ERRORS or isinstance(exc, pymysql.err.InterfaceError)
     if isinstance(exc, sqlite3.OperationalError):
         return "locked" in str(exc) or "busy" in str(exc)
-    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
-        return not isinstance(exc, _REDIS_CREDENTIAL_ERRORS)
+    # A Redis error can only come from a process that imported redis; the others (a worker with
+    # no Redis cache) never load it.
+    redis = sys.modules.get("redis")
+    errors = redis.exceptions if redis is not None else None
+    if errors is not None and isinstance(exc, (errors.ConnectionError, errors.TimeoutError)):
+        # Redis reports a refused password as a kind of ConnectionError; retrying cannot help.
+        refused = (errors.AuthenticationError, errors.AuthorizationError, errors.ExternalAuthProviderError)
+        return not isinstance(exc, refused)
     return False
 
 

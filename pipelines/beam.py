@@ -9,13 +9,19 @@ windows of the pane's size, its elements stamped with the pane's start.
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics.metric import Metrics, MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.portability.api import beam_provision_api_pb2
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.runners.portability.portable_runner import JobServiceHandle
+from apache_beam.transforms.environments import SubprocessSDKEnvironment
 from apache_beam.transforms.window import FixedWindows, GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
@@ -304,6 +310,32 @@ def build(pipeline: beam.Pipeline, splits: list[InputSplit], plan: RunPlan, stag
     )
 
 
+#: How the runner starts a worker process of ``--direct_running_mode=multi_processing``: Beam's
+#: harness, which then exits without the interpreter's teardown (see ``pipelines.sdk_worker``).
+WORKER_COMMAND = f"{shlex.quote(sys.executable)} -m pipelines.sdk_worker"
+
+
+class _LocalRunner(fn_runner.FnApiRunner):  # type: ignore[misc]
+    """Beam's FnApiRunner, whose ``multi_processing`` workers run ``WORKER_COMMAND``.
+
+    Its ``run_pipeline`` replaces the runner's environment with Beam's own worker command when the
+    options ask for ``multi_processing``; for the length of the run this hands it the options with
+    no running mode instead, so that the environment given here stands. Everything else about the
+    mode (the worker count, splitting each stage's input among them) is the same.
+    """
+
+    def run_pipeline(self, pipeline: beam.Pipeline, options: PipelineOptions) -> Any:
+        direct = options.view_as(DirectOptions)
+        if direct.direct_running_mode != "multi_processing":
+            return super().run_pipeline(pipeline, options)
+        self._default_environment = SubprocessSDKEnvironment.from_command_string(WORKER_COMMAND)
+        direct.direct_running_mode = None
+        try:
+            return super().run_pipeline(pipeline, options)
+        finally:
+            direct.direct_running_mode = "multi_processing"
+
+
 def _runner(options: PipelineOptions) -> Any:
     """The runner the options name; for the DirectRunner (the default), Beam's in-process
     FnApiRunner, which is what it runs our pipeline on anyway.
@@ -315,15 +347,11 @@ def _runner(options: PipelineOptions) -> Any:
     """
     if runner_key(options.view_as(StandardOptions).runner) != "direct":
         return None  # Beam creates the runner the options name
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
     # As the DirectRunner builds it: workers (of --direct_running_mode=multi_processing) get the
     # pipeline options through the provision info.
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
+    return _LocalRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
 
 
 def run(splits: list[InputSplit], plan: RunPlan, staging_dir: str, beam_args: list[str]) -> Counts:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -23,9 +24,6 @@ from connectors.parquet_sink import NoFileNames, ParquetSink
 from connectors.sinks import Sink
 from connectors.users import UserDirectory
 from models.embedder import TextEmbedder
-from models.image_moderator import ImageModerator
-from models.moderation_text import TextModerator
-from pipelines.moderation import ModerateContent, ScreenImages, WriteModeration
 from pipelines.semantic import (
     CachedEmbedder,
     EmbedTexts,
@@ -55,12 +53,12 @@ from pipelines.stages import (
 from transforms.event_batch import (
     EnrichSettings,
 )
-from transforms.image_checks import PhashBlocklist
-from transforms.moderation import Thresholds
-from transforms.moderation_rules import RuleSet
 from transforms.personalization import UserFeatureWindows
 from transforms.rate_limit import RateLimits
 from transforms.topics import TopicIndex
+
+if TYPE_CHECKING:  # the moderation models load where moderation runs (scipy alone is ~50 ms)
+    from pipelines.moderation import ModerateContent, WriteModeration
 
 
 def use_malloc_for_arrow() -> None:
@@ -196,6 +194,13 @@ class SpineWorker:
 
     @cached_property
     def moderate(self) -> ModerateContent:
+        from models.image_moderator import ImageModerator
+        from models.moderation_text import TextModerator
+        from pipelines.moderation import ModerateContent, ScreenImages
+        from transforms.image_checks import PhashBlocklist
+        from transforms.moderation import Thresholds
+        from transforms.moderation_rules import RuleSet
+
         config = self.plan.config
         images = ScreenImages(
             ImageModerator(),
@@ -219,6 +224,8 @@ class SpineWorker:
 
     @cached_property
     def write_moderation(self) -> WriteModeration:
+        from pipelines.moderation import WriteModeration
+
         config = self.plan.config
         decisions = DecisionSink(self.engine, config.audit_batch_rows, config.audit_retry_attempts)
         self._sinks.append(decisions)
