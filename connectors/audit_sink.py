@@ -110,9 +110,12 @@ class AuditSink:
     def __init__(
         self, engine: sa.Engine, batch_rows: int, retry_attempts: int = 8, outputs_id: str = ""
     ) -> None:
-        self._writer = BatchWriter(engine, keyed_insert(engine), WRITTEN_COLUMNS, batch_rows, retry_attempts)
+        # Every row of the sink is marked alike: bound once per statement, not with each row.
+        marks = {"inputs_fingerprint": outputs_id}
+        self._writer = BatchWriter(
+            engine, keyed_insert(engine), WRITTEN_COLUMNS, batch_rows, retry_attempts, constants=marks
+        )
         self._stored = StoredEvents(engine, retry_attempts)
-        self.outputs_id = outputs_id
         self._closed = False
 
     def write(self, key: str, table: pa.Table) -> Written:
@@ -128,7 +131,6 @@ class AuditSink:
         # Exact decimal text ("0.000200"): both drivers take it for DECIMAL/NUMERIC, with no
         # Decimal object per row.
         columns["cost"] = pc.cast(columns["cost"], pa.string())
-        columns["inputs_fingerprint"] = pa.array([self.outputs_id] * events.num_rows, pa.string())
         inserted_total = 0
         refused: list[str] = []
         for start, stop, inserted in self._writer.write_batches(columns, events.num_rows):

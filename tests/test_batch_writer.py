@@ -20,7 +20,12 @@ from connectors.audit_sink import keyed_insert
 from connectors.database import BatchWriter, open_engine, upgrade
 
 AUDIT = "ai_audit_trail"
-COLUMNS = ["event_id", "user_id", "cost", "created_at", "rate_limited", "payload_fingerprint", "model"]
+COLUMNS = [
+    "event_id", "user_id", "cost", "created_at", "rate_limited", "payload_fingerprint", "model",
+    "inputs_fingerprint",
+]  # fmt: skip
+#: The value of a column every row has alike: the staged writer binds it once per statement.
+MARK = "0123456789abcdef"
 
 
 def audit_store(path: Path) -> sa.Engine:
@@ -47,6 +52,7 @@ def rows_table(n: int, offset: int = 0) -> dict[str, pa.Array]:
         "rate_limited": pa.array([i % 2 for i in range(n)], pa.int8()),
         "payload_fingerprint": pa.array([bytes([i % 256]) * 16 for i in range(n)], pa.binary()),
         "model": pa.array(["0042" if i % 3 == 0 else "gpt-4o" for i in range(n)]),
+        "inputs_fingerprint": pa.array([MARK] * n),
     }
 
 
@@ -74,12 +80,15 @@ def direct_insert(engine: sa.Engine, path: Path, columns: dict[str, pa.Array], b
 def test_staged_rows_are_stored_exactly_as_rows_bound_directly(tmp_path: Path) -> None:
     staged_path, direct_path = tmp_path / "staged.sqlite", tmp_path / "direct.sqlite"
     staged_engine, direct_engine = audit_store(staged_path), audit_store(direct_path)
-    writer = BatchWriter(staged_engine, keyed_insert(staged_engine), COLUMNS, batch_rows=7, retry_attempts=1)
+    writer = BatchWriter(
+        staged_engine, keyed_insert(staged_engine), COLUMNS, 7, 1, constants={"inputs_fingerprint": MARK}
+    )
 
     # A first write, then one that overlaps it: the stored keys must count 0 in their batches.
     first, second = rows_table(30), rows_table(40, offset=20)
-    staged_counts = [n for _, _, n in writer.write_batches(first, 30)]
-    staged_counts += [n for _, _, n in writer.write_batches(second, 40)]
+    without_mark = [{k: v for k, v in t.items() if k != "inputs_fingerprint"} for t in (first, second)]
+    staged_counts = [n for _, _, n in writer.write_batches(without_mark[0], 30)]
+    staged_counts += [n for _, _, n in writer.write_batches(without_mark[1], 40)]
     direct_counts = direct_insert(direct_engine, direct_path, first, 7)
     direct_counts += direct_insert(direct_engine, direct_path, second, 7)
 
@@ -89,6 +98,11 @@ def test_staged_rows_are_stored_exactly_as_rows_bound_directly(tmp_path: Path) -
     assert len(stored(staged_path)) == 60
     types = {row[1 + 2 * COLUMNS.index("cost")] for row in stored(staged_path)}
     assert types == {"real", "integer", "null"}  # NUMERIC affinity applied once, as directly
+    marks = {
+        row[2 * COLUMNS.index("inputs_fingerprint") : 2 + 2 * COLUMNS.index("inputs_fingerprint")]
+        for row in stored(staged_path)
+    }
+    assert marks == {(MARK, "text")}
     staged_engine.dispose()
     direct_engine.dispose()
 
