@@ -9,6 +9,7 @@ cluster, can read it too). Reading a split is ``connectors.readers.read_split``'
 
 from __future__ import annotations
 
+import bisect
 import glob
 import gzip
 import hashlib
@@ -114,9 +115,17 @@ def format_of(path: str) -> tuple[str, bool]:
     raise InputError(f"unsupported input {path!r}: expected {gzipped} (optionally .gz) or {plain}")
 
 
-def discover_inputs(patterns: list[str], stdin_spool: Path) -> list[InputFile]:
+#: Per input path, ``(offset, newlines before it)`` at points of the file (``discover_inputs``).
+LineIndex = dict[str, list[tuple[int, int]]]
+
+
+def discover_inputs(
+    patterns: list[str], stdin_spool: Path, line_index: LineIndex | None = None
+) -> list[InputFile]:
     """Expand paths and globs (in the order given), spool stdin, and fingerprint each input.
 
+    ``line_index``, when given, gets the newlines of every input ``plan_splits`` may cut, counted
+    as it is hashed (see ``_digest``), by path: planning then reads only near its cuts.
     Raises InputError naming the pattern that matched nothing or the file that can't be read.
     """
     files: list[InputFile] = []
@@ -131,7 +140,11 @@ def discover_inputs(patterns: list[str], stdin_spool: Path) -> list[InputFile]:
             stdin_spool.parent.mkdir(parents=True, exist_ok=True)
             with stdin_spool.open("wb") as spool:
                 shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
-            files.append(_fingerprint(len(files), str(stdin_spool), STDIN_NAME, "jsonl", False, os.getcwd()))
+            files.append(
+                _fingerprint(
+                    len(files), str(stdin_spool), STDIN_NAME, "jsonl", False, os.getcwd(), line_index
+                )
+            )
             continue
         if storage.is_object_store(pattern):
             try:
@@ -143,7 +156,9 @@ def discover_inputs(patterns: list[str], stdin_spool: Path) -> list[InputFile]:
                     continue
                 seen_urls.add(url)
                 fmt, compressed = format_of(url)
-                files.append(_fingerprint(len(files), url, url, fmt, compressed, posixpath.dirname(url)))
+                files.append(
+                    _fingerprint(len(files), url, url, fmt, compressed, posixpath.dirname(url), line_index)
+                )
             continue
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         if not matches:
@@ -159,16 +174,29 @@ def discover_inputs(patterns: list[str], stdin_spool: Path) -> list[InputFile]:
             fmt, compressed = format_of(path)
             # The name as given, storable as text even when the path's bytes are not UTF-8.
             name = storable(match)
-            files.append(_fingerprint(len(files), path, name, fmt, compressed, os.path.dirname(path)))
+            files.append(
+                _fingerprint(len(files), path, name, fmt, compressed, os.path.dirname(path), line_index)
+            )
     if not files:
         raise InputError("no inputs given")
     return files
 
 
-def _fingerprint(order: int, path: str, name: str, fmt: str, compressed: bool, base_dir: str) -> InputFile:
+def _fingerprint(
+    order: int,
+    path: str,
+    name: str,
+    fmt: str,
+    compressed: bool,
+    base_dir: str,
+    line_index: LineIndex | None = None,
+) -> InputFile:
+    counts: list[tuple[int, int]] | None = (
+        [] if line_index is not None and fmt in LINE_SPLIT_FORMATS and not compressed else None
+    )
     try:
         with storage.open_binary(path) as fh:
-            file_hash, size = _digest(fh)
+            file_hash, size = _digest(fh, counts)
         content_hash, inflated_size = None, None
         if compressed:  # inflated once here anyway: its size comes with its hash
             with storage.open_binary(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as inflated:
@@ -176,6 +204,8 @@ def _fingerprint(order: int, path: str, name: str, fmt: str, compressed: bool, b
     except (OSError, EOFError, zlib.error) as exc:
         detail = getattr(exc, "strerror", None) or storage.describe(exc)
         raise InputError(f"cannot read input {name!r}: {detail}") from None
+    if line_index is not None and counts is not None:
+        line_index[path] = counts
     return InputFile(
         order, path, name, fmt, compressed, size, file_hash, base_dir, content_hash, inflated_size
     )
@@ -193,49 +223,66 @@ def open_content(file: InputFile) -> Iterator[io.BufferedIOBase]:
             yield inflated
 
 
-def _digest(stream: Any) -> tuple[str, int]:
-    """The sha256 (hex) of a binary stream's bytes, and how many there were."""
-    digest, size = hashlib.sha256(), 0
-    while block := stream.read(1 << 22):
-        digest.update(block)
-        size += len(block)
-    return digest.hexdigest(), size
-
-
-#: ``plan_splits`` counts a split's lines this many bytes at a time.
+#: ``_digest`` reads, and ``plan_splits`` counts lines, this many bytes at a time.
 PLAN_CHUNK_BYTES = 4 << 20
 
 
-def plan_splits(files: list[InputFile], split_bytes: int) -> list[InputSplit]:
+def _digest(stream: Any, newlines: list[tuple[int, int]] | None = None) -> tuple[str, int]:
+    """The sha256 (hex) of a binary stream's bytes, and how many there were.
+
+    With ``newlines``, also appends ``(offset, newlines before it)`` at the end of each read: the
+    count costs about 0.05 s for 475 MiB, where planning used to read the whole file again for
+    it (0.2 s).
+    """
+    digest, size, lines = hashlib.sha256(), 0, 0
+    while block := stream.read(PLAN_CHUNK_BYTES):
+        digest.update(block)
+        size += len(block)
+        if newlines is not None:
+            lines += block.count(b"\n")
+            newlines.append((size, lines))
+    return digest.hexdigest(), size
+
+
+def plan_splits(
+    files: list[InputFile], split_bytes: int, line_index: LineIndex | None = None
+) -> list[InputSplit]:
     """Cut plain inputs of a line-splittable format (JSONL) into ~``split_bytes`` ranges at line
     boundaries, numbering lines; any other input is one split (it can't be entered mid-way).
 
     A file of ``size`` bytes is cut near ``size * k / n`` for ``n = ceil(size / split_bytes)``:
     each cut moves on to the end of the line it falls in, and the next is placed from the file's
     start, not from there, so long lines never add up to one split fewer (``n`` splits, unless
-    one line spans a whole cut)."""
+    one line spans a whole cut). The lines before a cut are counted from the nearest point of
+    the file's ``line_index`` (``discover_inputs``) before it, or else from the previous cut."""
     splits: list[InputSplit] = []
     for file in files:
         if file.format not in LINE_SPLIT_FORMATS or file.gzip or file.size <= split_bytes:
             splits.append(InputSplit(file, 0, file.size, 1))
             continue
         count = -(-file.size // split_bytes)
+        marks = (line_index or {}).get(file.path, [])
+        offsets = [offset for offset, _ in marks]
         start, line_no = 0, 1
         with storage.open_binary(file.path) as fh:
             for k in range(1, count + 1):
                 cut = file.size * k // count
                 if cut <= start:  # inside a line the previous split already finished
                     continue
-                end, newlines, last = _count_lines(fh, file, start, cut)
+                # Newlines before the cut: from the last mark short of it, or from this split's start.
+                at = bisect.bisect_left(offsets, cut) - 1
+                offset, lines = marks[at] if at >= 0 and offsets[at] > start else (start, line_no - 1)
+                end, newlines, last = _count_lines(fh, file, offset, cut)
+                lines += newlines
                 if end < file.size and last != b"\n":
                     # Finish the line the cut fell in, in chunks: one line may be gigabytes long.
                     while chunk := fh.readline(1 << 20):
                         end += len(chunk)
                         if chunk.endswith(b"\n"):
-                            newlines += 1
+                            lines += 1
                             break
                 splits.append(InputSplit(file, start, end, line_no))
-                line_no += newlines
+                line_no = lines + 1
                 start = end
     return splits
 

@@ -31,7 +31,7 @@ import filelock
 from connectors import database
 from connectors.config import PipelineConfig, load_config
 from connectors.database_url import redact
-from connectors.inputs import InputError, InputFile, discover_inputs, plan_splits
+from connectors.inputs import InputError, InputFile, LineIndex, discover_inputs, plan_splits
 from connectors.parquet_sink import RunFileNames, remove_stale_parts, remove_temporary_files
 from connectors.storage import Location, StorageError, describe, hide_secrets, is_object_store
 from pipelines import progress
@@ -233,7 +233,8 @@ def _run_locked(request, config, out: Location, audit_url: str, on_progress) -> 
         out.remove_hidden(".write-probe-*")
     staging = root / run_id
     try:
-        files = discover_inputs(request.inputs, staging / "stdin.jsonl")
+        line_index: LineIndex = {}
+        files = discover_inputs(request.inputs, staging / "stdin.jsonl", line_index)
         fingerprint = inputs_fingerprint(files)
         try:
             engine = database.open_engine(audit_url)
@@ -262,7 +263,7 @@ def _run_locked(request, config, out: Location, audit_url: str, on_progress) -> 
             compare_with_store=stored_before,
         )
         splits = plan_splits(
-            files, balanced_split_bytes(content_bytes, config.split_mb << 20, os.cpu_count())
+            files, balanced_split_bytes(content_bytes, config.split_mb << 20, os.cpu_count()), line_index
         )
         time.sleep(max(0.0, engine_not_before - time.monotonic()))
         engine_import.join()

@@ -16,12 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
+from connectors import inputs
 from connectors.inputs import (
     FORMATS,
     GZIP_FORMATS,
     LINE_SPLIT_FORMATS,
     InputError,
     InputFile,
+    LineIndex,
     discover_inputs,
     plan_splits,
 )
@@ -183,16 +185,23 @@ def test_an_input_read_in_many_splits_gives_the_outputs_of_one_split(tmp_path: P
     assert outputs == run_outputs(tmp_path / "one")
 
 
+@pytest.mark.parametrize("indexed", [False, True])
 @pytest.mark.parametrize("lines", [7_777, 12_345])
-def test_splits_sized_for_two_processes_come_out_a_multiple_of_two(lines: int, tmp_path: Path) -> None:
+def test_splits_sized_for_two_processes_come_out_a_multiple_of_two(
+    lines: int, indexed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lines counted as the input is hashed, at points 64 KiB apart: many between two cuts.
+    monkeypatch.setattr(inputs, "PLAN_CHUNK_BYTES", 64 << 10)
     source = generate(tmp_path / "events.jsonl", lines, lines)
     content = source.read_bytes()
-    (file,) = discover_inputs([str(source)], tmp_path / "spool")
+    line_index: LineIndex = {}
+    (file,) = discover_inputs([str(source)], tmp_path / "spool", line_index if indexed else None)
+    assert (len(line_index[file.path]) == -(-file.size // (64 << 10))) if indexed else not line_index
     for split_bytes in (200 << 10, 300 << 10, 450 << 10, 3 << 20):
         assert max(map(len, content.splitlines())) < split_bytes // 2  # no line spans a cut
         asked = -(-file.size // split_bytes)
         size = balanced_split_bytes(file.size, split_bytes, cpus=2)
-        splits = plan_splits([file], size)
+        splits = plan_splits([file], size, line_index)
         assert size <= split_bytes
         if asked >= 8:  # two processes of four splits or more: balanced
             assert len(splits) == asked + asked % 2
@@ -203,6 +212,27 @@ def test_splits_sized_for_two_processes_come_out_a_multiple_of_two(lines: int, t
         assert splits[0].start == 0 and splits[-1].end == file.size
         assert all(content[s.start - 1 : s.start] == b"\n" for s in splits[1:])
         assert [s.first_line_no for s in splits] == [content[: s.start].count(b"\n") + 1 for s in splits]
+
+
+@pytest.mark.parametrize("ending", [b"\n", b""])
+def test_line_numbers_from_the_index_match_counting_every_line(
+    ending: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lines of every length, one of them longer than several points of the index and than a
+    # split, and a last line with or without its newline.
+    monkeypatch.setattr(inputs, "PLAN_CHUNK_BYTES", 1000)
+    rows = [b"x" * (i * 37 % 700) for i in range(400)]
+    rows[150] = b"y" * 9_000
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join(rows) + ending)
+    line_index: LineIndex = {}
+    (file,) = discover_inputs([str(source)], tmp_path / "spool", line_index)
+    content = source.read_bytes()
+    for split_bytes in (1_500, 4_000, 20_000):
+        splits = plan_splits([file], split_bytes, line_index)
+        assert splits == plan_splits([file], split_bytes)  # the same as counting every line
+        assert [s.first_line_no for s in splits] == [content[: s.start].count(b"\n") + 1 for s in splits]
+        assert splits[-1].end == file.size
 
 
 def test_an_input_that_shrinks_before_it_is_planned_is_an_error_not_a_hang(tmp_path: Path) -> None:
