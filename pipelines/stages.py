@@ -260,10 +260,10 @@ class CompareWithStore:
             held = self._held_here(events, verdicts)
         conflicts = stored_conflicts(events, np.flatnonzero(verdicts == Verdict.CONFLICT), "an earlier run")
         keep = verdicts != Verdict.CONFLICT
-        events = (
-            events.filter(pa.array(keep))
-            .append_column(STORED, pa.array(verdicts[keep] != Verdict.NEW))
-            .append_column(CONTEXT, pa.array(held[keep]))
+        if not keep.all():  # a filter copies every column, even when it keeps every row
+            events = events.filter(pa.array(keep))
+        events = events.append_column(STORED, pa.array(verdicts[keep] != Verdict.NEW)).append_column(
+            CONTEXT, pa.array(held[keep])
         )
         keyed = list(
             split_by_shard_and_window(events, user_shard(events, self.shards), self.panes, "event_time")

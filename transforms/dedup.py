@@ -39,33 +39,32 @@ def collapse_duplicates(events: pa.Table) -> Deduplicated:
         return Deduplicated(events, [], 0)
     order = pc.sort_indices(
         events, sort_keys=[("event_id", "ascending"), (ORDER, "ascending"), ("line_no", "ascending")]
-    )
-    ordered = events.take(order)
-    ids = ordered.column("event_id")
-    starts = np.ones(ordered.num_rows, dtype=bool)
-    if ordered.num_rows > 1:
-        starts[1:] = pc.not_equal(ids.slice(1), ids.slice(0, ordered.num_rows - 1)).to_numpy(
-            zero_copy_only=False
-        )
+    ).to_numpy()
+    # Only the columns the rule reads are put in that order; the table itself is taken once, for
+    # the rows it keeps (every column of a row is copied once, not once to sort and once to keep).
+    ids = events.column("event_id").take(order)
+    starts = np.ones(len(order), dtype=bool)
+    if len(order) > 1:
+        starts[1:] = pc.not_equal(ids.slice(1), ids.slice(0, len(order) - 1)).to_numpy(zero_copy_only=False)
     if starts.all():
-        return Deduplicated(ordered, [], 0)
+        return Deduplicated(events.take(order), [], 0)
 
     # Index of the first copy of each row's event_id, to compare fingerprints with it.
-    first = np.maximum.accumulate(np.where(starts, np.arange(ordered.num_rows), 0))
-    fingerprints = ordered.column(FINGERPRINT).combine_chunks()
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+    fingerprints = events.column(FINGERPRINT).take(order).combine_chunks()
     same = pc.equal(fingerprints, fingerprints.take(pa.array(first))).to_numpy(zero_copy_only=False)
     conflict_rows = np.flatnonzero(~starts & ~same)
     collapsed = int(np.count_nonzero(~starts & same))
 
     conflicts = []
     if conflict_rows.size:
-        rejected = ordered.take(pa.array(conflict_rows)).select(
+        rejected = events.take(order[conflict_rows]).select(
             ["source", "line_no", RAW, "event_id", "event_time", ORDER]
         )
-        kept_at = ordered.take(pa.array(first[conflict_rows])).select(["source", "line_no"])
+        kept_at = events.take(order[first[conflict_rows]]).select(["source", "line_no"])
         for row, keeper in zip(rejected.to_pylist(), kept_at.to_pylist(), strict=True):
             conflicts.append(conflict_with_first_copy(row, keeper["source"], keeper["line_no"]))
-    return Deduplicated(ordered.filter(pa.array(starts)), conflicts, collapsed)
+    return Deduplicated(events.take(order[starts]), conflicts, collapsed)
 
 
 def conflict_with_first_copy(row: Mapping[str, Any], first_source: str, first_line_no: int) -> DeadLetter:
