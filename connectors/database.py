@@ -279,6 +279,8 @@ class BatchWriter:
         # Columns of ``columns`` with one value in every row the writer writes (on SQLite bound
         # once per statement, not staged with each row); ``write`` takes the others.
         self._constants = dict(constants or {})
+        if not self._constants.keys() < set(columns):
+            raise ValueError("constants must be some of the written columns, and not all of them")
         self._one_transaction = dialect(engine) == "sqlite"
         if self._one_transaction:
             self._staged = _StagedInsert(engine.dialect, statement, columns, self._constants)
@@ -325,6 +327,8 @@ class BatchWriter:
             else columns[name].slice(start, count).to_pylist()
             for name in self._order
         ]
+        if any(len(column) != count for column in values):
+            raise ValueError(f"a column holds fewer than the {stop} rows the write was given")
         return zip(*values, strict=True)
 
     def _rows(self, columns: dict[str, pa.Array | pa.ChunkedArray], start: int, stop: int) -> Rows:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shlex
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -312,7 +313,14 @@ def build(pipeline: beam.Pipeline, splits: list[InputSplit], plan: RunPlan, stag
 
 #: How the runner starts a worker process of ``--direct_running_mode=multi_processing``: Beam's
 #: harness, which then exits without the interpreter's teardown (see ``pipelines.sdk_worker``).
-WORKER_COMMAND = f"{shlex.quote(sys.executable)} -m pipelines.sdk_worker"
+#: The project's folder comes first on the workers' path, so that they import the code the launcher
+#: runs, and ``pipelines.sdk_worker`` itself, wherever they start (a worker that failed before
+#: connecting would leave the runner waiting for it).
+_PROJECT = str(Path(__file__).resolve().parent.parent)
+WORKER_COMMAND = (
+    f"PYTHONPATH={shlex.quote(_PROJECT)}${{PYTHONPATH:+:$PYTHONPATH}} "
+    f"{shlex.quote(sys.executable)} -m pipelines.sdk_worker"
+)
 
 
 class _LocalRunner(fn_runner.FnApiRunner):  # type: ignore[misc]

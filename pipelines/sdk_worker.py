@@ -21,6 +21,7 @@ A harness that fails raises as before and exits the usual way, with its error.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -31,8 +32,11 @@ def main() -> None:
     gc.disable()  # until the imports are done and frozen (see above)
     from apache_beam.runners.worker import sdk_worker_main
 
-    import pipelines.beam  # noqa: F401  (what every bundle's DoFns unpickle from)
-
+    # What every bundle's DoFns unpickle from; should it fail, the first bundle fails on it again
+    # and the harness reports that to the runner.
+    with contextlib.suppress(ImportError):
+        import pipelines.beam  # noqa: F401
+    # Frozen objects are never collected: a cycle the imports left stays for the process's life.
     gc.freeze()
     gc.enable()
     sdk_worker_main.main(sys.argv)

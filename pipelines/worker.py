@@ -53,6 +53,8 @@ from pipelines.stages import (
 from transforms.event_batch import (
     EnrichSettings,
 )
+from transforms.image_checks import PhashBlocklist
+from transforms.moderation_rules import RuleSet
 from transforms.personalization import UserFeatureWindows
 from transforms.rate_limit import RateLimits
 from transforms.topics import TopicIndex
@@ -197,9 +199,7 @@ class SpineWorker:
         from models.image_moderator import ImageModerator
         from models.moderation_text import TextModerator
         from pipelines.moderation import ModerateContent, ScreenImages
-        from transforms.image_checks import PhashBlocklist
         from transforms.moderation import Thresholds
-        from transforms.moderation_rules import RuleSet
 
         config = self.plan.config
         images = ScreenImages(

@@ -132,3 +132,19 @@ def test_the_staging_table_is_emptied_by_each_write_and_a_failed_one_stores_noth
     assert writer.write(rows_table(10, offset=200), 10) == 10
     assert [row[0] for row in stored(path)][-1] == "ev-000209-é"
     engine.dispose()
+
+
+def test_a_write_whose_columns_hold_fewer_rows_than_it_says_or_stray_constants_are_refused(
+    tmp_path: Path,
+) -> None:
+    engine = audit_store(tmp_path / "audit.sqlite")
+    statement = keyed_insert(engine)
+    with pytest.raises(ValueError, match="constants"):
+        BatchWriter(engine, statement, COLUMNS, 4, 1, constants={"not_a_column": 1})
+    with pytest.raises(ValueError, match="constants"):
+        BatchWriter(engine, statement, ["event_id"], 4, 1, constants={"event_id": "x"})
+    writer = BatchWriter(engine, statement, COLUMNS, 4, 1)
+    with pytest.raises(ValueError, match="fewer than the 12 rows"):
+        writer.write(rows_table(10), 12)
+    assert stored(tmp_path / "audit.sqlite") == []
+    engine.dispose()
