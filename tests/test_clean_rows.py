@@ -204,6 +204,34 @@ def test_a_batch_with_nothing_plain_or_nothing_else_still_agrees() -> None:
     assert both_ways([good]) == 1
 
 
+#: Forms of JSON a producer may write that a decoder could read otherwise than orjson does (the
+#: fast path decodes with msgspec, the per-record path with orjson): a repeated key (the last
+#: wins), escaped keys and texts, whitespace, metadata with keys out of order at every level or
+#: written twice, and a deep, a wide or a non-object metadata.
+#: A valid record's fields, less its closing brace.
+HEAD = rb'{"event_id":"a","event_time":"2025-07-01T00:00:00Z","user_id":1,"operation_type":"c","model":"o3"'
+RAW_FORMS = [
+    rb'{"event_id":"a","event_id":"b"' + HEAD[len(rb'{"event_id":"a"') :] + b"}",
+    rb'{"event\u005fid":"\u00e9\u0301"' + HEAD[len(rb'{"event_id":"a"') :] + b"}",
+    rb' { "event_id" : "a" , ' + HEAD[len(rb'{"event_id":"a",') :] + b" } ",
+    HEAD + rb',"input":{"text":"x","text":"\ud83d\ude00\t\"\\\/\u2028"},"usage":{"images":1,"images":2}}',
+    HEAD + rb',"metadata":{"z":{"b":1,"a":[{"d":null,"c":true}]},"\u00e9":2,"a":-0,'
+    rb'"\uffff":3,"\ud83d\ude00":4}}',
+    HEAD + rb',"metadata":{"a":1},"metadata":{"b":2.5}}',
+    HEAD + rb',"metadata":{"a":1},"metadata":[1]}',
+    HEAD + rb',"metadata":' + b'{"a":' * 2000 + b"1" + b"}" * 2000 + b"}",
+    HEAD + rb',"metadata":{"a":"' + b"x" * 5000 + b'","n":1e5,"m":1E+2}}',
+    HEAD + rb',"output":{"text":"y","image":{"path":"a.png"}}}',
+    HEAD + rb',"usage":{"input_tokens":1,"input_tokens":-1}}',
+    HEAD + rb',"user_id":2,"ai_tier":"pro","ai_tier":"gold"}',
+]
+
+
+@pytest.mark.parametrize("raw", RAW_FORMS)
+def test_every_raw_form_agrees(raw: bytes) -> None:
+    both_ways([raw])
+
+
 @pytest.mark.parametrize("scale", [0, 3, 6, 9, 18])
 @settings(max_examples=80, deadline=None)
 @given(

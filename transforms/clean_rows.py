@@ -20,24 +20,23 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from msgspec import UNSET, UnsetType
 
 from transforms.cost import COST_MAX, COST_PLACES, Price, PriceBook
 from transforms.dead_letter import RAW_KEEP_BYTES
 from transforms.hashing import ContentHasher
 from transforms.validate import EventRules, nesting_depth
 
-#: Stands for an absent field, which differs from JSON null (a null field is the wrong type).
-_ABSENT: Any = object()
-_EMPTY: Mapping[str, Any] = {}
 #: The one timestamp form taken here (what producers write; anything else goes one at a time):
 #: RFC 3339 with an upper-case ``T``, up to 6 fraction digits, ``Z`` or an offset under 24 h.
 _PLAIN_TIME = (
@@ -147,108 +146,163 @@ class _Plain:
     )
 
 
+#: The fields the fast path takes, by object. A record holding any other (``output.image``, or a
+#: field the contract lacks) does not decode, and goes one at a time.
+_TAKEN: dict[str, tuple[str, ...]] = {
+    "": ("event_id", "event_time", "user_id", "operation_type", "model", "ai_tier", "input", "output",
+         "usage", "metadata"),
+    "input": ("text",),
+    "output": ("text",),
+    "usage": ("input_tokens", "output_tokens", "images"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """The contract as msgspec types, made from :class:`EventRules`.
+
+    ``decode`` takes a JSONL record only if it is an object whose fields are all ones the fast path
+    takes, each of its JSON type and within its limits, the required ones present; otherwise it
+    raises ``msgspec.MsgspecError``. An absent field decodes as ``msgspec.UNSET``, unlike a null
+    (the wrong type). ``metadata`` is left as its raw JSON (``msgspec.Raw``). ``encode`` writes a
+    decoded record back compact, with its fields in sorted order and the absent ones left out: for
+    a record whose ``metadata`` was replaced by its sorted form, what ``orjson.dumps(record,
+    option=OPT_SORT_KEYS)`` writes, byte for byte (both escape the same characters, and the
+    structs' fields are declared sorted).
+    """
+
+    decode: Callable[[bytes], Any]
+    encode: Callable[[Any], bytes]
+
+    @classmethod
+    def of(cls, rules: EventRules) -> _Decoding:
+        """The decoding of ``rules``, made once per rules object (a worker has one)."""
+        made = _DECODINGS.get(id(rules))
+        if made is None or made[0] is not rules:
+            made = _DECODINGS[id(rules)] = (rules, cls._make(rules))
+        return made[1]
+
+    @classmethod
+    def _make(cls, rules: EventRules) -> _Decoding:
+        allowed = {"": rules.top_fields, **rules.nested_fields}
+        if set(rules.required) != set(_TAKEN[""][:5]) or any(
+            not set(fields) <= allowed[level] for level, fields in _TAKEN.items()
+        ):
+            raise ValueError(
+                "the contract's required or allowed fields are not those transforms.clean_rows "
+                f"was written for ({rules.required}): update its fast path"
+            )
+        limits, (low, high) = rules.max_lengths, rules.user_id_range
+
+        def text(limit: str, shortest: int = 0) -> Any:
+            return Annotated[str, msgspec.Meta(min_length=shortest, max_length=limits[limit])]
+
+        def struct(name: str, kinds: dict[str, Any], required: tuple[str, ...] = ()) -> Any:
+            fields = [
+                (field_name, kind) if field_name in required else (field_name, kind | UnsetType, UNSET)
+                for field_name, kind in sorted(kinds.items())
+            ]
+            # No cycles can form in a decoded record: the collector need not track them.
+            return msgspec.defstruct(name, fields, kw_only=True, forbid_unknown_fields=True, gc=False)
+
+        count = Annotated[int, msgspec.Meta(ge=0, lt=_COUNT_LIMIT)]
+        event = struct(
+            "Event",
+            {
+                "event_id": text("event_id", 1),
+                "event_time": str,  # its form and range are checked a column at a time
+                "user_id": Annotated[int, msgspec.Meta(ge=low, le=high)],
+                "operation_type": text("operation_type", 1),
+                "model": text("model", 1),
+                "ai_tier": Literal[tuple(sorted(rules.tiers))],
+                "input": struct("Input", {"text": text("input.text")}),
+                "output": struct("Output", {"text": text("output.text")}),
+                "usage": struct("Usage", dict.fromkeys(_TAKEN["usage"], count)),
+                # Parsed apart: its numbers and depth need the checks of ``_plain_records``.
+                "metadata": msgspec.Raw,
+            },
+            required=tuple(rules.required),
+        )
+        return cls(msgspec.json.Decoder(event).decode, msgspec.json.Encoder().encode)
+
+
+_DECODINGS: dict[int, tuple[EventRules, _Decoding]] = {}
+
+
 def _plain_records(raws: Sequence[bytes], skip: Mapping[int, object], rules: EventRules) -> _Plain:
     """The records whose every field is plainly valid, as columns; timestamps (their form and
     range) and costs are checked after, a column at a time.
 
-    Hot path: one loop, every check inlined (a function call per field would cost more than the
-    checks), stricter than the per-record rules wherever that keeps it simple.
+    Hot path: msgspec decodes and checks each record against ``_Decoding``'s types in C; the loop
+    checks what is left (metadata), fingerprints the record and appends its values to the columns.
     """
     plain = _Plain()
-    required, allowed, size_limit = rules.required_set, rules.top_fields, rules.max_record_bytes
-    limits, tiers = rules.max_lengths, rules.tiers
-    id_max, operation_max, model_max = limits["event_id"], limits["operation_type"], limits["model"]
-    input_max, output_max = limits["input.text"], limits["output.text"]
-    in_input, in_output, in_usage = (rules.nested_fields[n] for n in ("input", "output", "usage"))
-    low, high = rules.user_id_range
-    inner = rules.max_depth - 1  # metadata's levels: the event itself is the first
+    decoding = _Decoding.of(rules)
+    decode, encode, unset, raw_json = decoding.decode, decoding.encode, UNSET, msgspec.Raw
+    not_taken = (msgspec.MsgspecError, RecursionError)  # deep metadata: msgspec stops, as orjson does
+    size_limit, inner = rules.max_record_bytes, rules.max_depth - 1  # metadata's levels: 1 is the event's
     loads, dumps, sort, blake2b = orjson.loads, orjson.dumps, orjson.OPT_SORT_KEYS, hashlib.blake2b
-    absent, empty, count_limit = _ABSENT, _EMPTY, _COUNT_LIMIT
-    parse_error, write_error = orjson.JSONDecodeError, orjson.JSONEncodeError
+    orjson_error = (orjson.JSONDecodeError, orjson.JSONEncodeError)
+    positions, ids, times, users = plain.positions, plain.ids, plain.times, plain.users
+    operations, models, tiers, metadatas = plain.operations, plain.models, plain.tiers, plain.metadata
+    inputs, outputs, fingerprints = plain.inputs, plain.outputs, plain.fingerprints
+    tokens_in, tokens_out, images = (plain.counts[n] for n in _TAKEN["usage"])
     for i, raw in enumerate(raws):
         if len(raw) > size_limit or i in skip:
             continue
         try:
-            obj = loads(raw)
-        except parse_error:
+            event = decode(raw)
+        except not_taken:
             continue
-        if type(obj) is not dict or not (obj.keys() >= required and obj.keys() <= allowed):
-            continue
-        event_id, when, user = obj["event_id"], obj["event_time"], obj["user_id"]
-        operation, model = obj["operation_type"], obj["model"]
-        if not (
-            type(event_id) is str and 0 < len(event_id) <= id_max
-            and type(when) is str
-            and type(user) is int and low <= user <= high
-            and type(operation) is str and 0 < len(operation) <= operation_max
-            and type(model) is str and 0 < len(model) <= model_max
-        ):  # fmt: skip
-            continue
-        tier = obj.get("ai_tier", absent)
-        if tier is absent:
-            tier = None
-        elif type(tier) is not str or tier not in tiers:
-            continue
-        prompt, output, usage = obj.get("input", empty), obj.get("output", empty), obj.get("usage", empty)
-        if not (
-            type(prompt) is dict and prompt.keys() <= in_input
-            and type(output) is dict and output.keys() <= in_output and "image" not in output
-            and type(usage) is dict and usage.keys() <= in_usage
-        ):  # fmt: skip
-            continue
-        input_text, output_text = prompt.get("text", absent), output.get("text", absent)
-        if input_text is absent:
-            input_text = None
-        elif type(input_text) is not str or len(input_text) > input_max:
-            continue
-        if output_text is absent:
-            output_text = None
-        elif type(output_text) is not str or len(output_text) > output_max:
-            continue
-        tokens_in, tokens_out, images = (
-            usage.get("input_tokens", 0),
-            usage.get("output_tokens", 0),
-            usage.get("images", 0),
-        )
-        if not (
-            type(tokens_in) is int and 0 <= tokens_in < count_limit
-            and type(tokens_out) is int and 0 <= tokens_out < count_limit
-            and type(images) is int and 0 <= images < count_limit
-        ):  # fmt: skip
-            continue
-        metadata = obj.get("metadata", absent)
-        try:
-            # Its integers are plain, so the record is its own canonical form (``_canonical``).
-            fingerprint = blake2b(dumps(obj, option=sort), digest_size=16).digest()
-            if metadata is absent:
-                metadata = None
-            elif type(metadata) is not dict:
-                continue
-            else:
-                text = dumps(metadata)
+        metadata = event.metadata
+        if metadata is unset:
+            metadata = None
+        else:
+            try:
+                value = loads(memoryview(metadata))
+                if type(value) is not dict:
+                    continue
+                text = dumps(value)
                 # A large float may stand for an integer past 64 bits, and deep metadata needs its
                 # depth counted: the per-record path does both.
                 if _NUMBER_WITH_EXPONENT.search(text) or (
-                    len(text) >= 2 * inner and nesting_depth(metadata, inner) > inner
+                    len(text) >= 2 * inner and nesting_depth(value, inner) > inner
                 ):
                     continue
-                metadata = text.decode()
-        except write_error:
-            continue
-        plain.positions.append(i)
-        plain.ids.append(event_id)
-        plain.times.append(when)
-        plain.users.append(user)
-        plain.operations.append(operation)
-        plain.models.append(model)
-        plain.tiers.append(tier)
-        plain.metadata.append(metadata)
-        plain.inputs.append(input_text)
-        plain.outputs.append(output_text)
-        plain.fingerprints.append(fingerprint)
-        plain.counts["input_tokens"].append(tokens_in)
-        plain.counts["output_tokens"].append(tokens_out)
-        plain.counts["images"].append(images)
+                # Its integers are plain, so the record is its own canonical form (``_canonical``)
+                # once its metadata is written with sorted keys, as the rest is.
+                event.metadata = raw_json(dumps(value, option=sort))
+            except orjson_error:
+                continue
+            metadata = text.decode()
+        positions.append(i)
+        ids.append(event.event_id)
+        times.append(event.event_time)
+        users.append(event.user_id)
+        operations.append(event.operation_type)
+        models.append(event.model)
+        tier = event.ai_tier
+        tiers.append(None if tier is unset else tier)
+        metadatas.append(metadata)
+        fingerprints.append(blake2b(encode(event), digest_size=16).digest())
+        part = event.input
+        value = unset if part is unset else part.text
+        inputs.append(None if value is unset else value)
+        part = event.output
+        value = unset if part is unset else part.text
+        outputs.append(None if value is unset else value)
+        part = event.usage
+        if part is unset:
+            tokens_in.append(0)
+            tokens_out.append(0)
+            images.append(0)
+        else:
+            value = part.input_tokens
+            tokens_in.append(0 if value is unset else value)
+            value = part.output_tokens
+            tokens_out.append(0 if value is unset else value)
+            value = part.images
+            images.append(0 if value is unset else value)
     return plain
 
 
