@@ -4,8 +4,8 @@ checked and built a column at a time.
 The contract's rules live in :mod:`transforms.validate`, applied one record at a time; that path
 names every violation, and costs ~40 µs of Python per event. Most records in real input are
 plain: every field of its type, ASCII-shaped timestamps, no image. This module finds those with
-checks that run over a whole column (list comprehensions, Arrow compute, numpy) and builds their
-row values directly; every record it is not sure of, for any reason, it leaves to the per-record
+a decoder that checks types and limits in C (msgspec structs made from the contract) and checks
+that run over a whole column (Arrow compute, numpy), and builds their row values directly; every record it is not sure of, for any reason, it leaves to the per-record
 path, which decides (and names the violation of) each of them.
 
 It only ever accepts. Its checks are the per-record rules or stricter (a timestamp must have one
