@@ -5,8 +5,9 @@ The contract's rules live in :mod:`transforms.validate`, applied one record at a
 names every violation, and costs ~40 µs of Python per event. Most records in real input are
 plain: every field of its type, ASCII-shaped timestamps, no image. This module finds those with
 a decoder that checks types and limits in C (msgspec structs made from the contract) and checks
-that run over a whole column (Arrow compute, numpy), and builds their row values directly; every record it is not sure of, for any reason, it leaves to the per-record
-path, which decides (and names the violation of) each of them.
+that run over a whole column (Arrow compute, numpy), and builds their row values directly;
+every record it is not sure of, for any reason, it leaves to the per-record path, which decides
+(and names the violation of) each of them.
 
 It only ever accepts. Its checks are the per-record rules or stricter (a timestamp must have one
 exact form, token counts must stay below 2**31 so a cost fits 64-bit integers, an image is never
