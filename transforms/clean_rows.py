@@ -180,6 +180,8 @@ class _Decoding:
         """The decoding of ``rules``, made once per rules object (a worker has one)."""
         made = _DECODINGS.get(id(rules))
         if made is None or made[0] is not rules:
+            if len(_DECODINGS) >= 8:  # a worker has one; a long test session makes many
+                _DECODINGS.clear()
             made = _DECODINGS[id(rules)] = (rules, cls._make(rules))
         return made[1]
 
