@@ -147,11 +147,12 @@ class _Plain:
     )
 
 
+#: The contract's required fields, as the fast path knows them.
+_REQUIRED = ("event_id", "event_time", "user_id", "operation_type", "model")
 #: The fields the fast path takes, by object. A record holding any other (``output.image``, or a
 #: field the contract lacks) does not decode, and goes one at a time.
 _TAKEN: dict[str, tuple[str, ...]] = {
-    "": ("event_id", "event_time", "user_id", "operation_type", "model", "ai_tier", "input", "output",
-         "usage", "metadata"),
+    "": (*_REQUIRED, "ai_tier", "input", "output", "usage", "metadata"),
     "input": ("text",),
     "output": ("text",),
     "usage": ("input_tokens", "output_tokens", "images"),
@@ -188,7 +189,7 @@ class _Decoding:
     @classmethod
     def _make(cls, rules: EventRules) -> _Decoding:
         allowed = {"": rules.top_fields, **rules.nested_fields}
-        if set(rules.required) != set(_TAKEN[""][:5]) or any(
+        if set(rules.required) != set(_REQUIRED) or any(
             not set(fields) <= allowed[level] for level, fields in _TAKEN.items()
         ):
             raise ValueError(
@@ -224,7 +225,7 @@ class _Decoding:
                 # Parsed apart: its numbers and depth need the checks of ``_plain_records``.
                 "metadata": msgspec.Raw,
             },
-            required=tuple(rules.required),
+            required=_REQUIRED,
         )
         return cls(msgspec.json.Decoder(event).decode, msgspec.json.Encoder().encode)
 
