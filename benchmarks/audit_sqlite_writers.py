@@ -7,8 +7,8 @@ Each of two processes writes ``--rows`` events (``benchmarks.audit_mysql.build_e
 UUID event ids over four days) into one store made by the migrations, 50,000 at a time:
 
 - **sink**: ``AuditSink(engine, 10_000).write`` as the pipeline calls it (its sort and Arrow
-  conversions, rows bound into a TEMP table, then ``INSERT ... SELECT`` a batch at a time, one
-  transaction per write);
+  conversions, rows staged in a file of their own by ADBC, then ``INSERT ... SELECT`` a batch at
+  a time, one transaction per write);
 - **anchor**: ``sqlite3`` ``executemany`` of the same keyed statement, on a connection with the
   engine's pragmas, of the tuples the sink sends (``audit_mysql.audit_rows``, built before the
   clock starts), 10,000 rows a call, one transaction per 50,000.
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     anchor, sink = statistics.median(walls["anchor"]), statistics.median(walls["sink"])
     print(f"\n2 processes x {args.rows:,} audit rows, median of {args.rounds}:")
     print(f"  anchor (sqlite3 executemany of the keyed INSERT) {anchor:6.2f} s")
-    print(f"  AuditSink (TEMP table, INSERT ... SELECT)        {sink:6.2f} s")
+    print(f"  AuditSink (staged by ADBC, INSERT ... SELECT)    {sink:6.2f} s")
     print(f"  sink / anchor = {sink / anchor:.3f}")
     return 0
 

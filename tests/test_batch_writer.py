@@ -1,4 +1,4 @@
-"""BatchWriter on SQLite: rows staged in a TEMP table, then inserted with ``INSERT ... SELECT``.
+"""BatchWriter on SQLite: rows staged in a file of their own, then inserted with ``INSERT ... SELECT``.
 
 Checked against what the same keyed statement stores when the rows are bound to it directly
 (the way MySQL is written, and SQLite was before): the same values, of the same storage class,
@@ -8,6 +8,7 @@ and per batch the same counts of rows changed.
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
@@ -107,30 +108,72 @@ def test_staged_rows_are_stored_exactly_as_rows_bound_directly(tmp_path: Path) -
     direct_engine.dispose()
 
 
-def test_the_staging_table_is_emptied_by_each_write_and_a_failed_one_stores_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "audit.sqlite"
-    engine = audit_store(path)
-    writer = BatchWriter(engine, keyed_insert(engine), COLUMNS, batch_rows=4, retry_attempts=1)
-    assert writer.write(rows_table(10), 10) == 10
+def test_decimals_and_bools_are_staged_as_python_binds_them(tmp_path: Path) -> None:
+    """A decimal column goes in as its exact text (the ``Decimal`` adapter's), a bool one as 0/1."""
+    staged_path, direct_path = tmp_path / "staged.sqlite", tmp_path / "direct.sqlite"
+    staged_engine, direct_engine = audit_store(staged_path), audit_store(direct_path)
+    rows = rows_table(12)
+    rows["cost"] = pa.array(
+        [None if i % 5 == 0 else Decimal(i).scaleb(-6) for i in range(12)], pa.decimal128(10, 6)
+    )
+    rows["rate_limited"] = pa.array([i % 3 == 0 for i in range(12)])
+    writer = BatchWriter(staged_engine, keyed_insert(staged_engine), COLUMNS, 5, 1)
+    assert writer.write(rows, 12) == 12
+    assert direct_insert(direct_engine, direct_path, rows, 5) == [5, 5, 2]
+    assert stored(staged_path) == stored(direct_path)
+    staged_engine.dispose()
+    direct_engine.dispose()
 
-    raw = engine.raw_connection()  # the pool's one connection: the one the writer used
+
+def attached_names(engine: sa.Engine) -> list[str]:
+    """The schema names attached to the pool's one connection (the writer's)."""
+    raw = engine.raw_connection()
     cursor = raw.cursor()
     try:
-        assert cursor.execute(f"SELECT count(*) FROM temp.staged_{AUDIT}").fetchall() == [(0,)]
+        return [row[1] for row in cursor.execute("PRAGMA database_list").fetchall()]
     finally:
         cursor.close()
         raw.close()
 
-    # The last batch breaks a NOT NULL: the transaction, staging included, is rolled back whole.
+
+def test_each_write_stages_in_a_file_it_removes_and_a_failed_one_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staging = tmp_path / "tmp"
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))  # where tempfile makes its files
+    path = tmp_path / "audit.sqlite"
+    engine = audit_store(path)
+    writer = BatchWriter(engine, keyed_insert(engine), COLUMNS, batch_rows=4, retry_attempts=1)
+    assert writer.write(rows_table(10), 10) == 10
+    assert list(staging.iterdir()) == []
+    assert set(attached_names(engine)) <= {"main", "temp"}  # the staging file is detached
+
+    # The last batch breaks a NOT NULL: the transaction is rolled back whole, the file removed.
     bad = rows_table(10, offset=100)
     bad["event_id"] = pa.array([*bad["event_id"].to_pylist()[:9], None])
     with pytest.raises(sqlite3.IntegrityError):
         writer.write(bad, 10)
     assert len(stored(path)) == 10
+    assert list(staging.iterdir()) == []
 
-    # The writer goes on: the next write stages from an empty table again.
+    # The writer goes on: the next write stages its own rows, numbered from 1 again.
     assert writer.write(rows_table(10, offset=200), 10) == 10
     assert [row[0] for row in stored(path)][-1] == "ev-000209-é"
+    assert list(staging.iterdir()) == []
+    assert set(attached_names(engine)) <= {"main", "temp"}  # the staging file is detached
+    engine.dispose()
+
+
+def test_a_column_of_a_type_the_staging_would_change_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite"
+    engine = audit_store(path)
+    writer = BatchWriter(engine, keyed_insert(engine), COLUMNS, batch_rows=4, retry_attempts=1)
+    rows = rows_table(5)
+    rows["created_at"] = pa.array([0] * 5, pa.timestamp("s"))  # Python would bind a datetime otherwise
+    with pytest.raises(TypeError, match="'created_at': timestamp"):
+        writer.write(rows, 5)
+    assert stored(path) == []
     engine.dispose()
 
 
