@@ -83,7 +83,8 @@ def clean_rows(
     ok = np.ones(len(plain.positions), dtype=bool)
     when_us = _event_times(plain.times, rules, ok)
     counts = {name: np.asarray(values, dtype=np.int64) for name, values in plain.counts.items()}
-    micros, priced = _costs(plain.models, when_us, counts, prices, ok)
+    models = pa.array(plain.models, pa.string())
+    micros, priced = _costs(models, when_us, counts, prices, ok)
     keep = None if ok.all() else np.flatnonzero(ok)
     mask = None if keep is None else pa.array(ok)
 
@@ -105,7 +106,7 @@ def clean_rows(
         "event_time": pa.array(pick(when_us), _UTC_US),
         "user_id": pa.array(pick(np.asarray(plain.users, dtype=np.int64))),
         "operation_type": take(plain.operations, pa.string()),
-        "model": take(plain.models, pa.string()),
+        "model": models if mask is None else models.filter(mask),
         "ai_tier": take(plain.tiers, pa.string()),
         "_has_image": pa.array(np.zeros(len(rows), dtype=bool)),
         "input_hash": take(hasher.texts(plain.inputs), pa.string()),
@@ -345,7 +346,7 @@ def _micros_of(when: datetime) -> int:
 
 
 def _costs(
-    models: list[str],
+    models: pa.Array,
     when_us: np.ndarray,
     counts: Mapping[str, np.ndarray],
     prices: PriceBook,
@@ -353,22 +354,41 @@ def _costs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each event's cost in micro-USD, exact and rounded once half-even, as
     :func:`transforms.cost.event_cost` computes it, and whether it is priced; ``ok`` cleared where
-    the cost is past DECIMAL(10,6) (the per-record path names it)."""
+    the cost is past DECIMAL(10,6) (the per-record path names it).
+
+    Events are grouped by (model, day) in arrays, each pair's price looked up once, then priced a
+    price at a time."""
     micros = np.zeros(len(models), dtype=np.int64)
     priced = np.zeros(len(models), dtype=bool)
     rows = np.flatnonzero(ok)
-    days = (when_us[rows] // _DAY_US).tolist()
-    by_price: dict[int, tuple[Price, list[int]]] = {}
-    in_force: dict[tuple[str, int], Price | None] = {}
-    for row, day in zip(rows.tolist(), days, strict=True):
-        key = (models[row], day)
-        if key not in in_force:
-            in_force[key] = prices.price_in_force(key[0], _EPOCH + timedelta(days=day))
-        price = in_force[key]
-        if price is not None:
-            by_price.setdefault(id(price), (price, []))[1].append(row)
-    for price, members in by_price.values():
-        at = np.asarray(members, dtype=np.int64)
+    if not rows.size:
+        return micros, priced
+    encoded = pc.dictionary_encode(models)
+    names = encoded.dictionary.to_pylist()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)[rows].astype(np.int64)
+    days = when_us[rows] // _DAY_US
+    first_day = int(days.min())
+    span = int(days.max()) - first_day + 1
+    pairs, pair_of_row = np.unique(codes * span + (days - first_day), return_inverse=True)
+    # Each (model, day) pair's price, numbered in order of first use; -1: none in force.
+    numbered: dict[int, int] = {}
+    found: list[Price] = []
+    price_of_pair = np.empty(len(pairs), dtype=np.int64)
+    for i, pair in enumerate(pairs.tolist()):
+        model, day = divmod(pair, span)
+        price = prices.price_in_force(names[model], _EPOCH + timedelta(days=first_day + day))
+        if price is None:
+            price_of_pair[i] = -1
+            continue
+        if id(price) not in numbered:
+            numbered[id(price)] = len(found)
+            found.append(price)
+        price_of_pair[i] = numbered[id(price)]
+    price_of_row = price_of_pair[pair_of_row.reshape(-1)]
+    order = np.argsort(price_of_row, kind="stable")
+    bounds = np.searchsorted(price_of_row[order], np.arange(len(found) + 1))
+    for number, price in enumerate(found):
+        at = rows[order[bounds[number] : bounds[number + 1]]]
         cost = _micros(price, counts["input_tokens"][at], counts["output_tokens"][at], counts["images"][at])
         if cost is None:  # prices too large for 64-bit arithmetic: one at a time
             ok[at] = False

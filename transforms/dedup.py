@@ -32,8 +32,9 @@ class Deduplicated:
 def collapse_duplicates(events: pa.Table) -> Deduplicated:
     """Apply the duplicate rule to a table holding *every* copy of each of its event_ids.
 
-    The caller guarantees that (e.g. by grouping on a shard of ``event_id``); the result is
-    then independent of how the copies were batched or ordered on arrival.
+    The caller guarantees that (e.g. by grouping on a shard of ``event_id``); which rows are kept
+    is then independent of how the copies were batched or ordered on arrival. They keep the order
+    they came in (a gather in that order copies about twice as fast as one in event_id order).
     """
     if events.num_rows == 0:
         return Deduplicated(events, [], 0)
@@ -41,13 +42,13 @@ def collapse_duplicates(events: pa.Table) -> Deduplicated:
         events, sort_keys=[("event_id", "ascending"), (ORDER, "ascending"), ("line_no", "ascending")]
     ).to_numpy()
     # Only the columns the rule reads are put in that order; the table itself is taken once, for
-    # the rows it keeps (every column of a row is copied once, not once to sort and once to keep).
+    # the rows it keeps (every column of a row is copied once, and none when all are kept).
     ids = events.column("event_id").take(order)
     starts = np.ones(len(order), dtype=bool)
     if len(order) > 1:
         starts[1:] = pc.not_equal(ids.slice(1), ids.slice(0, len(order) - 1)).to_numpy(zero_copy_only=False)
     if starts.all():
-        return Deduplicated(events.take(order), [], 0)
+        return Deduplicated(events, [], 0)
 
     # Index of the first copy of each row's event_id, to compare fingerprints with it.
     first = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
@@ -64,7 +65,7 @@ def collapse_duplicates(events: pa.Table) -> Deduplicated:
         kept_at = events.take(order[first[conflict_rows]]).select(["source", "line_no"])
         for row, keeper in zip(rejected.to_pylist(), kept_at.to_pylist(), strict=True):
             conflicts.append(conflict_with_first_copy(row, keeper["source"], keeper["line_no"]))
-    return Deduplicated(events.take(order[starts]), conflicts, collapsed)
+    return Deduplicated(events.take(np.sort(order[starts])), conflicts, collapsed)
 
 
 def conflict_with_first_copy(row: Mapping[str, Any], first_source: str, first_line_no: int) -> DeadLetter:
