@@ -248,7 +248,7 @@ Rows = list[tuple[object, ...]] | list[dict[str, object]]
 
 
 class BatchWriter:
-    """Writes rows into one table in batches of ``batch_rows`` (one ``executemany`` each), in
+    """Writes rows into one table in batches of ``batch_rows`` (one statement each), in
     transactions retried whole.
 
     ``statement`` is the dialect's keyed insert (ignore or upsert), compiled once; the writer only
@@ -344,14 +344,14 @@ class BatchWriter:
     def _execute(
         self, columns: dict[str, pa.Array | pa.ChunkedArray], batches: list[tuple[int, int]]
     ) -> list[int]:
-        """One transaction: each batch's rows (made as they are sent, so one batch of Python
-        tuples is held at a time), then the commit; the rows each batch changed."""
+        """One transaction, then its commit; the rows each batch changed. SQLite: the rows of
+        every batch staged at once, then one ``INSERT ... SELECT`` per batch; MySQL: one
+        ``executemany`` of Python values per batch."""
         raw = self._engine.raw_connection()
         try:
-            cursor = raw.cursor()
             if self._one_transaction:
                 start, stop = batches[0][0], batches[-1][1]
-                with self._staged.attached(cursor, self._slices(columns, start, stop)):
+                with self._staged.attached(raw, self._slices(columns, start, stop)) as cursor:
                     try:
                         # Staged rows are numbered 1, 2, 3, ... from the write's first row.
                         counts = [self._staged.insert(cursor, a - start + 1, b - start) for a, b in batches]
@@ -365,7 +365,7 @@ class BatchWriter:
                             raw.rollback()
                         raise
                 return counts
-            counts = []
+            cursor, counts = raw.cursor(), []
             for start, stop in batches:
                 cursor.executemany(self._sql, self._rows(columns, start, stop))
                 counts.append(max(cursor.rowcount, 0))
@@ -395,8 +395,11 @@ _STAGED_TYPES = (
 
 
 def _staged_column(name: str, column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """``column`` as it is staged: as it is, or a decimal as its exact text (what Python's
-    ``sqlite3`` binds a ``Decimal`` as, by the adapter above); TypeError for another type."""
+    """``column`` as it is staged: as it is, a dictionary one decoded, a decimal one as its exact
+    text (what Python's ``sqlite3`` binds a ``Decimal`` as, by the adapter above); TypeError for
+    another type."""
+    if pa.types.is_dictionary(column.type):
+        column = pc.cast(column, column.type.value_type)
     if pa.types.is_decimal(column.type):
         return pc.cast(column, pa.string())
     if not any(is_type(column.type) for is_type in _STAGED_TYPES):
@@ -454,24 +457,38 @@ class _StagedRows:
         self._bounds = list(compiled.positiontup or ())
 
     @contextmanager
-    def attached(self, cursor: Any, values: Mapping[str, pa.Array | pa.ChunkedArray]) -> Iterator[None]:
-        """Stage ``values`` (every staged column, by name) as rows 1, 2, 3, ... of a new file and
-        attach it to ``cursor``'s connection for the ``with`` block; detach and remove it after.
-        The block must end the transaction that read the staged rows (SQLite detaches a file
-        only outside one)."""
+    def attached(self, raw: Any, values: Mapping[str, pa.Array | pa.ChunkedArray]) -> Iterator[Any]:
+        """Stage ``values`` (every staged column, by name) as rows 1, 2, 3, ... of a new file,
+        attach it to the DB-API connection ``raw`` and yield a cursor of it for the ``with``
+        block; detach it after. The block must end the transaction that read the staged rows
+        (SQLite detaches a file only outside one).
+
+        The file is unlinked as soon as it is attached (the connection reads it through its open
+        descriptor), so a process killed mid-write leaves no file behind. A detach that fails
+        after the block ended well (its write committed) is logged and the connection is
+        invalidated, not reported as a failed write; after a failed block it is left to the
+        connection's invalidation, so the block's own error is the one raised."""
         rows = pa.table([_staged_column(name, values[name]) for name in self._names], names=self._names)
         handle, path = tempfile.mkstemp(prefix="aiep-staged-", suffix=".sqlite")
         os.close(handle)  # an empty file is an empty database to SQLite
         try:
             self._stage(path, rows)
+            cursor = raw.cursor()
             cursor.execute(f"ATTACH DATABASE ? AS {_STAGE}", (path,))
-            try:
-                yield
-            finally:
-                cursor.execute(f"DETACH DATABASE {_STAGE}")
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.remove(path)
+        try:
+            yield cursor
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                cursor.execute(f"DETACH DATABASE {_STAGE}")
+            raise
+        try:
+            cursor.execute(f"DETACH DATABASE {_STAGE}")
+        except sqlite3.Error as exc:
+            log.warning("staged rows: detach failed after the write committed (%s); connection dropped", exc)
+            raw.invalidate()
 
     def _stage(self, path: str, rows: pa.Table) -> None:
         # Imported here: only a SQLite store's writers need the driver.

@@ -223,15 +223,26 @@ def _run_locked(request, config, out: Location, audit_url: str, on_progress) -> 
     # the collector scanned them over and over: a quarter of the launcher's CPU before the workers
     # start (measured with perf). It is paused until the engine is imported; what exists by then
     # is frozen (never scanned) for the length of the run, and thawed after it.
+    # A caller's own settings stand: a collector it paused stays paused, objects it froze frozen.
+    enabled, frozen_before = gc.isenabled(), gc.get_freeze_count()
+
+    def resume() -> None:
+        if not frozen_before:
+            gc.freeze()
+        if enabled:
+            gc.enable()
+
     gc.disable()
     try:
-        return _run_started(request, config, out, audit_url, on_progress)
+        return _run_started(request, config, out, audit_url, on_progress, resume)
     finally:
-        gc.unfreeze()
-        gc.enable()
+        if not frozen_before:
+            gc.unfreeze()
+        if enabled:
+            gc.enable()
 
 
-def _run_started(request, config, out: Location, audit_url: str, on_progress) -> RunSummary:  # type: ignore[no-untyped-def]
+def _run_started(request, config, out: Location, audit_url: str, on_progress, resume_collector) -> RunSummary:  # type: ignore[no-untyped-def]
     started = datetime.now(UTC)
     engine_import = _import_engine()
     started_clock, engine_not_before = _start_clock(out)
@@ -281,8 +292,7 @@ def _run_started(request, config, out: Location, audit_url: str, on_progress) ->
         )
         time.sleep(max(0.0, engine_not_before - time.monotonic()))
         engine_import.join()
-        gc.freeze()
-        gc.enable()
+        resume_collector()
         counts, engine_args = _run_engine(
             request, splits, plan, str(staging / "spill"), content_bytes, on_progress
         )

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from connectors.audit_sink import keyed_insert
-from connectors.database import BatchWriter, open_engine, upgrade
+from connectors.database import BatchWriter, _StagedRows, open_engine, upgrade
 
 AUDIT = "ai_audit_trail"
 COLUMNS = [
@@ -108,8 +108,9 @@ def test_staged_rows_are_stored_exactly_as_rows_bound_directly(tmp_path: Path) -
     direct_engine.dispose()
 
 
-def test_decimals_and_bools_are_staged_as_python_binds_them(tmp_path: Path) -> None:
-    """A decimal column goes in as its exact text (the ``Decimal`` adapter's), a bool one as 0/1."""
+def test_decimals_bools_and_dictionaries_are_staged_as_python_binds_them(tmp_path: Path) -> None:
+    """A decimal column goes in as its exact text (the ``Decimal`` adapter's), a bool one as 0/1,
+    a dictionary one as its values."""
     staged_path, direct_path = tmp_path / "staged.sqlite", tmp_path / "direct.sqlite"
     staged_engine, direct_engine = audit_store(staged_path), audit_store(direct_path)
     rows = rows_table(12)
@@ -117,6 +118,7 @@ def test_decimals_and_bools_are_staged_as_python_binds_them(tmp_path: Path) -> N
         [None if i % 5 == 0 else Decimal(i).scaleb(-6) for i in range(12)], pa.decimal128(10, 6)
     )
     rows["rate_limited"] = pa.array([i % 3 == 0 for i in range(12)])
+    rows["model"] = rows["model"].dictionary_encode()
     writer = BatchWriter(staged_engine, keyed_insert(staged_engine), COLUMNS, 5, 1)
     assert writer.write(rows, 12) == 12
     assert direct_insert(direct_engine, direct_path, rows, 5) == [5, 5, 2]
@@ -145,7 +147,17 @@ def test_each_write_stages_in_a_file_it_removes_and_a_failed_one_stores_nothing(
     path = tmp_path / "audit.sqlite"
     engine = audit_store(path)
     writer = BatchWriter(engine, keyed_insert(engine), COLUMNS, batch_rows=4, retry_attempts=1)
+    # The file is gone from its folder while its rows are inserted: a killed write leaves none.
+    seen_while_inserting: list[list[Path]] = []
+    insert = _StagedRows.insert
+
+    def watched(self: _StagedRows, cursor: object, first: int, last: int) -> int:
+        seen_while_inserting.append(list(staging.iterdir()))
+        return insert(self, cursor, first, last)
+
+    monkeypatch.setattr(_StagedRows, "insert", watched)
     assert writer.write(rows_table(10), 10) == 10
+    assert seen_while_inserting == [[], [], []]
     assert list(staging.iterdir()) == []
     assert set(attached_names(engine)) <= {"main", "temp"}  # the staging file is detached
 

@@ -252,3 +252,34 @@ def test_any_summary_reads_back_as_itself(summary: RunSummary) -> None:
     text = summary.to_json()
     jsonschema.validate(json.loads(text), schemas.run_summary_json_schema())
     assert RunSummary.from_dict(json.loads(text)) == summary
+
+
+def test_a_run_leaves_the_collector_as_its_caller_had_it(tmp_path: Path) -> None:
+    """The launcher pauses the garbage collector while the engine imports (``_run_locked``); a
+    process that runs many runs gets it back as it was: on and thawed, or paused and frozen."""
+    import gc
+
+    generate_events(30, tmp_path / "events.jsonl", seed=6)
+
+    def run(out: str) -> None:
+        run_batch(
+            RunRequest(
+                inputs=[str(tmp_path / "events.jsonl")],
+                out_dir=tmp_path / out,
+                overrides={"embeddings": False, "moderation": False},
+            )
+        )
+
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    run("on")
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    try:
+        run("paused")
+        # Still frozen (objects freed since leave the count), and nothing more frozen.
+        assert not gc.isenabled() and 0 < gc.get_freeze_count() <= frozen
+    finally:
+        gc.unfreeze()
+        gc.enable()
