@@ -19,11 +19,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 #: Where one spilled table lies: ``(file, first record batch, number of record batches)``. A plain
 #: tuple, so that an engine's coder moves it as cheaply as a string.
 SpillRef = tuple[str, int, int]
+
+#: Where a spilled row lies, as two columns a later stage can carry instead of a large value of the
+#: row (see :meth:`Spill.load_placed`): its file, and ``batch << 32 | row`` in that file.
+PLACE_FILE, PLACE_AT = "_spilled_file", "_spilled_at"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,39 @@ class Spill:
                 refs.append((path, first, len(batches)))
                 first += len(batches)
         return refs
+
+    @classmethod
+    def load_placed(cls, refs: Iterable[SpillRef]) -> list[pa.Table]:
+        """:meth:`load`, each table with two more columns saying where each of its rows lies
+        (``PLACE_FILE``, ``PLACE_AT``): a stage can then leave a large column behind and read
+        the few values it needs later back with :meth:`values_at`, while the files exist (the
+        run's staging folder lasts as long as the run)."""
+        refs = list(refs)
+        placed = []
+        for (path, first, _), table in zip(refs, cls.load(refs), strict=True):
+            at = np.empty(table.num_rows, dtype=np.int64)
+            row = 0
+            for i, batch_rows in enumerate(len(chunk) for chunk in table.column(0).chunks):
+                at[row : row + batch_rows] = ((first + i) << 32) + np.arange(batch_rows, dtype=np.int64)
+                row += batch_rows
+            files = pa.array([path] * table.num_rows, pa.string())
+            placed.append(table.append_column(PLACE_FILE, files).append_column(PLACE_AT, pa.array(at)))
+        return placed
+
+    @staticmethod
+    def values_at(
+        column: str, files: pa.Array | pa.ChunkedArray, places: pa.Array | pa.ChunkedArray
+    ) -> pa.Array:
+        """The values of ``column`` at the rows ``files`` and ``places`` name (columns of
+        :meth:`load_placed`), in their order."""
+        readers: dict[str, pa.ipc.RecordBatchFileReader] = {}
+        values = []
+        for path, at in zip(files.to_pylist(), places.to_pylist(), strict=True):
+            if path not in readers:
+                readers[path] = pa.ipc.open_file(pa.memory_map(path))
+            values.append(readers[path].get_batch(at >> 32).column(column)[at & 0xFFFFFFFF])
+        kind = next(iter(readers.values())).schema.field(column).type if readers else pa.null()
+        return pa.array([value.as_py() for value in values], kind)
 
     @staticmethod
     def load(refs: Iterable[SpillRef]) -> list[pa.Table]:

@@ -42,6 +42,7 @@ from connectors.inputs import InputSplit
 from connectors.parquet_sink import FileNaming, partition_dates
 from connectors.readers import read_split
 from connectors.sinks import Counts, Sink
+from connectors.spill import PLACE_AT, PLACE_FILE
 from connectors.users import UserDirectory
 from transforms.cost import PriceBook
 from transforms.dead_letter import DeadLetter, dead_letter_bucket, dead_letter_table, sorted_by_position
@@ -81,9 +82,14 @@ Keyed = tuple[str, pa.Table]
 PaneKey = tuple[int, int]
 
 #: Internal columns events carry to the sinks and no further: the payload fingerprint (for the
-#: audit trail), the raw record and input position (for a conflict found at write time), the
-#: stored flag, and the content itself (texts and image bytes) for the model stages.
-CARRIED = (FINGERPRINT, RAW, ORDER, STORED, *CONTENT)
+#: audit trail), the raw record, or where it was spilled, and the input position (for a conflict
+#: found at write time), the stored flag, and the content itself (texts and image bytes) for the
+#: model stages.
+CARRIED = (FINGERPRINT, RAW, PLACE_FILE, PLACE_AT, ORDER, STORED, *CONTENT)
+
+#: The raw records (``RAW``) of events that travel without them, read back from where they were
+#: left (``pipelines.beam`` leaves them in the first shuffle's spill files).
+RawRecords = Callable[[pa.Table], pa.Array]
 
 
 def build_enrich_settings(config: PipelineConfig) -> EnrichSettings:
@@ -365,10 +371,11 @@ class WriteEvents:
     Calling the stage writes one table at once.
     """
 
-    def __init__(self, audit: Sink, events: Sink, buffer_rows: int) -> None:
+    def __init__(self, audit: Sink, events: Sink, buffer_rows: int, raws: RawRecords | None = None) -> None:
         self.audit = audit
         self.events = events
         self.buffer_rows = buffer_rows
+        self.raws = raws  # for events without their raw records; None: they keep them
         self._pending: list[tuple[str, pa.Table]] = []
         self._pending_rows = 0
 
@@ -401,7 +408,7 @@ class WriteEvents:
             if len(refused):
                 clash = pc.is_in(events.column("event_id"), value_set=refused)
                 rows = np.flatnonzero(clash.to_numpy(zero_copy_only=False))
-                conflicts = stored_conflicts(events, rows, "another run at the same time")
+                conflicts = self._conflicts(events.take(pa.array(rows, pa.int64())))
                 events = events.filter(pc.invert(clash))
             self.events.write(key, events)
             cost = pc.sum(events.column("cost")).as_py()
@@ -413,6 +420,17 @@ class WriteEvents:
             }
             results.append((key, dead_letter_files(conflicts), counts))
         return results
+
+    def _conflicts(self, clashing: pa.Table) -> list[DeadLetter]:
+        """The dead letters of events another run stored meanwhile with another payload, their
+        raw records read back first if they travel without them."""
+        if RAW not in clashing.column_names:
+            if self.raws is None:
+                raise RuntimeError(
+                    "events reached the sinks without their raw records, and no way to read them back"
+                )
+            clashing = clashing.append_column(RAW, self.raws(clashing))
+        return stored_conflicts(clashing, np.arange(clashing.num_rows), "another run at the same time")
 
 
 class WriteViolations:

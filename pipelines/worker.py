@@ -41,6 +41,7 @@ from pipelines.stages import (
     CollapseDuplicates,
     CompareWithStore,
     OrderForSinks,
+    RawRecords,
     ReadInputs,
     ResolveTiers,
     RunPlan,
@@ -84,9 +85,12 @@ class SpineWorker:
     (``use_malloc_for_arrow``).
     """
 
-    def __init__(self, plan: RunPlan) -> None:
+    def __init__(self, plan: RunPlan, raws: RawRecords | None = None) -> None:
         use_malloc_for_arrow()
         self.plan = plan
+        # How the sinks read back the raw records of events that travel without them (an
+        # engine's choice, see ``pipelines.beam``); None: events keep theirs.
+        self._raws = raws
         self.out_dir = plan.out_dir  # a local folder or an object-store URL
         self._engine: sa.Engine | None = None
         self._sinks: list[Sink | EmbeddingCache] = []  # what close() closes
@@ -159,7 +163,8 @@ class SpineWorker:
             self.engine, config.audit_batch_rows, config.audit_retry_attempts, self.plan.outputs_id
         )
         self._sinks.append(audit)
-        return WriteEvents(audit, self.parquet("events"), WRITE_BUFFER_BATCHES * config.audit_batch_rows)
+        buffer_rows = WRITE_BUFFER_BATCHES * config.audit_batch_rows
+        return WriteEvents(audit, self.parquet("events"), buffer_rows, self._raws)
 
     @cached_property
     def write_violations(self) -> WriteViolations:
