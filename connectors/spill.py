@@ -9,11 +9,14 @@ store, or ``--staging-dir``: on a cluster a folder every worker mounts (files ar
 it is a disk, never an object store).
 
 Files are named uniquely per write, so a retried bundle never clobbers a file another attempt's
-output still names; the launcher removes the whole staging folder when the run ends.
+output still names; the launcher removes the whole staging folder when the run ends, and nothing
+removes a file before: a stage may read another's files again later in the run (the sinks read
+the raw records of conflicting events back from the first shuffle's, see ``load_placed``).
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -61,38 +64,54 @@ class Spill:
                 first += len(batches)
         return refs
 
-    @classmethod
-    def load_placed(cls, refs: Iterable[SpillRef]) -> list[pa.Table]:
-        """:meth:`load`, each table with two more columns saying where each of its rows lies
-        (``PLACE_FILE``, ``PLACE_AT``): a stage can then leave a large column behind and read
-        the few values it needs later back with :meth:`values_at`, while the files exist (the
-        run's staging folder lasts as long as the run)."""
-        refs = list(refs)
+    def load_placed(self, refs: Iterable[SpillRef]) -> list[pa.Table]:
+        """:meth:`load`, each table with two more columns saying where each of its rows lies:
+        ``PLACE_FILE``, the file's path under this folder, and ``PLACE_AT``, ``batch << 32 |
+        row`` in it. A stage can then leave a large column behind and have the few values it
+        needs later read back with :meth:`values_at`, while the files exist: the run's staging
+        folder lasts as long as the run."""
         placed = []
-        for (path, first, _), table in zip(refs, cls.load(refs), strict=True):
-            at = np.empty(table.num_rows, dtype=np.int64)
-            row = 0
-            for i, batch_rows in enumerate(len(chunk) for chunk in table.column(0).chunks):
-                at[row : row + batch_rows] = ((first + i) << 32) + np.arange(batch_rows, dtype=np.int64)
-                row += batch_rows
-            files = pa.array([path] * table.num_rows, pa.string())
-            placed.append(table.append_column(PLACE_FILE, files).append_column(PLACE_AT, pa.array(at)))
+        for path, first, count in refs:
+            reader = pa.ipc.open_file(pa.memory_map(path))
+            batches = [reader.get_batch(i) for i in range(first, first + count)]
+            table = pa.Table.from_batches(batches, schema=reader.schema)
+            at = np.concatenate(
+                [
+                    ((first + i) << 32) + np.arange(batch.num_rows, dtype=np.int64)
+                    for i, batch in enumerate(batches)
+                ]
+                or [np.empty(0, dtype=np.int64)]
+            )
+            name = os.path.relpath(path, self.folder)
+            placed.append(
+                table.append_column(PLACE_FILE, pa.repeat(pa.scalar(name), table.num_rows)).append_column(
+                    PLACE_AT, pa.array(at)
+                )
+            )
         return placed
 
-    @staticmethod
-    def values_at(
-        column: str, files: pa.Array | pa.ChunkedArray, places: pa.Array | pa.ChunkedArray
-    ) -> pa.Array:
-        """The values of ``column`` at the rows ``files`` and ``places`` name (columns of
-        :meth:`load_placed`), in their order."""
+    def values_at(self, column: str, rows: pa.Table) -> pa.Array:
+        """The values of ``column`` at the places ``rows`` names (its ``PLACE_FILE`` and
+        ``PLACE_AT``, from :meth:`load_placed`), in the order of ``rows``; each batch read once."""
+        files, places = rows.column(PLACE_FILE).to_pylist(), rows.column(PLACE_AT).to_numpy()
+        wanted: dict[tuple[str, int], list[int]] = {}
+        for i, (name, at) in enumerate(zip(files, places.tolist(), strict=True)):
+            wanted.setdefault((name, at >> 32), []).append(i)
+        values: list[pa.Array] = []
+        order: list[int] = []
+        kind: pa.DataType = pa.null()
         readers: dict[str, pa.ipc.RecordBatchFileReader] = {}
-        values = []
-        for path, at in zip(files.to_pylist(), places.to_pylist(), strict=True):
-            if path not in readers:
-                readers[path] = pa.ipc.open_file(pa.memory_map(path))
-            values.append(readers[path].get_batch(at >> 32).column(column)[at & 0xFFFFFFFF])
-        kind = next(iter(readers.values())).schema.field(column).type if readers else pa.null()
-        return pa.array([value.as_py() for value in values], kind)
+        for (name, batch), positions in wanted.items():
+            if name not in readers:
+                readers[name] = pa.ipc.open_file(pa.memory_map(os.path.join(self.folder, name)))
+            source = readers[name].get_batch(batch).column(column)
+            kind = source.type
+            values.append(source.take(pa.array(places[positions] & 0xFFFFFFFF)))
+            order.extend(positions)
+        if not values:
+            return pa.array([], kind)
+        gathered = pa.concat_arrays(values)
+        return gathered.take(pa.array(np.argsort(np.asarray(order), kind="stable")))
 
     @staticmethod
     def load(refs: Iterable[SpillRef]) -> list[pa.Table]:

@@ -9,6 +9,7 @@ windows of the pane's size, its elements stamped with the pane's start.
 
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 from collections.abc import Iterable, Iterator
@@ -28,7 +29,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from connectors.inputs import InputSplit
-from connectors.spill import PLACE_AT, PLACE_FILE, Spill, SpillRef
+from connectors.spill import Spill, SpillRef
 from pipelines import progress
 from pipelines.beam_options import runner_key
 from pipelines.semantic import EmbeddedPane
@@ -53,8 +54,9 @@ class _StageDoFn(beam.DoFn):  # type: ignore[misc]
         self._staging_dir = staging_dir
 
     def setup(self) -> None:
-        self.worker = SpineWorker(self._plan, raws=_spilled_raws)
         self.spill = Spill(self._staging_dir)
+        # Past dedup, events travel without their raw records (see ``CollapseDuplicates``).
+        self.worker = SpineWorker(self._plan, raws=functools.partial(self.spill.values_at, RAW))
 
     def teardown(self) -> None:
         self.worker.close()
@@ -117,14 +119,7 @@ class CollapseDuplicates(_StageDoFn):
     def process(self, element: tuple[int, Iterable[SpillRef]]) -> Iterator[Any]:
         events, collapsed = self.worker.collapse(self.spill.load_placed(element[1]))
         yield from self.emit(collapsed, "by_event_id")
-        compared = self.worker.compare(events)
-        compared.tables = [(key, table.drop_columns([RAW])) for key, table in compared.tables]
-        yield from self.emit(compared, "by_user_pane")
-
-
-def _spilled_raws(events: pa.Table) -> pa.Array:
-    """The raw records of ``events``, read back from where the first shuffle spilled them."""
-    return Spill.values_at(RAW, events.column(PLACE_FILE), events.column(PLACE_AT))
+        yield from self.emit(self.worker.compare(events), "by_user_pane")
 
 
 class ApplyRateLimits(_StageDoFn):

@@ -250,11 +250,15 @@ class CompareWithStore:
         held_elsewhere: Callable[[Mapping[str, Sequence[str]]], set[str]],
         shards: int,
         panes: TumblingWindows,
+        keep_raw: bool = True,
     ) -> None:
         self.stored = stored  # None: the store was empty when the run began, nothing to compare
         self.held_elsewhere = held_elsewhere
         self.shards = shards
         self.panes = panes
+        # False: the raw records go no further than this stage's own dead letters (an engine that
+        # can read them back where they were spilled, see ``WriteEvents``).
+        self.keep_raw = keep_raw
 
     def __call__(self, events: pa.Table) -> StageOutput:
         verdicts = np.zeros(events.num_rows, dtype=np.int8)
@@ -266,6 +270,8 @@ class CompareWithStore:
             held = self._held_here(events, verdicts)
         conflicts = stored_conflicts(events, np.flatnonzero(verdicts == Verdict.CONFLICT), "an earlier run")
         keep = verdicts != Verdict.CONFLICT
+        if not self.keep_raw:
+            events = events.drop_columns([RAW])  # before any copy below
         if not keep.all():  # a filter copies every column, even when it keeps every row
             events = events.filter(pa.array(keep))
         events = events.append_column(STORED, pa.array(verdicts[keep] != Verdict.NEW)).append_column(

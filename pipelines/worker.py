@@ -132,7 +132,9 @@ class SpineWorker:
         events = self.parquet("events")
         if self.plan.stream:
             events = ParquetSink(self.out_dir, schemas.dataset("events"), NoFileNames())
-        return CompareWithStore(stored, events.held_elsewhere, config.shards, self.plan.panes)
+        # Events go on without their raw records when the sinks can read them back.
+        keep_raw = self._raws is None
+        return CompareWithStore(stored, events.held_elsewhere, config.shards, self.plan.panes, keep_raw)
 
     @cached_property
     def users(self) -> UserDirectory:

@@ -156,7 +156,8 @@ def test_content_rides_to_the_sinks_and_matches_its_hashes(tmp_path: Path) -> No
     ready = worker.order(worker.rate_limits(worker.tiers(pa.concat_tables(panes)))[0])
     worker.close()
 
-    # In one process events keep their raw records; only the Beam adapter spills them (PLACE_*).
+    # In one process events keep their raw records; the Beam adapter leaves them in spill files
+    # and carries where (PLACE_*).
     assert set(CARRIED) - {PLACE_FILE, PLACE_AT} <= set(ready.column_names)
     for row in ready.to_pylist():  # recomputed independently of the pipeline's hasher
         nfc = unicodedata.normalize("NFC", row[INPUT_TEXT]).encode()
