@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,10 +71,8 @@ class Spill:
         needs later read back with :meth:`values_at`, while the files exist: the run's staging
         folder lasts as long as the run."""
         placed = []
-        for path, first, count in refs:
-            reader = pa.ipc.open_file(pa.memory_map(path))
-            batches = [reader.get_batch(i) for i in range(first, first + count)]
-            table = pa.Table.from_batches(batches, schema=reader.schema)
+        for path, first, schema, batches in self._batches(refs):
+            table = pa.Table.from_batches(batches, schema=schema)
             at = np.concatenate(
                 [
                     ((first + i) << 32) + np.arange(batch.num_rows, dtype=np.int64)
@@ -113,16 +111,18 @@ class Spill:
         gathered = pa.concat_arrays(values)
         return gathered.take(pa.array(np.argsort(np.asarray(order), kind="stable")))
 
-    @staticmethod
-    def load(refs: Iterable[SpillRef]) -> list[pa.Table]:
+    @classmethod
+    def load(cls, refs: Iterable[SpillRef]) -> list[pa.Table]:
         """Read spilled tables back (memory-mapped: pages come from the OS cache), each file
         opened once however many of its tables are asked for."""
+        return [pa.Table.from_batches(batches, schema=schema) for _, _, schema, batches in cls._batches(refs)]
+
+    @staticmethod
+    def _batches(refs: Iterable[SpillRef]) -> Iterator[tuple[str, int, pa.Schema, list[pa.RecordBatch]]]:
+        """``(file, first batch, schema, batches)`` of each spilled table, each file opened once."""
         readers: dict[str, pa.ipc.RecordBatchFileReader] = {}
-        tables = []
         for path, first, count in refs:
             if path not in readers:
                 readers[path] = pa.ipc.open_file(pa.memory_map(path))
             reader = readers[path]
-            batches = [reader.get_batch(i) for i in range(first, first + count)]
-            tables.append(pa.Table.from_batches(batches, schema=reader.schema))
-        return tables
+            yield path, first, reader.schema, [reader.get_batch(i) for i in range(first, first + count)]
