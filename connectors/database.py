@@ -287,7 +287,6 @@ class BatchWriter:
         self._one_transaction = dialect(engine) == "sqlite"
         if self._one_transaction:
             self._staged = _StagedRows(engine.dialect, statement, columns, self._constants)
-            self._positional = True
             self._order = [name for name in columns if name not in self._constants]
             return
         compiled = statement.compile(dialect=engine.dialect, column_keys=columns)

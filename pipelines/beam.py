@@ -113,7 +113,7 @@ class CollapseDuplicates(_StageDoFn):
 
     The raw records (58 % of an event's bytes in flight) go no further: every later stage copies
     or spills each event, and only a conflict found at write time needs its raw record, read back
-    then from the first shuffle's spill files (``_spilled_raws``), which last as long as the run.
+    then from the first shuffle's spill files (``Spill.values_at``), which last as long as the run.
     """
 
     def process(self, element: tuple[int, Iterable[SpillRef]]) -> Iterator[Any]:
